@@ -1,0 +1,68 @@
+"""Logical axis names -> mesh axes (MaxText style) and shape-first sharded initialisation.
+
+Model code names every param dim and constrains activations with logical names; these
+rules, kept in the config, map them onto the physical mesh axes ("data", "fsdp", "tensor").
+
+Logical names used by the models:
+  params:      embed, mlp, heads, kv_heads, head_dim, vocab, layers, norm,
+               conv_in, conv_out, conv_spatial (vision/SAM convolutions)
+  activations: act_batch, act_length, act_embed, act_heads, act_mlp, act_vocab
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+LogicalRules = Sequence[tuple[str, Any]]
+
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("act_batch", ("data", "fsdp")),
+    ("act_length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("vocab", "tensor"),
+    ("head_dim", None),
+    ("layers", None),
+    ("norm", None),
+    ("conv_in", None),
+    ("conv_out", None),
+    ("conv_spatial", None),
+)
+
+
+def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> Any:
+    """NamedShardings for a tree of (possibly `nn.Partitioned`-boxed) abstract values."""
+    specs = nn.get_partition_spec(abstract_tree)
+    return nn.logical_to_mesh_sharding(specs, mesh, tuple(rules))
+
+
+def with_sharding_constraint(x: jax.Array, logical_axes: Sequence[Optional[str]]) -> jax.Array:
+    """Activation constraint by logical names (a no-op outside a mesh/rules context)."""
+    return nn.with_logical_constraint(x, tuple(logical_axes))
+
+
+def sharded_init(init_fn: Callable[..., Any], mesh: Mesh, rules: LogicalRules = DEFAULT_RULES,
+                 *args: Any) -> tuple[Any, Any]:
+    """Runs `init_fn(*args)` straight into its sharded layout; returns (boxed tree, shardings).
+
+    The tree is evaluated abstractly first, so no full copy ever lives on one device.
+    """
+    abstract = jax.eval_shape(init_fn, *args)
+    shardings = logical_shardings(abstract, mesh, rules)
+    with mesh, nn.logical_axis_rules(tuple(rules)):
+        tree = jax.jit(init_fn, out_shardings=shardings)(*args)
+    return tree, shardings
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())

