@@ -27,6 +27,7 @@ DATA = [
 TEST = [
     "pytest>=8",
     "pytest-xdist>=3.5",
+    "portpicker>=1.6",
     "hypothesis>=6.100",
     # Reference implementations for the parity tests (CPU wheel of torch).
     "torch==2.13.0",

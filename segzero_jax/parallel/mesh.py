@@ -57,5 +57,9 @@ def make_mesh(mesh_shape: Sequence[int] = (-1, 1, 1),
             raise ValueError(f"dcn_mesh_shape {dcn} must give a positive size per axis "
                              f"{tuple(axis_names)} dividing {len(devices)} devices")
         ici = resolve_mesh_shape(mesh_shape, len(devices) // math.prod(dcn))
-        grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices=devices)
+        # Multi-slice TPU devices know their slice; elsewhere each process (host) is one granule.
+        slices = {getattr(d, "slice_index", None) for d in devices}
+        by_process = None in slices or len(slices) != math.prod(dcn)
+        grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices=devices,
+                                                    process_is_granule=by_process)
     return Mesh(grid, tuple(axis_names))

@@ -1,0 +1,72 @@
+"""Mesh construction and logical-axis sharding on 8 fake CPU devices."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from segzero_jax.models import layers
+from segzero_jax.parallel import DEFAULT_RULES, make_mesh, sharded_init
+from segzero_jax.parallel.mesh import resolve_mesh_shape
+
+
+def test_eight_devices_visible():
+    assert jax.device_count() == 8
+
+
+@pytest.mark.parametrize("shape,expected", [((-1, 1, 1), (8, 1, 1)), ((2, -1, 2), (2, 2, 2)),
+                                            ((1, 1, 8), (1, 1, 8))])
+def test_resolve_mesh_shape(shape, expected):
+    assert resolve_mesh_shape(shape, 8) == expected
+
+
+@pytest.mark.parametrize("shape", [(3, -1, 1), (-1, -1, 1), (2, 2, 1), (0, 8, 1)])
+def test_resolve_mesh_shape_rejects(shape):
+    with pytest.raises(ValueError, match="mesh_shape"):
+        resolve_mesh_shape(shape, 8)
+
+
+def test_make_mesh_axes():
+    mesh = make_mesh((2, 2, 2))
+    assert mesh.axis_names == ("data", "fsdp", "tensor")
+    assert mesh.devices.shape == (2, 2, 2)
+    assert sorted(d.id for d in mesh.devices.flat) == list(range(8))
+
+
+
+class _Mlp(nn.Module):
+    """A two-matmul block annotated with logical axes, as the models are."""
+
+    @nn.compact
+    def __call__(self, x):
+        w_in = layers.logical_param(self, "w_in", nn.initializers.normal(0.1), (16, 32),
+                                    ("embed", "mlp"), jnp.float32)
+        w_out = layers.logical_param(self, "w_out", nn.initializers.normal(0.1), (32, 16),
+                                     ("mlp", "embed"), jnp.float32)
+        h = nn.with_logical_constraint(jnp.einsum("BD,DF->BF", x, w_in), ("act_batch", "act_mlp"))
+        return jnp.einsum("BF,FD->BD", jax.nn.gelu(h), w_out)
+
+
+def test_sharded_init_places_params_by_rules():
+    mesh = make_mesh((2, 2, 2))
+    model = _Mlp()
+    x = jnp.ones((8, 16))
+    boxed, shardings = sharded_init(lambda: model.init(jax.random.key(0), x), mesh, DEFAULT_RULES)
+    w_in = boxed["params"]["w_in"].value
+    assert w_in.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+    assert w_in.addressable_shards[0].data.shape == (8, 16)
+    params = nn.unbox(boxed)
+    plain = nn.unbox(model.init(jax.random.key(0), x))
+    np.testing.assert_allclose(np.asarray(params["params"]["w_in"]), np.asarray(plain["params"]["w_in"]),
+                               atol=1e-6)
+    with mesh, nn.logical_axis_rules(DEFAULT_RULES):
+        sharded_out = jax.jit(model.apply)(params, x)
+    np.testing.assert_allclose(np.asarray(sharded_out), np.asarray(model.apply(plain, x)), rtol=1e-6)
+
+
+def test_attention_backends_resolve_on_cpu():
+    q = jnp.zeros((1, 4, 2, 8), jnp.bfloat16)
+    assert layers.resolve_attention_implementation("auto", q) == "xla"
+    with pytest.raises(ValueError, match="attention implementation"):
+        layers.resolve_attention_implementation("flash", q)
