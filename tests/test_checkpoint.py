@@ -1,0 +1,76 @@
+"""Orbax round trips, including a restore straight into a different sharding."""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec
+
+from segzero_jax import checkpoint
+from segzero_jax.parallel import make_mesh
+
+
+def _tree():
+    return {"layer": {"kernel": np.arange(64, dtype=np.float32).reshape(8, 8),
+                      "bias": np.linspace(-1, 1, 8).astype(np.float32)},
+            "embed": np.arange(32, dtype=np.int32).reshape(4, 8).astype(jnp.bfloat16)}
+
+
+def test_round_trip_reshards(tmp_path):
+    mesh = make_mesh((2, 2, 2))
+    src = jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, PartitionSpec())), _tree())
+    src["layer"]["kernel"] = jax.device_put(_tree()["layer"]["kernel"],
+                                            NamedSharding(mesh, PartitionSpec("fsdp", "tensor")))
+    checkpoint.save_params(str(tmp_path / "p"), src)
+
+    abstract = checkpoint.abstract_params(str(tmp_path / "p"))
+    assert abstract["layer"]["kernel"].shape == (8, 8)
+    assert abstract["embed"].dtype == jnp.bfloat16
+
+    target = NamedSharding(mesh, PartitionSpec(None, ("data", "fsdp")))
+    restored = checkpoint.restore_params(
+        str(tmp_path / "p"),
+        lambda tree: jax.tree.map(lambda a: target if a.ndim == 2 else
+                                  NamedSharding(mesh, PartitionSpec()), tree))
+    assert restored["layer"]["kernel"].sharding == target
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a, np.float32),
+                                                            np.asarray(b, np.float32)),
+                 restored, _tree())
+
+
+def test_default_restore_is_single_device(tmp_path):
+    checkpoint.save_params(str(tmp_path / "p"), _tree())
+    restored = checkpoint.restore_params(str(tmp_path / "p"))
+    assert restored["layer"]["bias"].sharding.device_set == {jax.devices()[0]}
+
+
+def test_refuses_overwrite_and_names_missing_paths(tmp_path):
+    checkpoint.save_params(str(tmp_path / "p"), _tree())
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        checkpoint.save_params(str(tmp_path / "p"), _tree())
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        checkpoint.restore_params(str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        checkpoint.restore_model(str(tmp_path))
+
+
+@dataclasses.dataclass
+class _Config:
+    width: int = 8
+    name: str = "tiny"
+
+
+def test_model_directory(tmp_path):
+    checkpoint.save_model(str(tmp_path / "m"), "sam2", _Config(), _tree())
+    kind, config, params = checkpoint.restore_model(str(tmp_path / "m"), expected_kind="sam2")
+    assert (kind, config) == ("sam2", {"width": 8, "name": "tiny"})
+    np.testing.assert_array_equal(np.asarray(params["layer"]["kernel"]), _tree()["layer"]["kernel"])
+    with pytest.raises(ValueError, match="expected 'qwen2_5_vl'"):
+        checkpoint.restore_model(str(tmp_path / "m"), expected_kind="qwen2_5_vl")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text(json.dumps([1, 2]))
+    with pytest.raises(ValueError, match="'kind' and 'config'"):
+        checkpoint.load_model_config(str(tmp_path / "bad"))
