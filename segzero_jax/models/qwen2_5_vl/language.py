@@ -1,0 +1,144 @@
+"""Qwen2 decoder of Qwen2.5-VL (GQA with qkv bias, RMSNorm, gated MLP, M-RoPE), scanned layers.
+
+Einsum alphabet: B batch, T query length, S key length (cache capacity when decoding),
+D model width, N query heads, K kv heads, H head dim, F mlp width, V vocab.
+
+  h = x + o(attn(rope(q(norm(x))), rope(k(norm(x))), v(norm(x))))
+  y = h + down(silu(gate(norm(h))) * up(norm(h)))
+
+Attention masks (see layers.dot_product_attention for the backends):
+  * `attention_mask is None`        -> is_causal only (cuDNN-capable);
+  * right padding (`right_padded`)  -> is_causal + kv_lengths (cuDNN-capable);
+  * any padding, e.g. left padding  -> dense boolean `[B, 1, T, S]` causal & key-valid mask
+    (XLA backend only);
+  * decode: one query over the cache with a dense key-valid mask (XLA backend).
+Rows of fully padded queries produce finite garbage; callers ignore them.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from segzero_jax.models.layers import (Einsum, GatedMLP, RMSNorm, apply_rotary,
+                                       dot_product_attention, logical_param, maybe_remat)
+from segzero_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
+
+
+class DecoderLayer(nn.Module):
+    """One decoder layer. Returns (y `[B, T, D]`, (k, v) `[B, T, K, H]` rotated keys/values).
+
+    With `cache_k`/`cache_v` (`[B, S, K, H]`) and `cache_index` the new k/v are written at
+    `cache_index` and attention runs over the whole cache (decode); the updated cache
+    slices are returned instead of the fresh k/v.
+    """
+
+    config: Qwen2_5_VLConfig
+
+    @nn.compact
+    def __call__(self, x, cos, sin, mask, kv_lengths, is_causal: bool,
+                 cache_k=None, cache_v=None, cache_index=None):
+        c, t = self.config, self.config.text
+        kw = dict(dtype=c.compute_dtype, param_dtype=c.weight_dtype)
+        d, n, kh, h = t.hidden_size, t.num_heads, t.num_kv_heads, t.head_dim
+        y = RMSNorm(t.rms_norm_eps, c.weight_dtype, name="input_norm")(x)
+        q = Einsum("BTD,DNH->BTNH", (d, n, h), ("embed", "heads", "head_dim"), (n, h),
+                   ("heads", "head_dim"), name="q", **kw)(y)
+        k = Einsum("BTD,DKH->BTKH", (d, kh, h), ("embed", "kv_heads", "head_dim"), (kh, h),
+                   ("kv_heads", "head_dim"), name="k", **kw)(y)
+        v = Einsum("BTD,DKH->BTKH", (d, kh, h), ("embed", "kv_heads", "head_dim"), (kh, h),
+                   ("kv_heads", "head_dim"), name="v", **kw)(y)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q = nn.with_logical_constraint(q, ("act_batch", "act_length", "act_heads", None))
+        if cache_k is not None:
+            k_all = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), cache_index, 1)
+            v_all = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), cache_index, 1)
+            new_kv = (k_all, v_all)
+            k_att, v_att = k_all.astype(q.dtype), v_all.astype(q.dtype)
+        else:
+            new_kv = (k, v)
+            k_att, v_att = k, v
+        o = dot_product_attention(q, k_att, v_att, is_causal=is_causal, mask=mask,
+                                  kv_lengths=kv_lengths, implementation=c.attention_impl)
+        o = nn.with_logical_constraint(o, ("act_batch", "act_length", "act_heads", None))
+        x = x + Einsum("BTNH,NHD->BTD", (n, h, d), ("heads", "head_dim", "embed"), name="o", **kw)(o)
+        x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
+        y = RMSNorm(t.rms_norm_eps, c.weight_dtype, name="post_attention_norm")(x)
+        x = x + GatedMLP(d, t.intermediate_size, t.hidden_act, name="mlp", **kw)(y)
+        return nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed")), new_kv
+
+
+class _ScanBody(nn.Module):
+    """Scan adapter: carry x; broadcast rotary/masks; per-layer cache slices as scanned inputs."""
+
+    config: Qwen2_5_VLConfig
+    is_causal: bool = True
+
+    @nn.compact
+    def __call__(self, x, layer_cache, cos, sin, mask, kv_lengths, cache_index):
+        layer = maybe_remat(DecoderLayer, self.config.remat_policy, static_argnums=(6,))
+        ck, cv = (None, None) if layer_cache is None else layer_cache
+        x, kv = layer(self.config, name="layer")(x, cos, sin, mask, kv_lengths, self.is_causal,
+                                                 ck, cv, cache_index)
+        return x, kv
+
+
+class LanguageModel(nn.Module):
+    """Embedding, scanned decoder stack, final norm and float32 logits."""
+
+    config: Qwen2_5_VLConfig
+
+    def setup(self):
+        c, t = self.config, self.config.text
+        init = nn.initializers.normal(0.02)
+        self.embedding = logical_param(self, "embedding", init, (t.vocab_size, t.hidden_size),
+                                       ("vocab", "embed"), c.weight_dtype)
+        if not c.tie_word_embeddings:
+            self.lm_head = logical_param(self, "lm_head", init, (t.hidden_size, t.vocab_size),
+                                         ("embed", "vocab"), c.weight_dtype)
+        self.norm = RMSNorm(t.rms_norm_eps, c.weight_dtype)
+        self.decoder = DecoderStack(c)
+
+    def embed(self, input_ids: jax.Array) -> jax.Array:
+        """int32[B, T] -> compute-dtype `[B, T, D]`."""
+        x = jnp.take(self.embedding, input_ids, axis=0).astype(self.config.compute_dtype)
+        return nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
+
+    def logits(self, x: jax.Array) -> jax.Array:
+        """Final norm + lm head: `[B, T, D]` -> float32 `[B, T, V]`."""
+        dt = self.config.compute_dtype
+        x = self.norm(x).astype(dt)
+        if self.config.tie_word_embeddings:
+            out = jnp.einsum("BTD,VD->BTV", x, self.embedding.astype(dt), preferred_element_type=jnp.float32)
+        else:
+            out = jnp.einsum("BTD,DV->BTV", x, self.lm_head.astype(dt), preferred_element_type=jnp.float32)
+        return nn.with_logical_constraint(out.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
+
+    def __call__(self, x, cos, sin, *, mask: Optional[jax.Array] = None,
+                 kv_lengths: Optional[jax.Array] = None, is_causal: bool = True,
+                 cache: Optional[tuple[jax.Array, jax.Array]] = None,
+                 cache_index: Optional[jax.Array] = None):
+        """Decoder stack on embeddings `[B, T, D]`; returns (hidden `[B, T, D]`, stacked (k, v)).
+
+        k/v come back as `[layers, B, T, K, H]` (or the updated `[layers, B, S, K, H]` cache).
+        """
+        return self.decoder(x, cos, sin, mask, kv_lengths, is_causal, cache, cache_index)
+
+
+class DecoderStack(nn.Module):
+    """`num_layers` decoder layers under one `nn.scan` (params stacked on a leading "layers" axis)."""
+
+    config: Qwen2_5_VLConfig
+
+    @nn.compact
+    def __call__(self, x, cos, sin, mask, kv_lengths, is_causal: bool, cache, cache_index):
+        stack = nn.scan(_ScanBody, variable_axes={"params": 0}, split_rngs={"params": True},
+                        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast,
+                                 nn.broadcast),
+                        out_axes=0, length=self.config.text.num_layers,
+                        metadata_params={nn.PARTITION_NAME: "layers"})
+        return stack(self.config, is_causal, name="layers")(x, cache, cos, sin, mask, kv_lengths,
+                                                           cache_index)

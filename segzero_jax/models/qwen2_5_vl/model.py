@@ -1,0 +1,211 @@
+"""Qwen2.5-VL for conditional generation: vision tower + merged embeddings + decoder + KV cache.
+
+Inputs follow transformers' `Qwen2_5_VLForConditionalGeneration`:
+  input_ids int32[B, T], pixel_values float32[L, 1176] (patches of all images concatenated),
+  image_grid_thw int32[I, 3], attention_mask int32[B, T]  ->  logits float32[B, T, V].
+
+Static shapes under jit. The vision tower needs the grids on the host: either pass
+`image_grid_thw` as a host value (numpy/tuple; close over it or make it static) or pass
+`vision_layout=vision_layout(grid, config.vision)` as (traced) arrays. 3-D positions are
+computed inside jit from input_ids/attention_mask/image_grid_thw (rope.get_rope_index,
+`image_grid_thw` may be traced there), or taken precomputed as `position_ids` int32[3, B, T].
+
+KV cache (pure pytree, `init_cache`): prefill writes the prompt's rotated k/v and key-valid
+flags, and remembers each row's next rotary position (`n_valid + rope_deltas`); `decode`
+appends one token per row. Left-padded prompts are aligned at the same cache index.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from segzero_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
+from segzero_jax.models.qwen2_5_vl.language import LanguageModel
+from segzero_jax.models.qwen2_5_vl.rope import get_rope_index, mrope_cos_sin
+from segzero_jax.models.qwen2_5_vl.vision import VisionTower, layout_arrays
+from segzero_jax.models.qwen2_5_vl.vision_layout import vision_layout as host_vision_layout
+
+Cache = dict[str, jax.Array]
+
+
+def init_cache(config: Qwen2_5_VLConfig, batch: int, max_len: int, dtype: Any = None) -> Cache:
+    """Empty KV cache: k/v `[layers, B, S, K, H]`, valid int32[B, S], index int32[], position int32[B]."""
+    t = config.text
+    dtype = config.compute_dtype if dtype is None else dtype
+    shape = (t.num_layers, batch, max_len, t.num_kv_heads, t.head_dim)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
+            "valid": jnp.zeros((batch, max_len), jnp.int32),
+            "index": jnp.zeros((), jnp.int32), "position": jnp.zeros((batch,), jnp.int32)}
+
+
+def cache_logical_axes(config: Qwen2_5_VLConfig) -> dict[str, tuple]:
+    """Logical axis names of `init_cache`'s pytree (map with nn.logical_to_mesh_sharding)."""
+    kv = ("layers", "act_batch", "act_length", "kv_heads", "head_dim")
+    return {"k": kv, "v": kv, "valid": ("act_batch", "act_length"), "index": (),
+            "position": ("act_batch",)}
+
+
+def dummy_inputs(config: Qwen2_5_VLConfig) -> dict[str, Any]:
+    """Smallest inputs that touch every param (one 2x2-patch image), for init/eval_shape."""
+    v = config.vision
+    m = v.spatial_merge_size
+    ids = np.array([[config.vision_start_token_id, config.image_token_id, config.vision_end_token_id, 0]],
+                   np.int32)
+    return {"input_ids": jnp.asarray(ids), "pixel_values": jnp.zeros((m * m, v.patch_dim), jnp.float32),
+            "image_grid_thw": np.array([[1, m, m]], np.int32)}
+
+
+def _is_tracer(x) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+class Qwen2_5_VL(nn.Module):
+    """The policy model. `apply({"params": p}, input_ids, ...)` -> float32 logits `[B, T, V]`."""
+
+    config: Qwen2_5_VLConfig
+
+    def setup(self):
+        self.visual = VisionTower(self.config, name="visual")
+        self.language_model = LanguageModel(self.config, name="language_model")
+
+    # -- embeddings -----------------------------------------------------------------------
+    def encode_images(self, pixel_values, image_grid_thw=None, vision_layout=None):
+        """float32[L, 1176] -> image features `[L/4, D_lm]` in prompt order."""
+        if vision_layout is None:
+            if image_grid_thw is None:
+                raise ValueError("pixel_values needs image_grid_thw (or a precomputed vision_layout)")
+            vision_layout = host_vision_layout(image_grid_thw, self.config.vision)
+        return self.visual(pixel_values, layout_arrays(vision_layout))
+
+    def embed_inputs(self, input_ids, pixel_values=None, image_grid_thw=None, vision_layout=None):
+        """Token embeddings with image features scattered into `<|image_pad|>` slots: `[B, T, D]`.
+
+        Features are taken in batch-major order of the image tokens (transformers'
+        masked_scatter). A count mismatch is an error when the inputs are concrete.
+        """
+        x = self.language_model.embed(input_ids)
+        if pixel_values is None:
+            return x
+        feats = self.encode_images(pixel_values, image_grid_thw, vision_layout).astype(x.dtype)
+        is_img = input_ids == self.config.image_token_id
+        if not _is_tracer(input_ids) and not _is_tracer(feats):
+            n_tok = int(np.asarray(is_img).sum())
+            if n_tok != feats.shape[0]:
+                raise ValueError(f"input_ids hold {n_tok} image tokens (id {self.config.image_token_id}) "
+                                 f"but the images give {feats.shape[0]} features")
+        ordinal = jnp.clip(jnp.cumsum(is_img.reshape(-1)) - 1, 0, feats.shape[0] - 1).reshape(is_img.shape)
+        return jnp.where(is_img[..., None], feats[ordinal], x)
+
+    def rope_positions(self, input_ids, attention_mask=None, image_grid_thw=None):
+        """(position_ids int32[3, B, T], rope_deltas int32[B, 1]); see rope.get_rope_index."""
+        grid = None if image_grid_thw is None else jnp.asarray(image_grid_thw, jnp.int32)
+        return get_rope_index(input_ids, attention_mask, grid, image_token_id=self.config.image_token_id,
+                              spatial_merge_size=self.config.vision.spatial_merge_size)
+
+    def _cos_sin(self, position_ids):
+        t = self.config.text
+        return mrope_cos_sin(position_ids, t.head_dim, t.rope_theta, t.mrope_section)
+
+    # -- full forward ---------------------------------------------------------------------
+    def __call__(self, input_ids, pixel_values=None, image_grid_thw=None, attention_mask=None,
+                 position_ids=None, vision_layout=None, right_padded: bool = False):
+        """float32 logits `[B, T, V]`.
+
+        `right_padded=True` declares that attention_mask only pads on the right, so the
+        cuDNN-capable (is_causal + kv_lengths) form is used instead of a dense mask.
+        """
+        hidden = self.hidden_states(input_ids, pixel_values, image_grid_thw, attention_mask,
+                                    position_ids, vision_layout, right_padded)
+        return self.language_model.logits(hidden)
+
+    def hidden_states(self, input_ids, pixel_values=None, image_grid_thw=None, attention_mask=None,
+                      position_ids=None, vision_layout=None, right_padded: bool = False):
+        """Decoder output before the final norm, `[B, T, D]`."""
+        x, _ = self._prompt_pass(input_ids, pixel_values, image_grid_thw, attention_mask,
+                                 position_ids, vision_layout, right_padded)[:2]
+        return x
+
+    def _prompt_pass(self, input_ids, pixel_values, image_grid_thw, attention_mask, position_ids,
+                     vision_layout, right_padded):
+        input_ids = jnp.asarray(input_ids, jnp.int32)
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be int32[B, T], got shape {input_ids.shape}")
+        x = self.embed_inputs(input_ids, pixel_values, image_grid_thw, vision_layout)
+        if position_ids is None:
+            position_ids, rope_deltas = self.rope_positions(input_ids, attention_mask, image_grid_thw)
+        else:
+            rope_deltas = None
+        if position_ids.shape != (3,) + input_ids.shape:
+            raise ValueError(f"position_ids must be int32[3, B, T] = {(3,) + input_ids.shape}, "
+                             f"got {position_ids.shape}")
+        cos, sin = self._cos_sin(position_ids)
+        mask, kv_lengths, causal = None, None, True
+        if attention_mask is not None:
+            valid = jnp.asarray(attention_mask) > 0
+            if right_padded:
+                kv_lengths = jnp.sum(valid, axis=1).astype(jnp.int32)
+            else:
+                t = input_ids.shape[1]
+                tri = jnp.tril(jnp.ones((t, t), bool))
+                mask, causal = tri[None, None] & valid[:, None, None, :], False
+        x, kv = self.language_model(x, cos, sin, mask=mask, kv_lengths=kv_lengths, is_causal=causal)
+        return x, kv, position_ids, rope_deltas
+
+    # -- KV cache -------------------------------------------------------------------------
+    def prefill(self, input_ids, cache: Cache, pixel_values=None, image_grid_thw=None,
+                attention_mask=None, position_ids=None, rope_deltas=None, vision_layout=None,
+                all_logits: bool = False):
+        """Runs the prompt `[B, T]` (T <= cache capacity) and fills the cache.
+
+        Returns (logits float32[B, V] of the last position, or `[B, T, V]` with all_logits,
+        cache). With precomputed `position_ids`, pass their `rope_deltas` int32[B, 1] too.
+        """
+        b, t = input_ids.shape
+        if t > cache["k"].shape[2]:
+            raise ValueError(f"prompt length {t} exceeds the cache capacity {cache['k'].shape[2]}")
+        if position_ids is not None and rope_deltas is None:
+            raise ValueError("prefill with precomputed position_ids also needs rope_deltas")
+        x, kv, position_ids, deltas = self._prompt_pass(input_ids, pixel_values, image_grid_thw,
+                                                        attention_mask, position_ids, vision_layout, False)
+        deltas = deltas if rope_deltas is None else jnp.asarray(rope_deltas, jnp.int32)
+        valid = (jnp.ones((b, t), jnp.int32) if attention_mask is None
+                 else (jnp.asarray(attention_mask) > 0).astype(jnp.int32))
+        k = jax.lax.dynamic_update_slice(cache["k"], kv[0].astype(cache["k"].dtype), (0,) * 5)
+        v = jax.lax.dynamic_update_slice(cache["v"], kv[1].astype(cache["v"].dtype), (0,) * 5)
+        new = {"k": k, "v": v,
+               "valid": jax.lax.dynamic_update_slice(cache["valid"], valid, (0, 0)),
+               "index": jnp.asarray(t, jnp.int32),
+               "position": (jnp.sum(valid, axis=1) + deltas[:, 0]).astype(jnp.int32)}
+        hidden = x if all_logits else x[:, -1:]
+        logits = self.language_model.logits(hidden)
+        return (logits if all_logits else logits[:, 0]), new
+
+    def decode(self, token_ids, cache: Cache):
+        """One token per row, int32[B] -> (logits float32[B, V], cache advanced by one)."""
+        ids = jnp.asarray(token_ids, jnp.int32).reshape(-1, 1)
+        x = self.language_model.embed(ids)
+        pos = jnp.broadcast_to(cache["position"][None, :, None], (3, ids.shape[0], 1))
+        cos, sin = self._cos_sin(pos)
+        index = cache["index"]
+        valid = jax.lax.dynamic_update_slice(cache["valid"], jnp.ones((ids.shape[0], 1), jnp.int32),
+                                             (0, index))
+        mask = (valid > 0)[:, None, None, :]
+        x, (k, v) = self.language_model(x, cos, sin, mask=mask, is_causal=False,
+                                        cache=(cache["k"], cache["v"]), cache_index=index)
+        new = {"k": k, "v": v, "valid": valid, "index": index + 1, "position": cache["position"] + 1}
+        return self.language_model.logits(x)[:, 0], new
+
+
+def init_params(config: Qwen2_5_VLConfig, rng: jax.Array) -> dict:
+    """Random params (boxed with logical axes; unbox with `nn.unbox`)."""
+    return Qwen2_5_VL(config).init(rng, **dummy_inputs(config))["params"]
+
+
+def abstract_params(config: Qwen2_5_VLConfig) -> dict:
+    """ShapeDtypeStructs of the (unboxed) param tree."""
+    return nn.unbox(jax.eval_shape(lambda r: init_params(config, r), jax.random.key(0)))
