@@ -22,6 +22,8 @@ DATA = [
     "tensorflow-datasets>=4.9.8",
     "array-record>=0.7",
     "scipy>=1.13",
+    # etils (used by tensorflow-datasets) needs it to locate a builder's code without TensorFlow.
+    "importlib_resources>=6",
 ]
 
 TEST = [

@@ -1,0 +1,152 @@
+"""Shared pieces of the builders: feature specs, skip accounting, safe file access, safe pickles.
+
+Every builder stores the same core fields (TensorFlow-free TFDS features, ArrayRecord files):
+
+    image     bytes: the encoded image (PNG or JPEG)
+    question  text: the referring question, as written by the source
+    bbox      float32[4]: (x1, y1, x2, y2) on the stored image's pixel frame
+    points    float32[2, 2]: two (x, y) points inside the object, same frame
+    height, width  int32: the ORIGINAL image size (predictions map back to it)
+    image_id  text
+
+plus builder-specific fields (masks, ignore masks, question types).
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import os
+import pickle
+import re
+from typing import Any
+
+import numpy as np
+from absl import logging
+from PIL import Image
+
+from segzero_jax.masks import EmptyMaskError, mask_to_prompt
+
+BAD_EXAMPLE_ERRORS = (OSError, KeyError, ValueError, TypeError, SyntaxError, EmptyMaskError,
+                      Image.DecompressionBombError)
+
+
+def core_features(**extra):
+    """FeaturesDict of the fields shared by all builders, plus ``extra``."""
+    import tensorflow_datasets as tfds
+
+    return tfds.features.FeaturesDict({
+        "image": tfds.features.Tensor(shape=(), dtype=np.object_),
+        "question": tfds.features.Text(),
+        "bbox": tfds.features.Tensor(shape=(4,), dtype=np.float32),
+        "points": tfds.features.Tensor(shape=(2, 2), dtype=np.float32),
+        "height": tfds.features.Scalar(dtype=np.int32),
+        "width": tfds.features.Scalar(dtype=np.int32),
+        "image_id": tfds.features.Text(),
+        **extra,
+    })
+
+
+def mask_feature():
+    import tensorflow_datasets as tfds
+
+    return tfds.features.Tensor(shape=(None, None), dtype=np.bool_, encoding="zlib")
+
+
+class SkipCounter:
+    """Counts and logs the examples a builder drops (corrupt image, missing field, empty mask)."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.counts: collections.Counter = collections.Counter()
+
+    def skip(self, where: str, err: BaseException) -> None:
+        reason = type(err).__name__
+        self.counts[reason] += 1
+        logging.warning("%s: skipping %s: %s: %s (%d skipped so far)", self.source, where, reason, err,
+                        sum(self.counts.values()))
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def missing_manual_file(path: str, what: str, how: str) -> FileNotFoundError:
+    return FileNotFoundError(f"missing {what}: expected {path!r}. {how}")
+
+
+def safe_join(root: str, relative: str) -> str:
+    """``root/relative``, refusing absolute paths and anything that resolves outside ``root``."""
+    if not isinstance(relative, str) or not relative or os.path.isabs(relative) or "\x00" in relative:
+        raise ValueError(f"unsafe file name {relative!r} (must be a relative path inside {root!r})")
+    base = os.path.realpath(root)
+    full = os.path.realpath(os.path.join(base, relative))
+    if os.path.commonpath([base, full]) != base:
+        raise ValueError(f"file name {relative!r} escapes the directory {root!r}")
+    return full
+
+
+def load_image(data: bytes, where: str) -> tuple[bytes, np.ndarray]:
+    """Decodes and checks an encoded image: (bytes to store, uint8[H, W, 3] RGB).
+
+    JPEG and PNG bytes are stored as they are; other formats are re-encoded as PNG.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt = img.format
+            rgb = np.asarray(img.convert("RGB"))
+    except BAD_EXAMPLE_ERRORS as err:
+        raise OSError(f"{where}: cannot decode image ({err})") from None
+    if fmt not in ("JPEG", "PNG"):
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format="PNG")
+        data = buf.getvalue()
+    return data, rgb
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def prompt_from_mask(mask: np.ndarray) -> dict[str, np.ndarray]:
+    prompt = mask_to_prompt(mask)
+    return {"bbox": prompt.bbox.astype(np.float32), "points": prompt.points.astype(np.float32)}
+
+
+_SOLUTION = re.compile(
+    r"<box>\((-?\d+(?:\.\d+)?),(-?\d+(?:\.\d+)?)\),\((-?\d+(?:\.\d+)?),(-?\d+(?:\.\d+)?)\)</box>\s*"
+    r"<points>\((-?\d+(?:\.\d+)?),(-?\d+(?:\.\d+)?)\),\((-?\d+(?:\.\d+)?),(-?\d+(?:\.\d+)?)\)</points>")
+
+
+def parse_solution(text: str) -> dict[str, np.ndarray]:
+    """``<box>(x1,y1),(x2,y2)</box><points>(x,y),(x,y)</points>`` -> bbox float32[4], points float32[2, 2]."""
+    match = _SOLUTION.search(text.replace(" ", "")) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"solution {text!r} is not '<box>(x1,y1),(x2,y2)</box><points>(x,y),(x,y)</points>'")
+    values = np.array([float(v) for v in match.groups()], dtype=np.float32)
+    return {"bbox": values[:4], "points": values[4:].reshape(2, 2)}
+
+
+_SAFE_GLOBALS = {("builtins", name) for name in ("set", "frozenset", "list", "dict", "tuple", "int", "float",
+                                                 "str", "bytes", "bool", "complex", "bytearray")}
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _SAFE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only builtin containers and scalars")
+
+
+def load_data_pickle(path: str) -> Any:
+    """Unpickles a file that must hold only builtin containers and scalars (no code, no objects).
+
+    Python 2 pickles (like RefCOCOg's ``refs(umd).p``) load with byte strings decoded as UTF-8.
+    """
+    with open(path, "rb") as f:
+        try:
+            return _DataOnlyUnpickler(f, encoding="utf-8", errors="replace").load()
+        except (pickle.UnpicklingError, EOFError, ValueError, AttributeError, ImportError) as err:
+            raise ValueError(f"{path}: not a data-only pickle ({err})") from None
