@@ -1,0 +1,195 @@
+"""SAM2 configuration and presets (Hiera tiny/small/base+/large and a tiny test config).
+
+`Sam2Config` is a frozen dataclass, so it can be a static argument of `jax.jit`. Derived
+quantities (per-block dims, heads, window sizes, q-pool flags, the FPN channel list) are
+computed here once, the way the reference `Hiera.__init__` computes them, and shared by the
+model and the checkpoint converter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSpec:
+    """One Hiera block: dims in/out, heads, window size (0 = global) and q-pooling."""
+
+    dim: int
+    dim_out: int
+    num_heads: int
+    window_size: int
+    q_pool: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Sam2Config:
+    """Architecture of SAM2's image path (image encoder + prompt encoder + mask decoder)."""
+
+    # Hiera trunk
+    embed_dim: int = 96
+    num_heads: int = 1
+    stages: tuple[int, ...] = (1, 2, 7, 2)
+    global_att_blocks: tuple[int, ...] = (5, 7, 9)
+    window_spec: tuple[int, ...] = (8, 4, 14, 7)
+    window_pos_embed_bkg_spatial_size: tuple[int, int] = (7, 7)
+    q_pool: int = 3
+    q_stride: tuple[int, int] = (2, 2)
+    dim_mul: float = 2.0
+    head_mul: float = 2.0
+    mlp_ratio: float = 4.0
+    # FPN neck
+    d_model: int = 256
+    fpn_top_down_levels: tuple[int, ...] = (2, 3)
+    fpn_interp_model: str = "nearest"
+    scalp: int = 1
+    # SAM heads
+    image_size: int = 1024
+    backbone_stride: int = 16
+    mask_in_chans: int = 16
+    decoder_depth: int = 2
+    decoder_num_heads: int = 8
+    decoder_mlp_dim: int = 2048
+    attention_downsample_rate: int = 2
+    num_multimask_outputs: int = 3
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
+    use_high_res_features: bool = True
+    iou_prediction_use_sigmoid: bool = True
+    pred_obj_scores: bool = True
+    pred_obj_scores_mlp: bool = True
+    directly_add_no_mem_embed: bool = True
+    dynamic_multimask_via_stability: bool = True
+    dynamic_multimask_stability_delta: float = 0.05
+    dynamic_multimask_stability_thresh: float = 0.98
+    mask_threshold: float = 0.0
+    # numerics / execution
+    param_dtype: Dtype = jnp.float32
+    dtype: Dtype = jnp.float32
+    attention_implementation: str = "auto"
+    remat_policy: str = "none"
+
+    def __post_init__(self):
+        if len(self.stages) != len(self.window_spec):
+            raise ValueError(f"Sam2Config.window_spec {self.window_spec} needs one size per stage "
+                             f"{self.stages}")
+        if not 0 <= self.q_pool <= len(self.stages) - 1:
+            raise ValueError(f"Sam2Config.q_pool={self.q_pool} must be in [0, {len(self.stages) - 1}]")
+        if self.image_size % self.backbone_stride:
+            raise ValueError(f"Sam2Config.image_size={self.image_size} is not a multiple of "
+                             f"backbone_stride={self.backbone_stride}")
+        if self.fpn_interp_model not in ("nearest", "bilinear"):
+            raise ValueError(f"Sam2Config.fpn_interp_model={self.fpn_interp_model!r} is not "
+                             "'nearest' or 'bilinear'")
+        if len(self.stages) - self.scalp < 3 and self.use_high_res_features:
+            raise ValueError("Sam2Config: use_high_res_features needs 3 FPN levels after the scalp")
+
+    # --- derived, mirroring Hiera.__init__ -------------------------------------------------
+    @property
+    def depth(self) -> int:
+        return sum(self.stages)
+
+    @property
+    def stage_ends(self) -> tuple[int, ...]:
+        return tuple(sum(self.stages[:i]) - 1 for i in range(1, len(self.stages) + 1))
+
+    @property
+    def q_pool_blocks(self) -> tuple[int, ...]:
+        return tuple(x + 1 for x in self.stage_ends[:-1])[: self.q_pool]
+
+    @property
+    def blocks(self) -> tuple[BlockSpec, ...]:
+        """Per-block specs. The window size lags a block: a stage's first block keeps the
+        previous stage's window (it is the block that q-pools from that resolution)."""
+        specs, dim, heads, cur_stage = [], self.embed_dim, self.num_heads, 1
+        for i in range(self.depth):
+            dim_out = dim
+            window = self.window_spec[cur_stage - 1]
+            if i in self.global_att_blocks:
+                window = 0
+            if i - 1 in self.stage_ends:
+                dim_out = int(dim * self.dim_mul)
+                heads = int(heads * self.head_mul)
+                cur_stage += 1
+            specs.append(BlockSpec(dim, dim_out, heads, window, i in self.q_pool_blocks))
+            dim = dim_out
+        return tuple(specs)
+
+    @property
+    def backbone_channel_list(self) -> tuple[int, ...]:
+        """Trunk output dims, deepest stage first (the neck's conv order)."""
+        return tuple(self.blocks[i].dim_out for i in self.stage_ends[::-1])
+
+    @property
+    def image_embedding_size(self) -> int:
+        return self.image_size // self.backbone_stride
+
+    @property
+    def low_res_size(self) -> int:
+        return 4 * self.image_embedding_size
+
+    @property
+    def num_mask_tokens(self) -> int:
+        return self.num_multimask_outputs + 1
+
+    def replace(self, **kwargs: Any) -> "Sam2Config":
+        return dataclasses.replace(self, **kwargs)
+
+
+PRESETS: dict[str, Callable[[], Sam2Config]] = {}
+
+
+def register_preset(name: str) -> Callable[[Callable[[], Sam2Config]], Callable[[], Sam2Config]]:
+    def wrap(fn: Callable[[], Sam2Config]) -> Callable[[], Sam2Config]:
+        PRESETS[name] = fn
+        return fn
+    return wrap
+
+
+@register_preset("hiera_tiny")
+def hiera_tiny() -> Sam2Config:
+    """`sam2_hiera_t.yaml`."""
+    return Sam2Config()
+
+
+@register_preset("hiera_small")
+def hiera_small() -> Sam2Config:
+    """`sam2_hiera_s.yaml`."""
+    return Sam2Config(stages=(1, 2, 11, 2), global_att_blocks=(7, 10, 13))
+
+
+@register_preset("hiera_base_plus")
+def hiera_base_plus() -> Sam2Config:
+    """`sam2_hiera_b+.yaml`."""
+    return Sam2Config(embed_dim=112, num_heads=2, stages=(2, 3, 16, 3),
+                      global_att_blocks=(12, 16, 20), window_pos_embed_bkg_spatial_size=(14, 14))
+
+
+@register_preset("hiera_large")
+def hiera_large() -> Sam2Config:
+    """`sam2_hiera_l.yaml` (Seg-Zero's segmenter)."""
+    return Sam2Config(embed_dim=144, num_heads=2, stages=(2, 6, 36, 4),
+                      global_att_blocks=(23, 33, 43), window_spec=(8, 4, 16, 8),
+                      window_pos_embed_bkg_spatial_size=(14, 14))
+
+
+@register_preset("test_tiny")
+def test_tiny() -> Sam2Config:
+    """A few-second config for unit tests: 128x128 input, window padding in stages 3 and 4,
+    a global block, a run of two uniform blocks, every stage transition pooled. The SAM heads
+    keep the reference's fixed sizes (mlp 2048, 8 heads, IoU hidden 256)."""
+    return Sam2Config(embed_dim=16, num_heads=1, stages=(1, 2, 4, 2), global_att_blocks=(6,),
+                      window_spec=(4, 2, 6, 3), window_pos_embed_bkg_spatial_size=(3, 3),
+                      d_model=32, image_size=128)
+
+
+def get_preset(name: str, **overrides: Any) -> Sam2Config:
+    """Looks up a preset by name (see `PRESETS`) and applies field overrides."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown SAM2 preset {name!r}; known: {sorted(PRESETS)}")
+    return PRESETS[name]().replace(**overrides)

@@ -1,0 +1,245 @@
+"""Checkpoint conversion: Meta's SAM2 `.pt` (`{"model": state_dict}`) -> our params dict.
+
+The mapping is one declarative table, `TABLE`: (reference key regex, param path template,
+transform). Templates may name `{block}` (a Hiera block index, resolved through the scan layout
+to `segment_j` plus a stack index) and `{stack}` (a row of a stacked param such as one of the
+four point embeddings or one hypernetwork MLP). Transforms only permute axes and then reshape
+to the target's shape:
+
+  linear   torch Linear weight [F, D]          -> [D, F]  (then e.g. [D, 3, N, H])
+  conv     torch Conv2d weight [O, I, kh, kw]  -> [kh, kw, I, O]  (1x1: [I, O])
+  conv_t   torch ConvTranspose2d [I, O, kh, kw] -> [I, kh, kw, O]
+  chw      [1, C, h, w]                         -> [h, w, C]
+  reshape  same element order
+
+Keys of the video-only parts (memory attention/encoder, object pointers) are listed in
+`IGNORED_PREFIXES` and skipped; any other unknown key, missing param or shape mismatch is an
+error naming the key.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Mapping, Optional, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from segzero_jax.models.sam2.config import PRESETS, Sam2Config, get_preset
+from segzero_jax.models.sam2.hiera import block_segments, is_scanned
+from segzero_jax.models.sam2.model import abstract_params
+
+_T = r"image_encoder\.trunk\."
+_B = _T + r"blocks\.(?P<block>\d+)\."
+_D = r"sam_mask_decoder\."
+_P = r"sam_prompt_encoder\."
+_ATTN = r"(?P<attn>self_attn|cross_attn_token_to_image|cross_attn_image_to_token)"
+
+TABLE: tuple[tuple[str, str, str], ...] = (
+    # Hiera trunk
+    (_T + r"patch_embed\.proj\.weight", "trunk/patch_embed_kernel", "conv"),
+    (_T + r"patch_embed\.proj\.bias", "trunk/patch_embed_bias", "reshape"),
+    (_T + r"pos_embed", "trunk/pos_embed", "chw"),
+    (_T + r"pos_embed_window", "trunk/pos_embed_window", "chw"),
+    (_B + r"norm(?P<n>[12])\.weight", "trunk/{block}/norm{n}/scale", "reshape"),
+    (_B + r"norm(?P<n>[12])\.bias", "trunk/{block}/norm{n}/bias", "reshape"),
+    (_B + r"attn\.qkv\.weight", "trunk/{block}/attn/qkv_kernel", "linear"),
+    (_B + r"attn\.qkv\.bias", "trunk/{block}/attn/qkv_bias", "reshape"),
+    (_B + r"attn\.proj\.weight", "trunk/{block}/attn/proj_kernel", "linear"),
+    (_B + r"attn\.proj\.bias", "trunk/{block}/attn/proj_bias", "reshape"),
+    (_B + r"mlp\.layers\.(?P<l>\d)\.weight", "trunk/{block}/mlp/layers_{l}/kernel", "linear"),
+    (_B + r"mlp\.layers\.(?P<l>\d)\.bias", "trunk/{block}/mlp/layers_{l}/bias", "reshape"),
+    (_B + r"proj\.weight", "trunk/{block}/proj/kernel", "linear"),
+    (_B + r"proj\.bias", "trunk/{block}/proj/bias", "reshape"),
+    # FPN neck
+    (r"image_encoder\.neck\.convs\.(?P<i>\d)\.conv\.weight", "neck/convs_{i}/kernel", "conv"),
+    (r"image_encoder\.neck\.convs\.(?P<i>\d)\.conv\.bias", "neck/convs_{i}/bias", "reshape"),
+    (r"no_mem_embed", "no_mem_embed", "reshape"),
+    # prompt encoder
+    (_P + r"pe_layer\.positional_encoding_gaussian_matrix", "prompt_encoder/pe_gaussian", "reshape"),
+    (_P + r"point_embeddings\.(?P<stack>\d)\.weight", "prompt_encoder/point_embeddings", "reshape"),
+    (_P + r"not_a_point_embed\.weight", "prompt_encoder/not_a_point_embed", "reshape"),
+    (_P + r"no_mask_embed\.weight", "prompt_encoder/no_mask_embed", "reshape"),
+    (_P + r"mask_downscaling\.0\.(?P<wb>weight|bias)", "prompt_encoder/mask_conv0/{wb}", "conv"),
+    (_P + r"mask_downscaling\.1\.weight", "prompt_encoder/mask_norm0/scale", "reshape"),
+    (_P + r"mask_downscaling\.1\.bias", "prompt_encoder/mask_norm0/bias", "reshape"),
+    (_P + r"mask_downscaling\.3\.(?P<wb>weight|bias)", "prompt_encoder/mask_conv1/{wb}", "conv"),
+    (_P + r"mask_downscaling\.4\.weight", "prompt_encoder/mask_norm1/scale", "reshape"),
+    (_P + r"mask_downscaling\.4\.bias", "prompt_encoder/mask_norm1/bias", "reshape"),
+    (_P + r"mask_downscaling\.6\.(?P<wb>weight|bias)", "prompt_encoder/mask_conv2/{wb}", "conv"),
+    # mask decoder: two-way transformer
+    (_D + r"transformer\.layers\.(?P<l>\d+)\." + _ATTN + r"\.(?P<p>[qkv])_proj\.weight",
+     "mask_decoder/transformer/layers_{l}/{attn}/{p}_proj_kernel", "linear"),
+    (_D + r"transformer\.layers\.(?P<l>\d+)\." + _ATTN + r"\.(?P<p>[qkv])_proj\.bias",
+     "mask_decoder/transformer/layers_{l}/{attn}/{p}_proj_bias", "reshape"),
+    (_D + r"transformer\.layers\.(?P<l>\d+)\." + _ATTN + r"\.out_proj\.weight",
+     "mask_decoder/transformer/layers_{l}/{attn}/out_proj_kernel", "linear"),
+    (_D + r"transformer\.layers\.(?P<l>\d+)\." + _ATTN + r"\.out_proj\.bias",
+     "mask_decoder/transformer/layers_{l}/{attn}/out_proj_bias", "reshape"),
+    (_D + r"transformer\.layers\.(?P<l>\d+)\.norm(?P<n>\d)\.weight",
+     "mask_decoder/transformer/layers_{l}/norm{n}/scale", "reshape"),
+    (_D + r"transformer\.layers\.(?P<l>\d+)\.norm(?P<n>\d)\.bias",
+     "mask_decoder/transformer/layers_{l}/norm{n}/bias", "reshape"),
+    (_D + r"transformer\.layers\.(?P<l>\d+)\.mlp\.layers\.(?P<m>\d)\.weight",
+     "mask_decoder/transformer/layers_{l}/mlp/layers_{m}/kernel", "linear"),
+    (_D + r"transformer\.layers\.(?P<l>\d+)\.mlp\.layers\.(?P<m>\d)\.bias",
+     "mask_decoder/transformer/layers_{l}/mlp/layers_{m}/bias", "reshape"),
+    (_D + r"transformer\.final_attn_token_to_image\.(?P<p>[qkv]|out)_proj\.weight",
+     "mask_decoder/transformer/final_attn_token_to_image/{p}_proj_kernel", "linear"),
+    (_D + r"transformer\.final_attn_token_to_image\.(?P<p>[qkv]|out)_proj\.bias",
+     "mask_decoder/transformer/final_attn_token_to_image/{p}_proj_bias", "reshape"),
+    (_D + r"transformer\.norm_final_attn\.weight", "mask_decoder/transformer/norm_final_attn/scale", "reshape"),
+    (_D + r"transformer\.norm_final_attn\.bias", "mask_decoder/transformer/norm_final_attn/bias", "reshape"),
+    # mask decoder: tokens, upscaling, heads
+    (_D + r"(?P<t>iou_token|mask_tokens|obj_score_token)\.weight", "mask_decoder/{t}", "reshape"),
+    (_D + r"output_upscaling\.0\.(?P<wb>weight|bias)", "mask_decoder/upscale_conv1/{wb}", "conv_t"),
+    (_D + r"output_upscaling\.1\.weight", "mask_decoder/upscale_norm/scale", "reshape"),
+    (_D + r"output_upscaling\.1\.bias", "mask_decoder/upscale_norm/bias", "reshape"),
+    (_D + r"output_upscaling\.3\.(?P<wb>weight|bias)", "mask_decoder/upscale_conv2/{wb}", "conv_t"),
+    (_D + r"conv_s(?P<s>[01])\.(?P<wb>weight|bias)", "conv_s{s}/{wb}", "conv"),
+    (_D + r"output_hypernetworks_mlps\.(?P<stack>\d+)\.layers\.(?P<l>\d)\.weight",
+     "mask_decoder/output_hypernetworks/layers_{l}_kernel", "linear"),
+    (_D + r"output_hypernetworks_mlps\.(?P<stack>\d+)\.layers\.(?P<l>\d)\.bias",
+     "mask_decoder/output_hypernetworks/layers_{l}_bias", "reshape"),
+    (_D + r"iou_prediction_head\.layers\.(?P<l>\d)\.weight", "mask_decoder/iou_prediction_head/layers_{l}/kernel", "linear"),
+    (_D + r"iou_prediction_head\.layers\.(?P<l>\d)\.bias", "mask_decoder/iou_prediction_head/layers_{l}/bias", "reshape"),
+    (_D + r"pred_obj_score_head\.layers\.(?P<l>\d)\.weight", "mask_decoder/pred_obj_score_head/layers_{l}/kernel", "linear"),
+    (_D + r"pred_obj_score_head\.layers\.(?P<l>\d)\.bias", "mask_decoder/pred_obj_score_head/layers_{l}/bias", "reshape"),
+    (_D + r"pred_obj_score_head\.weight", "mask_decoder/pred_obj_score_head/kernel", "linear"),
+    (_D + r"pred_obj_score_head\.bias", "mask_decoder/pred_obj_score_head/bias", "reshape"),
+)
+
+IGNORED_PREFIXES = ("memory_attention.", "memory_encoder.", "maskmem_tpos_enc", "no_mem_pos_enc",
+                    "no_obj_ptr", "obj_ptr_proj.", "obj_ptr_tpos_proj.", "mask_downsample.",
+                    "no_obj_embed_spatial")
+
+
+def _weight_or_bias(perm: tuple[int, ...]) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda a: a if a.ndim == 1 else a.transpose(perm)
+
+
+TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "reshape": lambda a: a,
+    "linear": lambda a: a.T,
+    "conv": _weight_or_bias((2, 3, 1, 0)),
+    "conv_t": _weight_or_bias((0, 2, 3, 1)),
+    "chw": lambda a: a.reshape(a.shape[-3:]).transpose(1, 2, 0),
+}
+
+_COMPILED = tuple((re.compile(p + r"$"), t, f) for p, t, f in TABLE)
+
+
+def block_locations(config: Sam2Config) -> dict[int, tuple[str, Optional[int]]]:
+    """Hiera block index -> (param scope `segment_j`, stack index or None if unstacked)."""
+    loc = {}
+    for j, (start, count, spec) in enumerate(block_segments(config)):
+        for k in range(count):
+            loc[start + k] = (f"segment_{j}", k if is_scanned(spec) else None)
+    return loc
+
+
+def _resolve(key: str, config: Sam2Config, blocks: dict) -> Optional[tuple[tuple[str, ...], Optional[int], str]]:
+    for pattern, template, transform in _COMPILED:
+        m = pattern.match(key)
+        if not m:
+            continue
+        groups = dict(m.groupdict())
+        stack = int(groups.pop("stack")) if "stack" in groups else None
+        if "block" in groups:
+            b = int(groups["block"])
+            if b not in blocks:
+                raise ValueError(f"checkpoint key {key!r}: block {b} does not exist in a "
+                                 f"{config.depth}-block trunk")
+            groups["block"], stack = blocks[b]
+        if "wb" in groups:
+            groups["wb"] = {"weight": "kernel", "bias": "bias"}[groups["wb"]]
+        return tuple(template.format(**groups).split("/")), stack, transform
+    return None
+
+
+def convert_state_dict(state_dict: Mapping[str, Any], config: Sam2Config) -> dict:
+    """Reference state dict (arrays or tensors) -> params (nested dict of numpy arrays)."""
+    targets = flatten_dict(nn.meta.unbox(abstract_params(config)))
+    out = {path: np.zeros(t.shape, np.float32) for path, t in targets.items()}
+    seen: dict[tuple[str, ...], set] = {path: set() for path in targets}
+    blocks = block_locations(config)
+    for key, value in state_dict.items():
+        hit = _resolve(key, config, blocks)
+        if hit is None:
+            if key.startswith(IGNORED_PREFIXES):
+                continue
+            raise ValueError(f"checkpoint key {key!r} has no place in the SAM2 params "
+                             "(wrong config or not a SAM2 checkpoint?)")
+        path, stack, transform = hit
+        if path not in targets:
+            raise ValueError(f"checkpoint key {key!r} maps to {'/'.join(path)}, which this config "
+                             "does not have")
+        shape = targets[path].shape if stack is None else targets[path].shape[1:]
+        arr = TRANSFORMS[transform](np.asarray(value, dtype=np.float32))
+        if arr.size != int(np.prod(shape)):
+            raise ValueError(f"checkpoint key {key!r}: shape {tuple(np.shape(value))} does not fit "
+                             f"{'/'.join(path)} {tuple(shape)}")
+        arr = arr.reshape(shape)
+        if stack is None:
+            out[path] = arr
+        else:
+            if stack >= targets[path].shape[0]:
+                raise ValueError(f"checkpoint key {key!r}: index {stack} out of range for "
+                                 f"{'/'.join(path)} {targets[path].shape}")
+            out[path][stack] = arr
+        seen[path].add(stack)
+    missing = ["/".join(path) for path, t in targets.items()
+                if not seen[path] or (None not in seen[path] and seen[path] != set(range(t.shape[0])))]
+    if missing:
+        raise ValueError(f"checkpoint is missing {len(missing)} SAM2 params, e.g. {missing[:5]}")
+    return unflatten_dict(out)
+
+
+def _torch_state_dict(path: str) -> dict[str, np.ndarray]:
+    import torch  # optional dependency: only needed to read .pt files
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(ckpt, dict) and "model" in ckpt and isinstance(ckpt["model"], dict):
+        ckpt = ckpt["model"]
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: expected a state dict (or {{'model': state dict}}), got {type(ckpt).__name__}")
+    return {k: v.detach().float().numpy() for k, v in ckpt.items() if hasattr(v, "detach")}
+
+
+def infer_preset(state_dict: Mapping[str, Any]) -> str:
+    """Names the preset whose trunk width and depth match a reference state dict."""
+    key = "image_encoder.trunk.patch_embed.proj.bias"
+    if key not in state_dict:
+        raise ValueError(f"not a SAM2 state dict: {key!r} is missing")
+    width = int(np.shape(state_dict[key])[0])
+    depth = 1 + max(int(m.group(1)) for k in state_dict
+                    if (m := re.match(_T + r"blocks\.(\d+)\.", k)))
+    for name, make in PRESETS.items():
+        cfg = make()
+        if cfg.embed_dim == width and cfg.depth == depth:
+            return name
+    raise ValueError(f"no SAM2 preset has a {depth}-block trunk of width {width}; pass a config")
+
+
+def load_checkpoint(path: str, config: Union[Sam2Config, str, None] = None,
+                    mesh: Optional[jax.sharding.Mesh] = None, rules: Any = None) -> tuple[Sam2Config, dict]:
+    """Reads Meta's `sam2_hiera_*.pt` (torch, weights only) -> (config, params).
+
+    `config` is a `Sam2Config`, a preset name, or None to pick the preset matching the file.
+    Params are cast to `config.param_dtype`; with `mesh`, placed by the logical-axis rules.
+    """
+    state = _torch_state_dict(path)
+    if config is None:
+        config = infer_preset(state)
+    if isinstance(config, str):
+        config = get_preset(config)
+    params = convert_state_dict(state, config)
+    params = jax.tree.map(lambda a: jnp.asarray(a, dtype=config.param_dtype), params)
+    if mesh is not None:
+        from segzero_jax.parallel import DEFAULT_RULES, logical_shardings
+        shardings = logical_shardings(abstract_params(config), mesh, rules or DEFAULT_RULES)
+        params = jax.device_put(params, shardings)
+    return config, params

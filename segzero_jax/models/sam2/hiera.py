@@ -1,0 +1,201 @@
+"""Hiera trunk (SAM2's image backbone, "hieradet"), channels last.
+
+Einsum alphabet: B batch (or batch x windows), Y/X rows/cols, D block input width,
+E block output width, C the q/k/v triple, N heads, H head dim, F mlp width.
+
+    x = PatchEmbed_{7x7/4}(image) + bicubic(pos_embed -> Y, X) + tile(pos_embed_window)
+    for each block:   (pre-norm, windowed or global attention, optional 2x2 q max-pooling)
+        x' = norm1(x)
+        s  = maxpool(proj(x')) if the width changes else x
+        x  = s + unwindow(attn(window(x')))          attn pools q inside each window
+        x  = x + mlp(norm2(x))
+    outputs: x at the end of every stage, float[B, Y_s, X_s, E_s].
+
+Windows are zero-padded to a multiple of the window size (after norm1) and padded tokens take
+part in attention, exactly as in the reference. Runs of identical blocks (same widths, window,
+no pooling) are one `nn.scan` with params stacked on a leading "layers" axis; a block that
+changes width or pools is applied on its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import einops
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from segzero_jax.models.layers import dot_product_attention, logical_param
+from segzero_jax.models.sam2.common import REMAT_POLICIES, Dense, LayerNorm, Mlp, constrain
+from segzero_jax.models.sam2.config import BlockSpec, Sam2Config
+from segzero_jax.models.sam2.resize import resize_hwc
+
+ACT = ("act_batch", None, None, "act_embed")
+
+
+def block_segments(config: Sam2Config) -> list[tuple[int, int, BlockSpec]]:
+    """Groups consecutive identical blocks of one stage: [(first block index, count, spec)]."""
+    segments: list[tuple[int, int, BlockSpec]] = []
+    for i, spec in enumerate(config.blocks):
+        if segments and not spec.q_pool and segments[-1][2] == spec and i - 1 not in config.stage_ends:
+            start, n, _ = segments[-1]
+            segments[-1] = (start, n + 1, spec)
+        else:
+            segments.append((i, 1, spec))
+    return segments
+
+
+def is_scanned(spec: BlockSpec) -> bool:
+    """Shape-preserving blocks run under `nn.scan` (params stacked on a leading axis); a block
+    that changes width or pools runs on its own (unstacked params)."""
+    return spec.dim == spec.dim_out and not spec.q_pool
+
+
+def window_partition(x: jax.Array, ws: int) -> tuple[jax.Array, tuple[int, int]]:
+    """float[B, Y, X, D] -> float[B * nY * nX, ws, ws, D] (zero-padded) and the padded size."""
+    _, h, w, _ = x.shape
+    ph, pw = (-h) % ws, (-w) % ws
+    if ph or pw:
+        x = jnp.pad(x, ((0, 0), (0, ph), (0, pw), (0, 0)))
+    windows = einops.rearrange(x, "b (ny y) (nx x) d -> (b ny nx) y x d", y=ws, x=ws)
+    return windows, (h + ph, w + pw)
+
+
+def window_unpartition(windows: jax.Array, ws: int, pad_hw: tuple[int, int],
+                       hw: tuple[int, int]) -> jax.Array:
+    """Inverse of `window_partition`, cropping the padding."""
+    hp, wp = pad_hw
+    x = einops.rearrange(windows, "(b ny nx) y x d -> b (ny y) (nx x) d", ny=hp // ws, nx=wp // ws)
+    return x[:, : hw[0], : hw[1]]
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """`MaxPool2d(2, 2)` (floor mode) on float[B, Y, X, ...]."""
+    h, w = x.shape[1] // 2, x.shape[2] // 2
+    x = x[:, : 2 * h, : 2 * w]
+    x = x.reshape(x.shape[0], h, 2, w, 2, *x.shape[3:])
+    return jnp.max(x, axis=(2, 4))
+
+
+class MultiScaleAttention(nn.Module):
+    """Attention over one window float[B, Y, X, D] -> float[B, Y', X', E] (Y' = Y/2 if pooled)."""
+
+    spec: BlockSpec
+    config: Sam2Config
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg, spec = self.config, self.spec
+        n, hd = spec.num_heads, spec.dim_out // spec.num_heads
+        w_qkv = logical_param(self, "qkv_kernel", nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2, 3)),
+                              (spec.dim, 3, n, hd), ("embed", None, "heads", "head_dim"), cfg.param_dtype)
+        b_qkv = logical_param(self, "qkv_bias", nn.initializers.zeros, (3, n, hd),
+                              (None, "heads", "head_dim"), cfg.param_dtype)
+        qkv = jnp.einsum("BYXD,DCNH->CBYXNH", x.astype(cfg.dtype), w_qkv.astype(cfg.dtype))
+        q, k, v = qkv + b_qkv.astype(cfg.dtype)[:, None, None, None]
+        if spec.q_pool:
+            q = max_pool_2x2(q)
+        b, qy, qx = q.shape[:3]
+        flat = lambda t: t.reshape(t.shape[0], -1, n, hd)
+        o = dot_product_attention(flat(q), flat(k), flat(v),
+                                  implementation=cfg.attention_implementation)
+        o = o.reshape(b, qy, qx, n, hd)
+        w_o = logical_param(self, "proj_kernel", nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2),
+                            (n, hd, spec.dim_out), ("heads", "head_dim", "embed"), cfg.param_dtype)
+        b_o = logical_param(self, "proj_bias", nn.initializers.zeros, (spec.dim_out,), ("embed",),
+                            cfg.param_dtype)
+        return jnp.einsum("BYXNH,NHE->BYXE", o, w_o.astype(cfg.dtype)) + b_o.astype(cfg.dtype)
+
+
+class MultiScaleBlock(nn.Module):
+    """One Hiera block: float[B, Y, X, D] -> float[B, Y', X', E] (see the module docstring)."""
+
+    spec: BlockSpec
+    config: Sam2Config
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg, spec = self.config, self.spec
+        kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+        shortcut = x
+        x = LayerNorm(eps=1e-6, name="norm1", **kw)(x)
+        if spec.dim != spec.dim_out:
+            shortcut = Dense(spec.dim_out, axes=("embed", "mlp"), name="proj", **kw)(x)
+            if spec.q_pool:
+                shortcut = max_pool_2x2(shortcut)
+        ws = spec.window_size
+        h, w = x.shape[1:3]
+        if ws > 0:
+            x, pad_hw = window_partition(x, ws)
+        x = MultiScaleAttention(spec, cfg, name="attn")(x)
+        if spec.q_pool:
+            ws = ws // cfg.q_stride[0]
+            h, w = shortcut.shape[1:3]
+            pad_hw = (h + (-h) % ws, w + (-w) % ws) if ws > 0 else (h, w)
+        if spec.window_size > 0:
+            x = window_unpartition(x, ws, pad_hw, (h, w))
+        x = shortcut + x
+        y = LayerNorm(eps=1e-6, name="norm2", **kw)(x)
+        x = x + Mlp(int(spec.dim_out * cfg.mlp_ratio), spec.dim_out, 2, activation="gelu",
+                    name="mlp", **kw)(y)
+        return constrain(x, ACT)
+
+
+class _ScannedBlock(MultiScaleBlock):
+    """`MultiScaleBlock` with the (carry, output) signature `nn.scan` wants."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, _: Any = None) -> tuple[jax.Array, None]:
+        return super().__call__(x), None
+
+
+class Hiera(nn.Module):
+    """images float[B, S, S, 3] -> per-stage features [float[B, S/4/2^s, S/4/2^s, E_s]]."""
+
+    config: Sam2Config
+
+    def _pos_embed(self, h: int, w: int) -> jax.Array:
+        cfg = self.config
+        bh, bw = cfg.window_pos_embed_bkg_spatial_size
+        ws = cfg.window_spec[0]
+        bkg = logical_param(self, "pos_embed", nn.initializers.normal(0.02), (bh, bw, cfg.embed_dim),
+                            (None, None, "embed"), cfg.param_dtype)
+        win = logical_param(self, "pos_embed_window", nn.initializers.normal(0.02),
+                            (ws, ws, cfg.embed_dim), (None, None, "embed"), cfg.param_dtype)
+        pos = resize_hwc(bkg, (h, w), "bicubic")
+        return pos + jnp.tile(win.astype(jnp.float32), (h // ws, w // ws, 1))
+
+    @nn.compact
+    def __call__(self, images: jax.Array) -> list[jax.Array]:
+        cfg = self.config
+        kern = logical_param(self, "patch_embed_kernel", nn.initializers.lecun_normal(in_axis=(0, 1, 2), out_axis=3),
+                             (7, 7, images.shape[-1], cfg.embed_dim),
+                             ("conv_spatial", "conv_spatial", "conv_in", "conv_out"), cfg.param_dtype)
+        bias = logical_param(self, "patch_embed_bias", nn.initializers.zeros, (cfg.embed_dim,),
+                             ("conv_out",), cfg.param_dtype)
+        x = jax.lax.conv_general_dilated(images.astype(cfg.dtype), kern.astype(cfg.dtype),
+                                         window_strides=(4, 4), padding=((3, 3), (3, 3)),
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        x = x + bias.astype(cfg.dtype)
+        x = (x + self._pos_embed(x.shape[1], x.shape[2])).astype(cfg.dtype)
+        x = constrain(x, ACT)
+
+        policy = REMAT_POLICIES[cfg.remat_policy]
+        outputs = []
+        for j, (start, count, spec) in enumerate(block_segments(cfg)):
+            if is_scanned(spec):
+                block_cls = _ScannedBlock
+                if cfg.remat_policy != "none":
+                    block_cls = nn.remat(block_cls, policy=policy, prevent_cse=False)
+                stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                                length=count, metadata_params={nn.PARTITION_NAME: "layers"})
+                x, _ = stack(spec, cfg, name=f"segment_{j}")(x, None)
+            else:
+                block_cls = MultiScaleBlock
+                if cfg.remat_policy != "none":
+                    block_cls = nn.remat(block_cls, policy=policy, prevent_cse=False)
+                x = block_cls(spec, cfg, name=f"segment_{j}")(x)
+            if start + count - 1 in cfg.stage_ends:
+                outputs.append(x)
+        return outputs

@@ -1,0 +1,214 @@
+"""Image predictor with the reference `SAM2ImagePredictor` semantics, and its jitted batch path.
+
+Pre-processing (`preprocess_image`): uint8 [H, W, 3] -> /255 -> antialiased bilinear resize to
+S x S (torchvision `Resize` on tensors) -> ImageNet mean/std.
+Prompts: pixel coordinates of the original image are mapped to the S x S input frame with
+c' = c / (W, H) * S; a box becomes two corner points labelled 2 and 3, placed before the points;
+the prompt encoder then appends a padding point (the reference always pads, as it passes the
+box as points) and shifts every point by +0.5 (pixel centres).
+Post-processing: low-res logits float[M, S/4, S/4] -> bilinear (align_corners=False) to the
+original H x W -> `> mask_threshold`; the returned low-res logits are clamped to [-32, 32].
+
+`predict_batch` runs B images x K prompts with fixed shapes under `jax.jit`; `SamPredictor` is a
+thin stateful wrapper (set_image / predict) over the same jitted pieces.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from segzero_jax.models.sam2.config import Sam2Config
+from segzero_jax.models.sam2.mask_decoder import select_masks
+from segzero_jax.models.sam2.model import Sam2
+from segzero_jax.models.sam2.resize import resize_hw, resize_hwc
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def preprocess_image(image: jax.Array, image_size: int) -> jax.Array:
+    """uint8 (or float in [0, 1]) [..., H, W, 3] -> float32[..., S, S, 3] normalised model input."""
+    x = jnp.asarray(image)
+    x = x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
+    x = resize_hwc(x, (image_size, image_size), "bilinear_aa")
+    return (x - jnp.asarray(IMAGENET_MEAN, jnp.float32)) / jnp.asarray(IMAGENET_STD, jnp.float32)
+
+
+def to_input_frame(coords: jax.Array, orig_hw: tuple[int, int], image_size: int) -> jax.Array:
+    """(x, y) pixels of an H x W image -> pixels of the S x S model input."""
+    h, w = orig_hw
+    scale = jnp.asarray([w, h], jnp.float32)
+    return coords.astype(jnp.float32) / scale * image_size
+
+
+def concat_prompts(boxes: Optional[jax.Array], points: Optional[jax.Array],
+                   labels: Optional[jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """boxes float[..., 4] (x1 y1 x2 y2) and points float[..., P, 2] / labels int[..., P]
+    -> the reference's point list: box corners (labels 2, 3) first, then the points."""
+    parts, part_labels = [], []
+    if boxes is not None:
+        corners = boxes.reshape(*boxes.shape[:-1], 2, 2)
+        parts.append(corners)
+        part_labels.append(jnp.broadcast_to(jnp.asarray([2, 3], jnp.int32), corners.shape[:-1]))
+    if points is not None:
+        if labels is None:
+            raise ValueError("point labels must be given with point coordinates")
+        parts.append(points)
+        part_labels.append(labels.astype(jnp.int32))
+    return jnp.concatenate(parts, axis=-2), jnp.concatenate(part_labels, axis=-1)
+
+
+def _decode_postprocess(config: Sam2Config, params: dict, image_embed, high_res, coords, labels,
+                        orig_hw, multimask_output: bool, pad: bool, best_only: bool) -> dict:
+    """Per-prompt features (batch N) + input-frame prompts -> reference predictor outputs."""
+    model = Sam2(config)
+    all_masks, all_iou, obj = model.apply({"params": params}, image_embed, high_res, coords, labels,
+                                          None, pad, method=Sam2.decode)
+    low, scores = select_masks(config, all_masks, all_iou, multimask_output)
+    best = jnp.argmax(scores, axis=-1)
+    best_low = jnp.take_along_axis(low, best[:, None, None, None], axis=1)[:, 0]
+    out = {"scores": scores, "low_res_logits": jnp.clip(low, -32.0, 32.0),
+           "best_index": best, "best_score": jnp.take_along_axis(scores, best[:, None], 1)[:, 0],
+           "object_score_logits": obj[:, 0]}
+    thr = config.mask_threshold
+    out["best_mask"] = resize_hw(best_low, orig_hw, "bilinear") > thr
+    if not best_only:
+        out["masks"] = resize_hw(low, orig_hw, "bilinear") > thr
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("config", "orig_hw", "multimask_output", "best_only"))
+def predict_batch(params: dict, images: jax.Array, boxes: Optional[jax.Array], points: Optional[jax.Array],
+                  labels: Optional[jax.Array], orig_hw: tuple[int, int], *, config: Sam2Config,
+                  multimask_output: bool = True, best_only: bool = False) -> dict:
+    """B images x K prompts in one jitted call.
+
+    images float[B, S, S, 3] (from `preprocess_image`); boxes float[B, K, 4] or None;
+    points float[B, K, P, 2] or None, labels int[B, K, P] (-1 = ignored point); prompt
+    coordinates are pixels of the original H x W = `orig_hw` image. Returns (M = 3 with
+    multimask_output, else 1): masks bool[B, K, M, H, W] (unless best_only),
+    scores float[B, K, M], low_res_logits float[B, K, M, S/4, S/4], best_index int[B, K],
+    best_score float[B, K], best_mask bool[B, K, H, W] (the top-scoring of the M masks, as
+    Seg-Zero picks it), object_score_logits float[B, K].
+    """
+    if boxes is None and points is None:
+        raise ValueError("predict_batch needs boxes, points or both")
+    enc = Sam2(config).apply({"params": params}, images, method=Sam2.encode_image)
+    coords, labs = concat_prompts(boxes, points, labels)
+    b, k = coords.shape[:2]
+    coords = to_input_frame(coords, orig_hw, config.image_size).reshape(b * k, -1, 2)
+    labs = labs.reshape(b * k, -1)
+    per_prompt = lambda t: jnp.repeat(t, k, axis=0)
+    high = enc.get("high_res_feats")
+    high = tuple(per_prompt(t) for t in high) if high is not None else None
+    out = _decode_postprocess(config, params, per_prompt(enc["image_embed"]), high, coords, labs,
+                              tuple(orig_hw), multimask_output, True, best_only)
+    return jax.tree.map(lambda t: t.reshape(b, k, *t.shape[1:]), out)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _encode(params: dict, image: jax.Array, *, config: Sam2Config) -> dict:
+    x = preprocess_image(image, config.image_size)[None]
+    enc = Sam2(config).apply({"params": params}, x, method=Sam2.encode_image)
+    return {"image_embed": enc["image_embed"], "high_res_feats": enc.get("high_res_feats")}
+
+
+@functools.partial(jax.jit, static_argnames=("config", "orig_hw", "multimask_output", "pad"))
+def _predict(params: dict, features: dict, coords: jax.Array, labels: jax.Array, *,
+             config: Sam2Config, orig_hw: tuple[int, int], multimask_output: bool, pad: bool) -> dict:
+    n = coords.shape[0]
+    rep = lambda t: jnp.broadcast_to(t, (n, *t.shape[1:]))
+    high = features["high_res_feats"]
+    high = tuple(rep(t) for t in high) if high is not None else None
+    coords = to_input_frame(coords, orig_hw, config.image_size)
+    return _decode_postprocess(config, params, rep(features["image_embed"]), high, coords, labels,
+                               orig_hw, multimask_output, pad, False)
+
+
+class SamPredictor:
+    """The reference image predictor's interface over the jitted model.
+
+        predictor = SamPredictor(config, params)
+        predictor.set_image(image_uint8_hwc)
+        masks, scores, low_res = predictor.predict(point_coords=pts, point_labels=lbl, box=box)
+
+    Outputs follow the reference: masks bool[M, H, W], scores float[M], low_res_logits
+    float[M, S/4, S/4] for one prompt (a leading K axis for K boxes / K point sets).
+    """
+
+    def __init__(self, config: Sam2Config, params: dict):
+        self.config = config
+        self.params = params
+        self.reset_predictor()
+
+    def reset_predictor(self) -> None:
+        self._features = None
+        self._orig_hw = None
+
+    def set_image(self, image: np.ndarray) -> None:
+        """image: uint8 [H, W, 3] RGB (a float array is taken as already scaled to [0, 1])."""
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[-1] != 3:
+            raise ValueError(f"set_image expects an RGB image [H, W, 3], got shape {image.shape}")
+        self.reset_predictor()
+        self._orig_hw = (int(image.shape[0]), int(image.shape[1]))
+        self._features = _encode(self.params, jnp.asarray(image), config=self.config)
+
+    @property
+    def is_image_set(self) -> bool:
+        return self._features is not None
+
+    def get_image_embedding(self) -> np.ndarray:
+        """float32[1, D, S/16, S/16] (the reference's channels-first layout)."""
+        if not self.is_image_set:
+            raise RuntimeError("An image must be set with .set_image(...) to get an embedding.")
+        return np.asarray(self._features["image_embed"], np.float32).transpose(0, 3, 1, 2)
+
+    def predict(self, point_coords: Optional[np.ndarray] = None, point_labels: Optional[np.ndarray] = None,
+                box: Optional[np.ndarray] = None, multimask_output: bool = True,
+                return_logits: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Prompts in original-image pixels: point_coords [N, 2] (or [K, N, 2]), point_labels [N]
+        (1 foreground, 0 background), box [4] (or [K, 4]) as x1 y1 x2 y2."""
+        if not self.is_image_set:
+            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+        boxes = points = labels = None
+        if point_coords is not None:
+            if point_labels is None:
+                raise ValueError("point_labels must be supplied if point_coords is supplied.")
+            points = np.asarray(point_coords, np.float32)
+            labels = np.asarray(point_labels, np.int32)
+            if points.shape[-1] != 2 or points.shape[:-1] != labels.shape:
+                raise ValueError(f"point_coords {points.shape} and point_labels {labels.shape} must be "
+                                 "[N, 2] and [N] (or [K, N, 2] and [K, N])")
+            if points.ndim == 2:
+                points, labels = points[None], labels[None]
+        if box is not None:
+            boxes = np.asarray(box, np.float32)
+            if boxes.shape[-1] != 4:
+                raise ValueError(f"box must be [4] or [K, 4] (x1, y1, x2, y2), got {boxes.shape}")
+            boxes = boxes.reshape(-1, 4)
+        pad = True
+        if boxes is None and points is None:
+            coords, labs, pad = np.zeros((1, 0, 2), np.float32), np.zeros((1, 0), np.int32), False
+        else:
+            if boxes is not None and points is not None and boxes.shape[0] != points.shape[0]:
+                raise ValueError(f"{boxes.shape[0]} boxes and {points.shape[0]} point sets: counts must match")
+            coords, labs = concat_prompts(None if boxes is None else jnp.asarray(boxes),
+                                          None if points is None else jnp.asarray(points),
+                                          None if labels is None else jnp.asarray(labels))
+        out = _predict(self.params, self._features, jnp.asarray(coords), jnp.asarray(labs),
+                       config=self.config, orig_hw=self._orig_hw, multimask_output=multimask_output,
+                       pad=pad)
+        if return_logits:
+            raise NotImplementedError("return_logits=True is not supported; use the low-res logits")
+        masks = np.asarray(out["masks"])
+        scores = np.asarray(out["scores"], np.float32)
+        low = np.asarray(out["low_res_logits"], np.float32)
+        if masks.shape[0] == 1:
+            masks, scores, low = masks[0], scores[0], low[0]
+        return masks, scores, low

@@ -1,0 +1,100 @@
+"""Test helpers: Meta's sam2 reference models with seeded random weights, saved in the real
+checkpoint format, and a stand-in for the three torchvision transforms its image predictor uses
+(torchvision is not a dependency; the stand-ins follow torchvision's tensor code paths)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from segzero_jax.models.sam2.config import Sam2Config
+
+TINY_CONFIG_FILE = "configs/sam2/sam2_hiera_t.yaml"
+
+
+def install_torchvision_transforms() -> None:
+    """Makes `from torchvision.transforms import Normalize, Resize, ToTensor` work."""
+    try:
+        import torchvision.transforms  # noqa: F401
+        return
+    except ImportError:
+        pass
+
+    class ToTensor:
+        def __call__(self, pic):
+            arr = np.asarray(pic)
+            t = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+            return t.to(torch.float32).div(255) if arr.dtype == np.uint8 else t
+
+    class Resize(torch.nn.Module):
+        """torchvision Resize on a float tensor: bilinear, align_corners=False, antialias=True."""
+
+        def __init__(self, size):
+            super().__init__()
+            self.size = [int(s) for s in size]
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(x[None], size=self.size, mode="bilinear", align_corners=False,
+                                 antialias=True)[0]
+
+    class Normalize(torch.nn.Module):
+        def __init__(self, mean, std):
+            super().__init__()
+            self.mean = [float(m) for m in mean]
+            self.std = [float(s) for s in std]
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            mean = torch.tensor(self.mean, dtype=x.dtype)[:, None, None]
+            std = torch.tensor(self.std, dtype=x.dtype)[:, None, None]
+            return (x - mean) / std
+
+    tv = types.ModuleType("torchvision")
+    tr = types.ModuleType("torchvision.transforms")
+    tr.ToTensor, tr.Resize, tr.Normalize = ToTensor, Resize, Normalize
+    tv.transforms = tr
+    sys.modules["torchvision"] = tv
+    sys.modules["torchvision.transforms"] = tr
+
+
+def hydra_overrides(cfg: Sam2Config) -> list[str]:
+    """Overrides of `sam2_hiera_t.yaml` that give the reference the architecture of `cfg`."""
+    t = "++model.image_encoder.trunk."
+    lst = lambda v: "[" + ",".join(str(int(x)) for x in v) + "]"
+    return [
+        f"++model.image_size={cfg.image_size}",
+        f"{t}embed_dim={cfg.embed_dim}", f"{t}num_heads={cfg.num_heads}",
+        f"{t}stages={lst(cfg.stages)}", f"{t}global_att_blocks={lst(cfg.global_att_blocks)}",
+        f"{t}window_spec={lst(cfg.window_spec)}",
+        f"{t}window_pos_embed_bkg_spatial_size={lst(cfg.window_pos_embed_bkg_spatial_size)}",
+        f"++model.image_encoder.neck.d_model={cfg.d_model}",
+        f"++model.image_encoder.neck.position_encoding.num_pos_feats={cfg.d_model}",
+        f"++model.image_encoder.neck.backbone_channel_list={lst(cfg.backbone_channel_list)}",
+    ]
+
+
+def build_reference(cfg: Sam2Config, seed: int, config_file: str = TINY_CONFIG_FILE,
+                    overrides: bool = True) -> torch.nn.Module:
+    """Meta's SAM2Base from its own hydra config, eval mode, every float param perturbed."""
+    from sam2.build_sam import build_sam2
+
+    torch.manual_seed(seed)
+    model = build_sam2(config_file, ckpt_path=None, device="cpu",
+                       hydra_overrides_extra=hydra_overrides(cfg) if overrides else [])
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.state_dict().items():
+            if p.is_floating_point():
+                p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+def save_checkpoint(model: torch.nn.Module, directory: str) -> str:
+    """Writes `{"model": state_dict}` like Meta's released `sam2_hiera_*.pt`."""
+    path = os.path.join(directory, "sam2_random.pt")
+    torch.save({"model": model.state_dict()}, path)
+    return path
