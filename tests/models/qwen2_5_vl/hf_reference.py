@@ -1,0 +1,46 @@
+"""Tiny random-weight transformers Qwen2.5-VL references and prompt helpers for the tests."""
+
+import numpy as np
+
+IMG, VS, VE = 151655, 151652, 151653
+
+
+def hf_config(tie: bool = True, fullatt=(1,)):
+    from transformers import Qwen2_5_VLConfig
+    return Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=151936, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
+                         rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3],
+                                          "rope_theta": 1e6}),
+        vision_config=dict(depth=4, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64,
+                           fullatt_block_indexes=list(fullatt), window_size=112, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2),
+        tie_word_embeddings=tie)
+
+
+def build_hf_model(tie: bool = True, seed: int = 0, fullatt=(1,)):
+    """A float32 eval-mode reference with every weight (norms included) drawn at random."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(hf_config(tie, fullatt)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.1)
+    return model
+
+
+
+def image_row(rs, n_image_tokens, pre, post):
+    return ([int(t) for t in rs.randint(0, 2000, pre)] + [VS] + [IMG] * n_image_tokens + [VE]
+            + [int(t) for t in rs.randint(0, 2000, post)])
+
+
+def left_pad(rows, pad_id=0):
+    t = max(len(r) for r in rows)
+    ids = np.full((len(rows), t), pad_id, np.int64)
+    mask = np.zeros((len(rows), t), np.int64)
+    for b, r in enumerate(rows):
+        ids[b, t - len(r):] = r
+        mask[b, t - len(r):] = 1
+    return ids, mask
