@@ -1,0 +1,307 @@
+"""A byte-level scanner for the answer JSON, as a `lax.scan` automaton (one response).
+
+It decides what Python's `json.loads` decides for the text between the first `{` and the
+next `}` (Seg-Zero's `re.search(r'{[^}]+}')` match): that text contains one `}` only, so a
+valid answer is a flat object whose values are strings, numbers, true/false/null,
+NaN/Infinity/-Infinity or (nested) arrays of those. Per key (up to `max_keys`, in order of
+appearance, duplicates kept) it records:
+  key_flags bool[K, 6]   key == "bbox" / "points_1" / "points_2", key.lower() contains
+                         "bbox" / "point" / "points" (ASCII folding: exact for unescaped keys)
+  key_hash  uint32[K, 2] two 32-bit hashes of the key bytes (duplicate-key resolution)
+  kind      int32[K]     KIND_ARRAY / KIND_STRING / KIND_OTHER
+  count     int32[K]     number of top-level array elements
+  elem      float32[K,4] the first four top-level elements as numbers (bool -> 0/1)
+  elem_num  bool[K, 4]   that element is a number/bool whose float32 value is exact enough
+  str_len   int32[K]     character count of a string value, valid where str_simple
+Global: ok (the object parses), exotic (a key with an escape, or more than K keys: the
+caller scores such answers 0, never above the reference).
+
+Numbers are parsed to float32 as m * 10^e with an exact m < 10^8; a number with more than
+seven significant digits or |e| > 10 is kept as valid JSON but marked non-numeric, so the
+float32 value never orders differently from Python's value.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+(OBJ_OPEN, KEY, KEY_ESC, AFTER_KEY, VALUE, ARR_OPEN, AFTER_VAL, OBJ_COMMA, VSTR, VSTR_ESC,
+ VSTR_U, NUM_MINUS, NUM_ZERO, NUM_INT, NUM_DOT, NUM_FRAC, NUM_E, NUM_ESIGN, NUM_EXP, LIT,
+ DONE, ERR) = range(22)
+KIND_NONE, KIND_ARRAY, KIND_STRING, KIND_OTHER = range(4)
+KEY_EQ_BBOX, KEY_EQ_POINTS_1, KEY_EQ_POINTS_2, KEY_HAS_BBOX, KEY_HAS_POINT, KEY_HAS_POINTS = range(6)
+MAX_ELEMS = 4
+MAX_SIG_DIGITS = 7
+MAX_ABS_EXP10 = 10
+
+_LITERALS = ("true", "false", "null", "NaN", "Infinity")
+_LIT_TABLE = np.zeros((len(_LITERALS), 8), np.int32)
+for _i, _w in enumerate(_LITERALS):
+    _LIT_TABLE[_i, :len(_w)] = [ord(c) for c in _w]
+_LIT_LEN = np.array([len(w) for w in _LITERALS], np.int32)
+_LIT_START = np.full(256, -1, np.int32)
+for _i, _w in enumerate(_LITERALS):
+    _LIT_START[ord(_w[0])] = _i
+_POW10 = np.array([10.0 ** k for k in range(MAX_ABS_EXP10 + 1)], np.float32)
+_VALID_ESCAPES = np.zeros(256, bool)
+_VALID_ESCAPES[[ord(c) for c in '"\\/bfnrt']] = True
+_HEX = np.zeros(256, bool)
+_HEX[[ord(c) for c in "0123456789abcdefABCDEF"]] = True
+
+
+def _contains_dfa(pattern: str, n_states: int) -> np.ndarray:
+    """KMP automaton for `pattern in key.lower()` (ASCII folding); state len(p) absorbs."""
+    p = pattern.encode()
+    table = np.zeros((n_states, 256), np.int32)
+    for s in range(len(p) + 1):
+        for b in range(256):
+            c = b + 32 if 65 <= b <= 90 else b
+            if s == len(p):
+                table[s, b] = s
+                continue
+            text = p[:s] + bytes([c])
+            k = min(len(text), len(p))
+            while k > 0 and text[len(text) - k:] != p[:k]:
+                k -= 1
+            table[s, b] = k
+    return table
+
+
+def _equals_dfa(pattern: str, n_states: int) -> np.ndarray:
+    """Automaton for `key == pattern`: state i = prefix matched, n_states - 1 = dead."""
+    p = pattern.encode()
+    dead = n_states - 1
+    table = np.full((n_states, 256), dead, np.int32)
+    for s, c in enumerate(p):
+        table[s, c] = s + 1
+    return table
+
+
+_N_DFA_STATES = 10
+_KEY_DFAS = np.stack([
+    _equals_dfa("bbox", _N_DFA_STATES), _equals_dfa("points_1", _N_DFA_STATES),
+    _equals_dfa("points_2", _N_DFA_STATES), _contains_dfa("bbox", _N_DFA_STATES),
+    _contains_dfa("point", _N_DFA_STATES), _contains_dfa("points", _N_DFA_STATES)])
+_KEY_ACCEPT = np.array([4, 8, 8, 4, 5, 6], np.int32)
+
+
+class ParsedAnswer(NamedTuple):
+    """Result of `scan_answer_json` for one response (see the module docstring)."""
+
+    ok: jax.Array
+    exotic: jax.Array
+    key_flags: jax.Array
+    key_hash: jax.Array
+    kind: jax.Array
+    count: jax.Array
+    elem: jax.Array
+    elem_num: jax.Array
+    str_len: jax.Array
+    str_simple: jax.Array
+
+
+def _is(b, chars: str):
+    out = jnp.zeros((), bool)
+    for c in chars:
+        out = out | (b == ord(c))
+    return out
+
+
+def _init_carry(max_keys: int) -> dict:
+    z = lambda shape, dt: jnp.zeros(shape, dt)  # noqa: E731
+    return dict(
+        st=jnp.int32(OBJ_OPEN), depth=jnp.int32(0), slot=jnp.int32(-1), overflow=z((), bool),
+        key_esc=z((), bool), dfa=z((6,), jnp.int32), h=jnp.array([2166136261, 0], jnp.uint32),
+        ucount=jnp.int32(0), lit=jnp.int32(0), lit_pos=jnp.int32(0), lit_neg=z((), bool),
+        neg=z((), bool), m=jnp.float32(0), sig=jnp.int32(0), frac=jnp.int32(0),
+        e_val=jnp.int32(0), e_neg=z((), bool), at_elem=z((), bool), cur_elem=jnp.int32(0),
+        str_top=z((), bool),
+        key_flags=z((max_keys, 6), bool), key_hash=z((max_keys, 2), jnp.uint32),
+        kind=z((max_keys,), jnp.int32), count=z((max_keys,), jnp.int32),
+        elem=z((max_keys, MAX_ELEMS), jnp.float32), elem_num=z((max_keys, MAX_ELEMS), bool),
+        str_len=z((max_keys,), jnp.int32), str_simple=z((max_keys,), bool))
+
+
+def _write_elem(c: dict, when, value, numeric) -> dict:
+    """Stores a finished scalar as element `cur_elem` of the current key's array."""
+    k = c["key_flags"].shape[0]
+    hit = (when & c["at_elem"] & (c["cur_elem"] < MAX_ELEMS))
+    mask = ((jnp.arange(k) == c["slot"])[:, None]
+            & (jnp.arange(MAX_ELEMS) == c["cur_elem"])[None, :] & hit)
+    c["elem"] = jnp.where(mask, value, c["elem"])
+    c["elem_num"] = jnp.where(mask, numeric, c["elem_num"])
+    return c
+
+
+def _finish_number(c: dict, when) -> dict:
+    e10 = jnp.where(c["e_neg"], -c["e_val"], c["e_val"]) - c["frac"]
+    exact = (c["sig"] <= MAX_SIG_DIGITS) & ((c["m"] == 0) | (jnp.abs(e10) <= MAX_ABS_EXP10))
+    p = jnp.asarray(_POW10)[jnp.clip(jnp.abs(e10), 0, MAX_ABS_EXP10)]
+    value = jnp.where(e10 >= 0, c["m"] * p, c["m"] / p)
+    value = jnp.where(c["neg"], -value, value)
+    return _write_elem(c, when, value, exact)
+
+
+def _step(old: dict, x) -> tuple[dict, None]:
+    b8, active = x
+    b = b8.astype(jnp.int32)
+    c = dict(old)
+    st = c["st"]
+    digit = (b >= 48) & (b <= 57)
+    d = (b - 48).astype(jnp.float32)
+    is_e = (b == 101) | (b == 69)
+    ws = _is(b, " \t\n\r")
+
+    # Phase 1: a number ends at the first byte that cannot extend it; that byte is then
+    # read in the AFTER_VAL state (Python's NUMBER_RE match followed by the container).
+    extends = ((digit & (st != NUM_ZERO)) | ((b == 46) & ((st == NUM_ZERO) | (st == NUM_INT)))
+               | (is_e & ((st == NUM_ZERO) | (st == NUM_INT) | (st == NUM_FRAC))))
+    in_num = (st == NUM_ZERO) | (st == NUM_INT) | (st == NUM_FRAC) | (st == NUM_EXP)
+    ends = active & in_num & ~extends
+    c = _finish_number(c, ends)
+    st = jnp.where(ends, AFTER_VAL, st)
+
+    # Phase 2: the transition for this byte.
+    expect_value = (st == VALUE) | (st == ARR_OPEN)
+    lit_id = jnp.asarray(_LIT_START)[b]
+    starts = expect_value & (_is(b, '"[-') | digit | (lit_id >= 0))
+    key_start = ((st == OBJ_OPEN) | (st == OBJ_COMMA)) & (b == 34)
+    key_end = (st == KEY) & (b == 34)
+    lit_char = jnp.asarray(_LIT_TABLE)[c["lit"], c["lit_pos"]]
+    lit_done = (st == LIT) & (b == lit_char) & (c["lit_pos"] + 1 == jnp.asarray(_LIT_LEN)[c["lit"]])
+    minus_inf = (st == NUM_MINUS) & (b == ord("I"))
+    str_end = (st == VSTR) & (b == 34)
+
+    nxt = jnp.select(
+        [st == ERR, st == DONE,
+         (st == OBJ_OPEN) & ws, (st == OBJ_OPEN) & (b == 125), key_start,
+         (st == OBJ_COMMA) & ws,
+         key_end, (st == KEY) & (b == 92), (st == KEY) & (b >= 32), st == KEY_ESC,
+         (st == AFTER_KEY) & ws, (st == AFTER_KEY) & (b == 58),
+         expect_value & ws, (st == ARR_OPEN) & (b == 93),
+         expect_value & (b == 34), expect_value & (b == 91), expect_value & (b == 45),
+         expect_value & (b == 48), expect_value & digit, expect_value & (lit_id >= 0),
+         (st == AFTER_VAL) & ws, (st == AFTER_VAL) & (b == 44) & (c["depth"] == 0),
+         (st == AFTER_VAL) & (b == 44), (st == AFTER_VAL) & (b == 93) & (c["depth"] > 0),
+         (st == AFTER_VAL) & (b == 125) & (c["depth"] == 0),
+         str_end, (st == VSTR) & (b == 92), (st == VSTR) & (b >= 32),
+         (st == VSTR_ESC) & (b == ord("u")), (st == VSTR_ESC) & jnp.asarray(_VALID_ESCAPES)[b],
+         (st == VSTR_U) & jnp.asarray(_HEX)[b] & (c["ucount"] == 3),
+         (st == VSTR_U) & jnp.asarray(_HEX)[b],
+         (st == NUM_MINUS) & (b == 48), (st == NUM_MINUS) & digit, minus_inf,
+         ((st == NUM_ZERO) | (st == NUM_INT)) & (b == 46), (st == NUM_INT) & digit,
+         ((st == NUM_ZERO) | (st == NUM_INT) | (st == NUM_FRAC)) & is_e,
+         ((st == NUM_DOT) | (st == NUM_FRAC)) & digit,
+         (st == NUM_E) & _is(b, "+-"), ((st == NUM_E) | (st == NUM_ESIGN) | (st == NUM_EXP)) & digit,
+         lit_done, (st == LIT) & (b == lit_char)],
+        [ERR, ERR,
+         OBJ_OPEN, DONE, KEY,
+         OBJ_COMMA,
+         AFTER_KEY, KEY_ESC, KEY, KEY,
+         AFTER_KEY, VALUE,
+         st, AFTER_VAL,
+         VSTR, ARR_OPEN, NUM_MINUS,
+         NUM_ZERO, NUM_INT, LIT,
+         AFTER_VAL, OBJ_COMMA,
+         VALUE, AFTER_VAL,
+         DONE,
+         AFTER_VAL, VSTR_ESC, VSTR,
+         VSTR_U, VSTR,
+         VSTR, VSTR_U,
+         NUM_ZERO, NUM_INT, LIT,
+         NUM_DOT, NUM_INT,
+         NUM_E,
+         NUM_FRAC,
+         NUM_ESIGN, NUM_EXP,
+         AFTER_VAL, LIT],
+        ERR)
+
+    k = c["kind"].shape[0]
+    # Keys: a new slot per key; automata and hashes over the raw key bytes.
+    slot = jnp.where(key_start, c["slot"] + 1, c["slot"])
+    c["overflow"] = c["overflow"] | (key_start & (slot >= k))
+    c["dfa"] = jnp.where(key_start, 0, c["dfa"])
+    c["h"] = jnp.where(key_start, jnp.array([2166136261, 0], jnp.uint32), c["h"])
+    c["key_esc"] = c["key_esc"] | ((st == KEY) & (b == 92))
+    feed = (st == KEY) & (b != 34) & (b != 92) | (st == KEY_ESC)
+    dfa_next = jnp.asarray(_KEY_DFAS)[jnp.arange(6), c["dfa"], b]
+    c["dfa"] = jnp.where(feed, dfa_next, c["dfa"])
+    bu = b.astype(jnp.uint32)
+    h_next = jnp.stack([(c["h"][0] ^ bu) * jnp.uint32(16777619),
+                        c["h"][1] * jnp.uint32(0x9E3779B1) + bu + jnp.uint32(1)])
+    c["h"] = jnp.where(feed, h_next, c["h"])
+    here = (jnp.arange(k) == slot) & key_end
+    flags = c["dfa"] == jnp.asarray(_KEY_ACCEPT)
+    c["key_flags"] = jnp.where(here[:, None], flags[None, :], c["key_flags"])
+    c["key_hash"] = jnp.where(here[:, None], c["h"][None, :], c["key_hash"])
+    c["slot"] = slot
+
+    # Values: kind at depth 0, element bookkeeping at depth 1, array depth.
+    this = jnp.arange(k) == slot
+    top, in_arr = starts & (c["depth"] == 0), starts & (c["depth"] == 1)
+    kind = jnp.where(b == 91, KIND_ARRAY, jnp.where(b == 34, KIND_STRING, KIND_OTHER))
+    c["kind"] = jnp.where(this & top, kind, c["kind"])
+    c["str_top"] = jnp.where(starts, top & (b == 34), c["str_top"])
+    c["str_len"] = jnp.where(this & top, 0, c["str_len"])
+    c["str_simple"] = jnp.where(this & top, True, c["str_simple"])
+    cur_count = jnp.sum(jnp.where(this, c["count"], 0))
+    c["cur_elem"] = jnp.where(in_arr, cur_count, c["cur_elem"])
+    c["count"] = jnp.where(this & in_arr, c["count"] + 1, c["count"])
+    c["at_elem"] = jnp.where(starts, in_arr & (b != 34) & (b != 91), c["at_elem"])
+    c["depth"] = (c["depth"] + (starts & (b == 91)).astype(jnp.int32)
+                  - (((st == ARR_OPEN) | (st == AFTER_VAL)) & (b == 93) & (nxt == AFTER_VAL)
+                     ).astype(jnp.int32))
+
+    # Strings at depth 0: character count while all bytes are ASCII and unescaped.
+    counting = c["str_top"] & (st == VSTR) & (b != 34) & (b != 92) & (b >= 32)
+    c["str_len"] = jnp.where(this & counting, c["str_len"] + 1, c["str_len"])
+    spoil = c["str_top"] & (((st == VSTR) & ((b == 92) | (b >= 128))))
+    c["str_simple"] = jnp.where(this & spoil, False, c["str_simple"])
+    c["ucount"] = jnp.where(st == VSTR_ESC, 0, jnp.where(st == VSTR_U, c["ucount"] + 1,
+                                                         c["ucount"]))
+
+    # Numbers: mantissa digits (exact below 10^8), fraction digits, exponent.
+    num_start = starts & ((b == 45) | digit)
+    c["neg"] = jnp.where(num_start, b == 45, c["neg"])
+    c["m"] = jnp.where(num_start, 0.0, c["m"])
+    c["sig"] = jnp.where(num_start, 0, c["sig"])
+    c["frac"] = jnp.where(num_start, 0, c["frac"])
+    c["e_val"] = jnp.where(num_start, 0, c["e_val"])
+    c["e_neg"] = jnp.where(num_start, False, c["e_neg"])
+    mant_digit = digit & ((expect_value) | (st == NUM_MINUS) | (st == NUM_INT)
+                          | (st == NUM_DOT) | (st == NUM_FRAC)) & (nxt != ERR)
+    significant = mant_digit & ((c["m"] > 0) | (b != 48))
+    c["sig"] = c["sig"] + significant.astype(jnp.int32)
+    c["m"] = jnp.where(mant_digit & (c["sig"] <= MAX_SIG_DIGITS + 1), c["m"] * 10 + d, c["m"])
+    c["frac"] = c["frac"] + (mant_digit & ((st == NUM_DOT) | (st == NUM_FRAC))).astype(jnp.int32)
+    c["e_neg"] = c["e_neg"] | ((st == NUM_E) & (b == 45))
+    exp_digit = digit & ((st == NUM_E) | (st == NUM_ESIGN) | (st == NUM_EXP))
+    c["e_val"] = jnp.where(exp_digit, jnp.minimum(c["e_val"] * 10 + (b - 48), 9999), c["e_val"])
+
+    # Literals: true/false/null/NaN/Infinity (and -Infinity via NUM_MINUS).
+    lit_start = (starts & (lit_id >= 0)) | minus_inf
+    c["lit"] = jnp.where(lit_start, jnp.maximum(lit_id, 0), c["lit"])
+    c["lit_neg"] = jnp.where(lit_start, minus_inf, c["lit_neg"])
+    c["lit_pos"] = jnp.where(lit_start, 1, jnp.where(st == LIT, c["lit_pos"] + 1, c["lit_pos"]))
+    lit_value = jnp.asarray([1.0, 0.0, 0.0, np.nan, np.inf], jnp.float32)[c["lit"]]
+    lit_value = jnp.where(c["lit_neg"], -lit_value, lit_value)
+    c = _write_elem(c, lit_done, lit_value, c["lit"] != 2)
+
+    c["st"] = jnp.asarray(nxt, jnp.int32)
+    return {key: jnp.where(active, c[key], old[key]) for key in old}, None
+
+
+def scan_answer_json(window: jax.Array, n_valid: jax.Array, max_keys: int = 8) -> ParsedAnswer:
+    """Scans uint8[W] bytes whose first `n_valid` are the candidate object text `{...}`."""
+    w = window.shape[0]
+    active = (jnp.arange(w) >= 1) & (jnp.arange(w) < n_valid)
+    c, _ = jax.lax.scan(_step, _init_carry(max_keys), (window, active))
+    return ParsedAnswer(
+        ok=(c["st"] == DONE) & (n_valid > 1) & (window[0] == 123), exotic=c["key_esc"] | c["overflow"],
+        key_flags=c["key_flags"], key_hash=c["key_hash"], kind=c["kind"], count=c["count"],
+        elem=c["elem"], elem_num=c["elem_num"], str_len=c["str_len"],
+        str_simple=c["str_simple"])

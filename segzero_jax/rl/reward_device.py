@@ -1,0 +1,220 @@
+"""Seg-Zero rewards inside `jax.jit`, from response token ids (no host round-trip).
+
+  device_rewards(token_ids int32[B, T], lengths int32[B], gt_bbox float32[B, 4],
+                 gt_points float32[B, 2, 2], byte_table, name="seg_strict")
+    -> {"thinking_format", "segmentation_format", "bbox_iou", "bbox_l1", "points_l1",
+        "total"}: float32[B] each
+
+Per response: ids -> bytes (`byte_table.response_bytes`), the think/answer template and
+the `{[^}]+}` span on the bytes (`text_checks`), a JSON automaton over that span
+(`json_scan`), then the answer fields are resolved the way the named scheme reads them
+(`FIELD_RESOLVERS`: strict key names or the soft "contains" rules with Python-dict
+duplicate-key semantics) and the accuracy terms are computed in float32 as in
+`reward_host`. The scheme names are those of `reward_host.HOST_REWARDS`.
+
+Where the device cannot follow Python exactly it scores the affected components 0 (never
+above the reference): byte stream longer than `max_bytes` (all components), `{...}` span
+longer than `json_window` bytes, a key containing a backslash escape or more than
+`max_keys` keys (answer components), string-valued coordinates that Python would `int()`,
+numbers with more than 7 significant digits or a decimal exponent beyond +-10, and, for
+the soft format, string values with escapes or non-ASCII characters.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from segzero_jax.rl import json_scan as js
+from segzero_jax.rl.byte_table import ByteTable, response_bytes
+from segzero_jax.rl.reward_host import COMPONENTS, DEFAULT_IMAGE_SIZE, HOST_REWARDS
+from segzero_jax.rl.text_checks import first_brace_object, thinking_format_bytes
+
+
+class AnswerFields(NamedTuple):
+    """What the reward functions read from the parsed answer (one response)."""
+
+    format_ok: jax.Array       # bool: the scheme's segmentation-format check passes
+    bbox: jax.Array            # float32[4]
+    bbox_ok: jax.Array         # bool: a list of 4 numbers (Python arithmetic would succeed)
+    points: jax.Array          # float32[2, 2], already truncated like int()
+    points_ok: jax.Array       # bool: both values index [0], [1] into finite numbers
+
+
+def _first_index(mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return jnp.any(mask), jnp.argmax(mask)
+
+
+def _last_index(mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    k = mask.shape[0]
+    return jnp.any(mask), k - 1 - jnp.argmax(mask[::-1])
+
+
+def _numbers(p: js.ParsedAnswer, slot, n: int) -> tuple[jax.Array, jax.Array]:
+    """The first n elements of slot's array and whether they are all numbers."""
+    ok = (p.kind[slot] == js.KIND_ARRAY) & jnp.all(p.elem_num[slot, :n])
+    return p.elem[slot, :n], ok
+
+
+def _bbox_field(p: js.ParsedAnswer, has, slot) -> tuple[jax.Array, jax.Array]:
+    vals, num = _numbers(p, slot, 4)
+    return vals, has & num & (p.count[slot] == 4)
+
+
+def _points_field(p: js.ParsedAnswer, has1, s1, has2, s2) -> tuple[jax.Array, jax.Array]:
+    v1, ok1 = _numbers(p, s1, 2)
+    v2, ok2 = _numbers(p, s2, 2)
+    pts = jnp.stack([v1, v2])
+    ok = (has1 & has2 & ok1 & ok2 & (p.count[s1] >= 2) & (p.count[s2] >= 2)
+          & jnp.all(jnp.isfinite(pts)))
+    return jnp.trunc(pts), ok
+
+
+def resolve_strict(p: js.ParsedAnswer) -> AnswerFields:
+    """`seg_restrict`: keys "bbox", "points_1", "points_2"; a duplicate key's last value."""
+    f = p.key_flags
+    hb, sb = _last_index(f[:, js.KEY_EQ_BBOX])
+    h1, s1 = _last_index(f[:, js.KEY_EQ_POINTS_1])
+    h2, s2 = _last_index(f[:, js.KEY_EQ_POINTS_2])
+    is_list = lambda h, s, n: h & (p.kind[s] == js.KIND_ARRAY) & (p.count[s] == n)  # noqa
+    fmt = is_list(hb, sb, 4) & is_list(h1, s1, 2) & is_list(h2, s2, 2)
+    bbox, bbox_ok = _bbox_field(p, hb, sb)
+    points, points_ok = _points_field(p, h1, s1, h2, s2)
+    return AnswerFields(fmt, bbox, bbox_ok, points, points_ok)
+
+
+def _value_len(p: js.ParsedAnswer, slot) -> jax.Array:
+    """len() of a value: array count, simple string length, else -1 (TypeError/unknown)."""
+    return jnp.where(p.kind[slot] == js.KIND_ARRAY, p.count[slot],
+                     jnp.where((p.kind[slot] == js.KIND_STRING) & p.str_simple[slot],
+                               p.str_len[slot], -1))
+
+
+def resolve_soft(p: js.ParsedAnswer) -> AnswerFields:
+    """`seg`: first key containing "bbox"; keys containing "point"/"points" in dict order.
+
+    Python dict semantics: a repeated key keeps its first position and its last value.
+    """
+    k = p.kind.shape[0]
+    present = p.kind != js.KIND_NONE
+    same = (jnp.all(p.key_hash[:, None, :] == p.key_hash[None, :, :], axis=-1)
+            & present[:, None] & present[None, :])
+    earlier = jnp.arange(k)[None, :] < jnp.arange(k)[:, None]
+    first = present & ~jnp.any(same & earlier, axis=1)
+    value_slot = k - 1 - jnp.argmax(same[:, ::-1], axis=1)
+    f = p.key_flags
+    hb, kb = _first_index(first & f[:, js.KEY_HAS_BBOX])
+    sb = value_slot[kb]
+    fmt_points = first & f[:, js.KEY_HAS_POINT] & (jnp.arange(k) != jnp.where(hb, kb, -1))
+    n_fmt_points = jnp.sum(fmt_points)
+    fp1 = jnp.argmax(fmt_points)
+    fp2 = jnp.argmax(fmt_points & (jnp.arange(k) > fp1))
+    fmt = (hb & (n_fmt_points >= 2) & (_value_len(p, sb) == 4)
+           & (_value_len(p, value_slot[fp1]) == 2) & (_value_len(p, value_slot[fp2]) == 2))
+    acc_points = first & f[:, js.KEY_HAS_POINTS]
+    ap1 = jnp.argmax(acc_points)
+    ap2 = jnp.argmax(acc_points & (jnp.arange(k) > ap1))
+    has_two = jnp.sum(acc_points) >= 2
+    bbox, bbox_ok = _bbox_field(p, hb, sb)
+    points, points_ok = _points_field(p, has_two, value_slot[ap1], has_two, value_slot[ap2])
+    return AnswerFields(fmt, bbox, bbox_ok, points, points_ok)
+
+
+FIELD_RESOLVERS: dict[str, Callable[[js.ParsedAnswer], AnswerFields]] = {
+    "strict": resolve_strict,
+    "soft": resolve_soft,
+}
+
+
+def box_iou(pred: jax.Array, gt: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(inter, union) with the +1-pixel convention of `seg_iou_reward.iou`."""
+    ix1, iy1 = jnp.maximum(pred[0], gt[0]), jnp.maximum(pred[1], gt[1])
+    ix2, iy2 = jnp.minimum(pred[2], gt[2]), jnp.minimum(pred[3], gt[3])
+    inter = jnp.where((ix1 < ix2) & (iy1 < iy2), (ix2 - ix1 + 1) * (iy2 - iy1 + 1), 0.0)
+    area1 = (pred[2] - pred[0] + 1) * (pred[3] - pred[1] + 1)
+    area2 = (gt[2] - gt[0] + 1) * (gt[3] - gt[1] + 1)
+    return inter, area1 + area2 - inter
+
+
+def points_distance(pred: jax.Array, gt: jax.Array) -> jax.Array:
+    """Mean distance of the better pairing, `seg_point_l1_reward.points_distance`."""
+    d = lambda a, b: jnp.sqrt((a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2)  # noqa: E731
+    return jnp.minimum(d(pred[0], gt[0]) + d(pred[1], gt[1]),
+                       d(pred[0], gt[1]) + d(pred[1], gt[0])) / 2
+
+
+def _positive(x: jax.Array) -> jax.Array:
+    return jnp.where(x > 0, x, 0.0)
+
+
+def accuracy_terms(a: AnswerFields, gt_bbox: jax.Array, gt_points: jax.Array,
+                   soft_accuracy: bool, image_size: float) -> dict[str, jax.Array]:
+    """bbox_iou, bbox_l1, points_l1 for one response (see `reward_host.score_components`)."""
+    inter, union = box_iou(a.bbox, gt_bbox)
+    l1 = jnp.sum(jnp.abs(a.bbox - gt_bbox)) / 4
+    b, p = a.bbox, a.points
+    inside = jnp.all((b[0] <= p[:, 0]) & (p[:, 0] <= b[2]) & (b[1] <= p[:, 1]) & (p[:, 1] <= b[3]))
+    dist = points_distance(p, gt_points)
+    if soft_accuracy:
+        iou = _positive(jnp.where(union > 0, inter / jnp.where(union > 0, union, 1.0), 0.0))
+        l1_r, pt_r = _positive(1 - l1 / image_size), _positive(1 - dist / image_size)
+    else:
+        iou = ((union > 0) & (2 * inter > union)).astype(jnp.float32)
+        l1_r, pt_r = (l1 < 10).astype(jnp.float32), (dist < 100).astype(jnp.float32)
+    pts_ok = a.points_ok & a.bbox_ok & inside
+    return {"bbox_iou": jnp.where(a.bbox_ok, iou, 0.0), "bbox_l1": jnp.where(a.bbox_ok, l1_r, 0.0),
+            "points_l1": jnp.where(pts_ok, pt_r, 0.0)}
+
+
+def _single(ids, length, gt_bbox, gt_points, gt_valid, table: ByteTable, *, soft_format: bool,
+            soft_accuracy: bool, max_bytes: int, json_window: int, max_keys: int,
+            image_size: float) -> dict[str, jax.Array]:
+    stream, n, overflow = response_bytes(ids, length, table, max_bytes)
+    thinking = thinking_format_bytes(stream, n) & ~overflow
+    found, start, end = first_brace_object(stream, n)
+    span = end - start + 1
+    fits = found & (span <= json_window) & ~overflow
+    padded = jnp.concatenate([stream, jnp.zeros((json_window,), stream.dtype)])
+    window = jax.lax.dynamic_slice(padded, (start,), (json_window,))
+    parsed = js.scan_answer_json(window, jnp.where(fits, span, 0), max_keys)
+    usable = fits & parsed.ok & ~parsed.exotic
+    fields = FIELD_RESOLVERS["soft" if soft_format else "strict"](parsed)
+    acc = accuracy_terms(fields, gt_bbox.astype(jnp.float32), gt_points.astype(jnp.float32),
+                         soft_accuracy, image_size)
+    out = {"thinking_format": thinking.astype(jnp.float32),
+           "segmentation_format": (usable & fields.format_ok).astype(jnp.float32)}
+    for name, value in acc.items():
+        out[name] = jnp.where(usable & gt_valid, value, 0.0).astype(jnp.float32)
+    out["total"] = sum(out[c] for c in COMPONENTS)
+    return out
+
+
+def device_rewards(token_ids: jax.Array, lengths: jax.Array, gt_bbox: jax.Array,
+                   gt_points: jax.Array, byte_table: ByteTable, name: str = "seg_strict", *,
+                   gt_valid: Optional[jax.Array] = None, max_bytes: Optional[int] = None,
+                   json_window: int = 256, max_keys: int = 8,
+                   image_size: float = DEFAULT_IMAGE_SIZE) -> dict[str, jax.Array]:
+    """Reward components float32[B] for a batch of responses (pure; jit/vmap/shard safe).
+
+    token_ids int32[B, T] (positions >= lengths ignored; give `response_lengths` for EOS),
+    gt_bbox float32[B, 4], gt_points float32[B, 2, 2], gt_valid bool[B] (default all true),
+    `max_bytes` the static byte budget per response (default 8 * T).
+    """
+    if name not in HOST_REWARDS:
+        raise KeyError(f"unknown reward {name!r}; known: {sorted(HOST_REWARDS)}")
+    if token_ids.ndim != 2:
+        raise ValueError(f"token_ids must be [B, T], got shape {token_ids.shape}")
+    b, t = token_ids.shape
+    if gt_bbox.shape != (b, 4) or gt_points.shape != (b, 2, 2) or lengths.shape != (b,):
+        raise ValueError(f"shapes: token_ids {token_ids.shape}, lengths {lengths.shape}, "
+                         f"gt_bbox {gt_bbox.shape} (want [B, 4]), gt_points "
+                         f"{gt_points.shape} (want [B, 2, 2])")
+    if gt_valid is None:
+        gt_valid = jnp.ones((b,), bool)
+    scheme = HOST_REWARDS[name]
+    fn = lambda i, n, gb, gp, gv: _single(  # noqa: E731
+        i, n, gb, gp, gv, byte_table, max_bytes=max_bytes or 8 * max(t, 1),
+        json_window=json_window, max_keys=max_keys, image_size=image_size, **scheme)
+    return jax.vmap(fn)(token_ids, lengths, gt_bbox, gt_points, gt_valid)
