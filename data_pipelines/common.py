@@ -133,10 +133,20 @@ _SAFE_GLOBALS = {("builtins", name) for name in ("set", "frozenset", "list", "di
                                                  "str", "bytes", "bool", "complex", "bytearray")}
 
 
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    """How Python 3 pickles ``bytes`` at protocols 0-2 (``_codecs.encode(text, "latin1")``)."""
+    if not isinstance(text, str) or encoding.replace("-", "").lower() != "latin1":
+        raise pickle.UnpicklingError(f"refusing to load _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
 class _DataOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
+        module = "builtins" if module == "__builtin__" else module  # Python 2 pickles
         if (module, name) in _SAFE_GLOBALS:
             return super().find_class(module, name)
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_bytes
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only builtin containers and scalars")
 
 
@@ -150,3 +160,53 @@ def load_data_pickle(path: str) -> Any:
             return _DataOnlyUnpickler(f, encoding="utf-8", errors="replace").load()
         except (pickle.UnpicklingError, EOFError, ValueError, AttributeError, ImportError) as err:
             raise ValueError(f"{path}: not a data-only pickle ({err})") from None
+
+
+def manual_dir(dl_manager, instructions: str) -> str:
+    """The builder's manual directory, or an error saying what to put there."""
+    try:
+        return os.fspath(dl_manager.manual_dir)
+    except AssertionError:
+        where = getattr(dl_manager, "_manual_dir", None)
+        raise FileNotFoundError(
+            f"manual directory {os.fspath(where) if where else '<unset>'!r} is missing or empty "
+            f"(pass manual_dir=... / --manual_dir). {instructions}") from None
+
+
+def iter_parquet_rows(path: str, columns: list[str]):
+    """Rows of a parquet file as dicts (only ``columns`` that exist; absent ones are missing keys)."""
+    import pyarrow.parquet as pq
+
+    try:
+        file = pq.ParquetFile(path)
+    except Exception as err:  # pyarrow raises ArrowInvalid / OSError on a bad file
+        raise ValueError(f"{path}: not a readable parquet file ({err})") from None
+    present = [c for c in columns if c in file.schema_arrow.names]
+    for batch in file.iter_batches(batch_size=32, columns=present):
+        yield from batch.to_pylist()
+
+
+def image_bytes(cell: Any, base_dir: str, where: str) -> bytes:
+    """Encoded image of a parquet cell: raw bytes, or a datasets-style {"bytes", "path"} struct.
+
+    A path (used only when no bytes are embedded) must stay inside ``base_dir``.
+    """
+    if isinstance(cell, (bytes, bytearray)):
+        return bytes(cell)
+    if isinstance(cell, dict):
+        if cell.get("bytes"):
+            return bytes(cell["bytes"])
+        if cell.get("path"):
+            with open(safe_join(base_dir, cell["path"]), "rb") as f:
+                return f.read()
+    raise ValueError(f"{where}: image cell has neither bytes nor a path")
+
+
+def find_files(root: str, pattern: str) -> list[str]:
+    """Sorted files under ``root`` (recursive) whose name matches the glob ``pattern``."""
+    import fnmatch
+
+    out = []
+    for dirpath, _, names in os.walk(root):
+        out.extend(os.path.join(dirpath, n) for n in names if fnmatch.fnmatch(n, pattern))
+    return sorted(out)

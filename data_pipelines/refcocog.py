@@ -1,0 +1,207 @@
+"""TFDS builder of RefCOCOg in Seg-Zero's training form (840x840 image, bbox + two points).
+
+Two sources (builder configs), both read from the manual directory:
+
+* ``parquet``: Seg-Zero's published training files, ``<manual_dir>/refcocog_9k_840/**/train-*.parquet``
+  with columns ``image`` (bytes or a {"bytes", "path"} struct), ``problem``, ``solution`` =
+  ``<box>(x1,y1),(x2,y2)</box><points>(x,y),(x,y)</points>`` on the 840 frame, and optionally
+  ``img_height`` / ``img_width`` / ``id``.
+* ``coco``: raw RefCOCOg: ``<manual_dir>/refcocog/refs(umd).p`` (a pickle of builtin data only,
+  read with a restricted unpickler), ``<manual_dir>/refcocog/instances.json`` (COCO style) and
+  ``<manual_dir>/train2014/<file_name>`` images. Per ref, as Seg-Zero's data preparation: the
+  first sentence stripped of ``.?!`` and lower-cased; bbox and points from the mask
+  (``segzero_jax.masks``) on the original image, mapped onto 840x840 with ``int(v * f + 0.5)``;
+  the image resized to 840x840 with area resampling and stored as JPEG.
+
+Fields: the common ones (``data_pipelines.common``) plus ``ann_id``; ``height`` / ``width``
+are the original image size. Unusable records are skipped with a counted warning.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image, ImageDraw
+
+from data_pipelines import common
+from segzero_jax.models.qwen2_5_vl.processor import SEGZERO_IMAGE_SIZE, to_policy_frame
+
+PARQUET_DIR = "refcocog_9k_840"
+REFS_FILE = os.path.join("refcocog", "refs(umd).p")
+INSTANCES_FILE = os.path.join("refcocog", "instances.json")
+IMAGES_DIR = "train2014"
+INSTRUCTIONS = (
+    f"For source 'parquet' put Seg-Zero's RefCOCOg training parquet files (train-*.parquet) under "
+    f"<manual_dir>/{PARQUET_DIR}/. For source 'coco' put RefCOCOg's refs(umd).p and instances.json in "
+    f"<manual_dir>/refcocog/ and the COCO train2014 images in <manual_dir>/{IMAGES_DIR}/.")
+
+
+def coco_segmentation_to_mask(segmentation, height: int, width: int) -> np.ndarray:
+    """COCO polygons, uncompressed RLE or compressed RLE -> bool[height, width]."""
+    if isinstance(segmentation, list):
+        canvas = Image.new("L", (width, height), 0)
+        draw = ImageDraw.Draw(canvas)
+        for poly in segmentation:
+            xy = [float(v) for v in poly]
+            if len(xy) < 6 or len(xy) % 2:
+                raise ValueError(f"polygon with {len(xy)} coordinates")
+            draw.polygon(xy, fill=1, outline=1)
+        return np.asarray(canvas, dtype=bool)
+    if isinstance(segmentation, dict) and "counts" in segmentation:
+        counts = segmentation["counts"]
+        if isinstance(counts, (str, bytes)):
+            counts = _rle_string_counts(counts.decode() if isinstance(counts, bytes) else counts)
+        flat = np.zeros(height * width, dtype=bool)
+        pos, value = 0, False
+        for run in counts:
+            if run < 0 or pos + run > flat.size:
+                raise ValueError("RLE runs exceed the image")
+            flat[pos:pos + run] = value
+            pos, value = pos + run, not value
+        return flat.reshape((width, height)).T  # COCO RLE is column-major
+    raise ValueError(f"unsupported segmentation of type {type(segmentation).__name__}")
+
+
+def _rle_string_counts(text: str) -> list[int]:
+    """COCO's compressed RLE string (6-bit chars from '0', 5 payload bits, continuation bit 0x20,
+    sign bit 0x10 in the last char; counts after the second are deltas from two runs back)."""
+    counts: list[int] = []
+    pos = 0
+    while pos < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            if pos >= len(text):
+                raise ValueError("truncated RLE string")
+            c = ord(text[pos]) - 48
+            value |= (c & 0x1F) << shift
+            more = bool(c & 0x20)
+            pos += 1
+            shift += 5
+            if not more and c & 0x10:
+                value |= -1 << shift
+        if len(counts) > 2:
+            value += counts[-2]
+        counts.append(value)
+    return counts
+
+
+def _resize_area(rgb: np.ndarray, size: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).resize((size, size), Image.Resampling.BOX).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+class SegzeroRefcocog(tfds.core.GeneratorBasedBuilder):
+    """RefCOCOg referring expressions with Seg-Zero's bbox + two-point targets on 840x840 images."""
+
+    name = "segzero_refcocog"
+    VERSION = tfds.core.Version("1.0.0")
+    BUILDER_CONFIGS = [
+        tfds.core.BuilderConfig(name="parquet", description="Seg-Zero's published training parquet"),
+        tfds.core.BuilderConfig(name="coco", description="raw RefCOCOg (umd split) + COCO train2014"),
+    ]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
+
+    def __init__(self, *, file_format: str = "array_record", **kwargs):
+        super().__init__(file_format=file_format, **kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self, description=__doc__.split("\n")[0],
+            features=common.core_features(ann_id=tfds.features.Text()))
+
+    def _generate_examples(self, examples):
+        """The split generators below are generators already; this passes one through."""
+        yield from examples
+
+    def _split_generators(self, dl_manager):
+        root = common.manual_dir(dl_manager, INSTRUCTIONS)
+        if self.builder_config.name == "parquet":
+            folder = os.path.join(root, PARQUET_DIR)
+            files = common.find_files(folder, "*.parquet") if os.path.isdir(folder) else []
+            splits: dict[str, list[str]] = {}
+            for path in files:
+                prefix = os.path.basename(path).split("-")[0].split(".")[0]
+                split = {"val": "validation"}.get(prefix, prefix)
+                if split in ("train", "validation", "test"):
+                    splits.setdefault(split, []).append(path)
+            if not splits:
+                raise common.missing_manual_file(os.path.join(folder, "train-*.parquet"),
+                                                 "RefCOCOg training parquet", INSTRUCTIONS)
+            return {split: self._from_parquet(paths) for split, paths in splits.items()}
+        for rel in (REFS_FILE, INSTANCES_FILE):
+            if not os.path.isfile(os.path.join(root, rel)):
+                raise common.missing_manual_file(os.path.join(root, rel), os.path.basename(rel), INSTRUCTIONS)
+        if not os.path.isdir(os.path.join(root, IMAGES_DIR)):
+            raise common.missing_manual_file(os.path.join(root, IMAGES_DIR), "COCO train2014 image folder",
+                                             INSTRUCTIONS)
+        refs = common.load_data_pickle(os.path.join(root, REFS_FILE))
+        if not isinstance(refs, list):
+            raise ValueError(f"{os.path.join(root, REFS_FILE)}: expected a list of refs, got {type(refs).__name__}")
+        with open(os.path.join(root, INSTANCES_FILE), encoding="utf-8") as f:
+            instances = json.load(f)
+        by_split: dict[str, list] = {}
+        for ref in refs:
+            split = ref.get("split") if isinstance(ref, dict) else None
+            split = {"val": "validation"}.get(split, split)
+            if split in ("train", "validation", "test"):
+                by_split.setdefault(split, []).append(ref)
+        return {split: self._from_coco(root, items, instances) for split, items in by_split.items()}
+
+    def _from_parquet(self, paths):
+        skips = common.SkipCounter(f"{self.name}/parquet")
+        for path in paths:
+            base = os.path.dirname(path)
+            rows = common.iter_parquet_rows(path, ["image", "problem", "solution", "img_height", "img_width", "id"])
+            for row_index, row in enumerate(rows):
+                where = f"{os.path.basename(path)} row {row_index}"
+                try:
+                    data, rgb = common.load_image(common.image_bytes(row["image"], base, where), where)
+                    target = common.parse_solution(row["solution"])
+                    question = row["problem"]
+                    if not isinstance(question, str) or not question.strip():
+                        raise ValueError("empty problem text")
+                    height = int(row.get("img_height") or rgb.shape[0])
+                    width = int(row.get("img_width") or rgb.shape[1])
+                except common.BAD_EXAMPLE_ERRORS as err:
+                    skips.skip(where, err)
+                    continue
+                key = f"{os.path.basename(path)}:{row_index}"
+                yield key, {
+                    "image": data, "question": question, **target, "height": height, "width": width,
+                    "image_id": str(row.get("id") or key), "ann_id": str(row.get("id") or ""),
+                }
+
+    def _from_coco(self, root: str, refs, instances):
+        skips = common.SkipCounter(f"{self.name}/coco")
+        images = {img["id"]: img for img in instances.get("images", [])}
+        anns = {ann["id"]: ann for ann in instances.get("annotations", [])}
+        for ref in refs:
+            where = f"ref {ref.get('ref_id', '?')}"
+            try:
+                info = images[ref["image_id"]]
+                ann = anns[ref["ann_id"]]
+                question = ref["sentences"][0]["raw"].strip().strip(".?!").lower()
+                if not question:
+                    raise ValueError("empty sentence")
+                with open(common.safe_join(os.path.join(root, IMAGES_DIR), info["file_name"]), "rb") as f:
+                    _, rgb = common.load_image(f.read(), info["file_name"])
+                height, width = rgb.shape[:2]
+                mask = coco_segmentation_to_mask(ann["segmentation"], height, width)
+                target = common.prompt_from_mask(mask)
+            except common.BAD_EXAMPLE_ERRORS as err:
+                skips.skip(where, err)
+                continue
+            original = (width, height)
+            yield str(ref.get("ref_id", ref["ann_id"])), {
+                "image": _resize_area(rgb, SEGZERO_IMAGE_SIZE),
+                "question": question,
+                "bbox": to_policy_frame(target["bbox"], original).astype(np.float32),
+                "points": to_policy_frame(target["points"], original).astype(np.float32),
+                "height": height, "width": width,
+                "image_id": str(ref["image_id"]), "ann_id": str(ref["ann_id"]),
+            }
