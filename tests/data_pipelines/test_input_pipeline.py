@@ -121,3 +121,31 @@ def test_config_errors(data_dir, tokenizer, tmp_path):
         IP.make_input_pipeline(_config(data_dir, dataset="coco"), tokenizer=tokenizer)
     with pytest.raises(FileNotFoundError, match="data_pipelines.build --dataset=synthetic"):
         IP.make_input_pipeline(_config(str(tmp_path)), tokenizer=tokenizer)
+
+
+def test_reasonseg_through_the_pipeline(tmp_path, tokenizer):
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    folder = tmp_path / "manual" / "reasonseg_val"
+    folder.mkdir(parents=True)
+    mask = np.zeros((30, 40), bool)
+    mask[5:20, 10:30] = True
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (9, 9, 9)).save(buf, format="PNG")
+    pq.write_table(pa.table({"image": [buf.getvalue()] * 2, "mask": [mask.tolist()] * 2,
+                             "text": ["Where is it.", "the box"], "image_id": ["a", "b"], "ann_id": ["a", "b"],
+                             "img_height": [30, 30], "img_width": [40, 40]}), folder / "val.parquet")
+    cfg = dict(dataset="reasonseg", split="validation", data_dir=str(tmp_path / "tfds"),
+               manual_dir=str(tmp_path / "manual"), builder_config={"source": "parquet"}, build_if_missing=True,
+               batch_size=2, max_prompt_length=200, image_size=56, shuffle=False, num_epochs=1,
+               process_index=0, process_count=1)
+    batches = list(IP.make_input_pipeline(cfg, tokenizer=tokenizer))
+    assert len(batches) == 1
+    batch = batches[0]
+    np.testing.assert_allclose(batch["bbox"][0], np.array([10, 5, 29, 19]) * [1.4, 56 / 30, 1.4, 56 / 30], rtol=1e-6)
+    np.testing.assert_array_equal(batch["original_size"], [[30, 40], [30, 40]])
+    assert "Please find 'where is it' with bbox" in tokenizer.decode(batch["input_ids"][0])

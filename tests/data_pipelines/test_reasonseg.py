@@ -1,0 +1,116 @@
+"""ReasonSeg builder from small files in the real schemas (LISA labelme JSON; Seg-Zero parquet)."""
+
+import io
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from data_pipelines.reasonseg import SegzeroReasonseg, labelme_masks
+from segzero_jax.masks import mask_to_prompt
+
+
+def _jpeg(w, h, seed=0):
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def _rect(x1, y1, x2, y2):
+    return [[x1, y1], [x2, y1], [x2, y2], [x1, y2]]
+
+
+def _build(tmp_path, source, manual):
+    from tensorflow_datasets.core import download
+
+    builder = SegzeroReasonseg(data_dir=str(tmp_path / "tfds"), config=source)
+    builder.download_and_prepare(download_config=download.DownloadConfig(manual_dir=str(manual)))
+    return builder
+
+
+def test_labelme_masks_follow_area_order():
+    shapes = [
+        {"label": "target", "points": _rect(10, 10, 50, 40), "shape_type": "polygon"},
+        {"label": "ignore", "points": _rect(20, 20, 30, 30), "shape_type": "polygon"},  # smaller: painted on top
+        {"label": "Ignore", "points": _rect(55, 5, 79, 45), "shape_type": "polygon"},
+        {"label": "target", "points": _rect(60, 10, 65, 15), "shape_type": "polygon"},  # inside the ignore
+        {"label": "flag", "points": _rect(0, 0, 79, 49), "shape_type": "polygon"},  # deprecated: dropped
+    ]
+    mask, ignore = labelme_masks(shapes, 50, 80)
+    assert mask[15, 15] and not mask[25, 25] and ignore[25, 25]
+    assert mask[12, 62] and not ignore[12, 62] and ignore[40, 70]
+    assert not mask[0, 0] and not ignore[0, 0]
+    assert not (mask & ignore).any()
+    assert mask[10:41, 10:51].sum() == 31 * 41 - 11 * 11
+
+
+def test_json_source(tmp_path):
+    val = tmp_path / "manual" / "ReasonSeg" / "val"
+    val.mkdir(parents=True)
+    (val / "img1.jpg").write_bytes(_jpeg(80, 50, 1))
+    (val / "img1.json").write_text(json.dumps({
+        "text": ["What could hold the water?", "the cup."], "is_sentence": True,
+        "shapes": [{"label": "target", "points": _rect(10, 10, 50, 40)},
+                   {"label": "ignore", "points": _rect(20, 20, 30, 30)}]}))
+    (val / "img2.jpg").write_bytes(b"not a jpeg")
+    (val / "img2.json").write_text(json.dumps({"text": ["x"], "is_sentence": False,
+                                               "shapes": [{"label": "target", "points": _rect(1, 1, 5, 5)}]}))
+    (val / "img3.jpg").write_bytes(_jpeg(30, 30, 3))
+    (val / "img3.json").write_text(json.dumps({"text": ["only ignore"], "is_sentence": False,
+                                               "shapes": [{"label": "ignore", "points": _rect(1, 1, 5, 5)}]}))
+    (val / "img4.jpg").write_bytes(_jpeg(30, 30, 4))
+    (val / "img4.json").write_text("{broken")
+    (val / "img5.jpg").write_bytes(_jpeg(30, 30, 5))
+    (val / "img5.json").write_text(json.dumps({"is_sentence": False, "shapes": []}))  # missing text
+    builder = _build(tmp_path, "json", tmp_path / "manual")
+    source = builder.as_data_source("validation")
+    assert len(source) == 2  # two questions of img1; the four broken files are skipped
+    recs = sorted((source[i] for i in range(2)), key=lambda r: r["question_index"])
+    assert [r["question"].decode() for r in recs] == ["What could hold the water?", "the cup."]
+    rec = recs[0]
+    assert rec["image"] == (val / "img1.jpg").read_bytes()
+    assert (rec["height"], rec["width"]) == (50, 80) and rec["image_id"].decode() == "img1"
+    assert rec["mask"].shape == (50, 80) and rec["ignore_mask"][25, 25] and not rec["mask"][25, 25]
+    prompt = mask_to_prompt(rec["mask"])
+    np.testing.assert_array_equal(rec["bbox"], [10, 10, 50, 40])
+    np.testing.assert_array_equal(rec["points"], prompt.points)
+    assert bool(rec["is_sentence"])
+
+
+def test_parquet_source(tmp_path):
+    folder = tmp_path / "manual" / "reasonseg_test" / "data"
+    folder.mkdir(parents=True)
+    mask = np.zeros((30, 40), bool)
+    mask[5:20, 10:30] = True
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    table = pa.table({
+        "image": pa.array([{"bytes": _jpeg(40, 30, 1), "path": None}, {"bytes": _jpeg(40, 30, 2), "path": None},
+                           {"bytes": None, "path": "../../../etc/passwd"}], type=image_type),
+        "mask": [mask.tolist(), np.zeros((30, 40), bool).tolist(), mask.tolist()],
+        "text": ["the thing that can be opened", "empty mask", "escaping path"],
+        "image_id": ["a", "b", "c"], "ann_id": ["a1", "b1", "c1"], "img_height": [30, 30, 30],
+        "img_width": [40, 40, 40],
+    })
+    pq.write_table(table, folder / "test-00000-of-00001.parquet")
+    builder = _build(tmp_path, "parquet", tmp_path / "manual")
+    assert list(builder.info.splits.keys()) == ["test"]
+    source = builder.as_data_source("test")
+    assert len(source) == 1
+    rec = source[0]
+    np.testing.assert_array_equal(rec["mask"], mask)
+    assert not rec["ignore_mask"].any()
+    np.testing.assert_array_equal(rec["bbox"], [10, 5, 29, 19])
+    assert rec["ann_id"].decode() == "a1"
+
+
+def test_missing_manual_files_name_the_file(tmp_path):
+    manual = tmp_path / "m"
+    manual.mkdir()
+    (manual / "README").write_text("x")
+    with pytest.raises(FileNotFoundError, match=r"ReasonSeg/val/<name>\.json"):
+        _build(tmp_path, "json", manual)
+    with pytest.raises(FileNotFoundError, match=r"reasonseg_val/\*\.parquet"):
+        _build(tmp_path, "parquet", manual)
