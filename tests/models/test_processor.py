@@ -156,3 +156,20 @@ def test_left_pad_and_errors():
         P.expand_image_pads("<|image_pad|>", [1, 2])
     with pytest.raises(ValueError, match="uint8"):
         P.to_rgb(np.zeros((4, 4, 3), np.float32))
+
+
+def test_library_modules_import_without_data_or_reference_packages():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in {'grain', 'tensorflow', 'tensorflow_datasets', 'torch', 'transformers'}:\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import segzero_jax.masks, segzero_jax.models.qwen2_5_vl.processor\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
