@@ -149,3 +149,22 @@ def test_reasonseg_through_the_pipeline(tmp_path, tokenizer):
     np.testing.assert_allclose(batch["bbox"][0], np.array([10, 5, 29, 19]) * [1.4, 56 / 30, 1.4, 56 / 30], rtol=1e-6)
     np.testing.assert_array_equal(batch["original_size"], [[30, 40], [30, 40]])
     assert "Please find 'where is it' with bbox" in tokenizer.decode(batch["input_ids"][0])
+
+
+def test_iterator_state_round_trips_through_orbax(data_dir, tokenizer, tmp_path):
+    import grain.python as grain
+    import orbax.checkpoint as ocp
+
+    cfg = _config(data_dir, seed=5)
+    it = iter(IP.make_input_pipeline(cfg, tokenizer=tokenizer))
+    next(it)
+    manager = ocp.CheckpointManager(str(tmp_path / "ckpt"), item_handlers={"data": grain.PyGrainCheckpointHandler()})
+    manager.save(1, args=ocp.args.Composite(data=grain.PyGrainCheckpointSave(it)))
+    manager.wait_until_finished()
+    want = [next(it) for _ in range(2)]
+    restored = iter(IP.make_input_pipeline(cfg, tokenizer=tokenizer))
+    manager.restore(1, args=ocp.args.Composite(data=grain.PyGrainCheckpointRestore(restored)))
+    for batch in want:
+        got = next(restored)
+        assert list(got["image_id"]) == list(batch["image_id"])
+        np.testing.assert_array_equal(got["input_ids"], batch["input_ids"])
