@@ -1,0 +1,183 @@
+"""On-device rewards (from token ids) against the host reference (decoded text)."""
+
+import numpy as np
+import pytest
+import jax
+import jax.numpy as jnp
+from hypothesis import HealthCheck, given, settings, strategies as st
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from reward_corpus import gt_string, responses
+from segzero_jax.models.qwen2_5_vl.tokenizer import QwenTokenizer
+from segzero_jax.rl.byte_table import (byte_table_for_tokenizer, byte_table_from_token_bytes,
+                                       response_lengths)
+from segzero_jax.rl.reward_device import device_rewards
+from segzero_jax.rl.reward_host import COMPONENTS, host_reward, parse_ground_truth
+from segzero_jax.parallel import make_mesh
+
+B, T = 16, 128
+KEYS = COMPONENTS + ("total",)
+SCHEMES = ("seg_strict", "seg", "seg_strict_soft_acc")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return QwenTokenizer.default()
+
+
+@pytest.fixture(scope="module")
+def table(tok):
+    return byte_table_for_tokenizer(tok)
+
+
+@pytest.fixture(scope="module")
+def scorers(table):
+    return {name: jax.jit(lambda ids, n, gb, gp, name=name: device_rewards(
+        ids, n, gb, gp, table, name)) for name in SCHEMES}
+
+
+def _batch(tok, texts, gts, truncate=None):
+    ids = np.full((B, T), tok.pad_id, np.int32)
+    lens = np.zeros((B,), np.int32)
+    gb = np.zeros((B, 4), np.float32)
+    gp = np.zeros((B, 2, 2), np.float32)
+    decoded = []
+    for i, (text, (box, pts)) in enumerate(zip(texts, gts)):
+        e = tok.encode(text)[:T]
+        n = len(e) if truncate is None else min(len(e), truncate[i])
+        ids[i, :len(e)] = e
+        lens[i] = n
+        gb[i], gp[i] = box, pts
+        decoded.append(tok.decode(e[:n], skip_special_tokens=True))
+    return ids, lens, gb, gp, decoded
+
+
+def _compare(scorers, tok, texts, gts, truncate=None):
+    ids, lens, gb, gp, decoded = _batch(tok, texts, gts, truncate)
+    for name, fn in scorers.items():
+        out = jax.device_get(fn(ids, lens, gb, gp))
+        for i, text in enumerate(decoded):
+            ref = host_reward(text, gt_string(*gts[i]), name)
+            got = {k: float(out[k][i]) for k in KEYS}
+            assert got == pytest.approx(ref, abs=2e-5), (name, text, gts[i])
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(responses(), min_size=B, max_size=B), st.lists(st.integers(0, T), min_size=B,
+                                                               max_size=B))
+def test_matches_host_on_corpus(scorers, tok, cases, cuts):
+    texts = [c[0] for c in cases]
+    gts = [(c[1], c[2]) for c in cases]
+    _compare(scorers, tok, texts, gts)
+    _compare(scorers, tok, texts, gts, truncate=[c if c % 3 == 0 else T for c in cuts])
+
+
+GOOD = ('<think>the left dog</think>\n<answer>{"bbox": [10,100,200,210], '
+        '"points_1": [30,110], "points_2": [35,180]}</answer>')
+GT = ([10, 100, 200, 210], [[30, 110], [35, 180]])
+
+
+def test_hand_cases(scorers, tok):
+    texts = [
+        GOOD,
+        GOOD + "<|im_end|>",  # special tokens are skipped as in the reference decode
+        GOOD.replace("</answer>", ""),
+        GOOD.replace('"bbox": [10,100,200,210]', '"bbox": [10,100,200,210,5]'),
+        GOOD.replace("[35,180]", "[35,180]} {\"x\": 1"),
+        GOOD.replace("<think>the", "<think>{a} the"),
+        GOOD.replace("[30,110]", "[30.9,-0.0]"),
+        GOOD.replace("[10,100,200,210]", "[true,100,200,210]"),
+        GOOD.replace("[10,100,200,210]", "[-Infinity,-Infinity,Infinity,Infinity]"),
+        GOOD.replace("[10,100,200,210]", "[NaN,100,200,210]"),
+        GOOD.replace('"points_2"', '"points_1": [0,0], "points_2"'),
+        GOOD.replace("\n", "\u3000\u2028 "),
+        GOOD.replace("\n", "\u200b"),
+        GOOD.replace("[30,110]", "[30,110,7]"),
+        "",
+        "<think></think><answer></answer>",
+    ]
+    _compare(scorers, tok, texts, [GT] * len(texts))
+
+
+def test_jit_vmap_and_sharded_batch(table, tok):
+    mesh = make_mesh((4, 2, 1))
+    texts = [GOOD, GOOD[:-3]] * 4
+    ids, lens, gb, gp, _ = _batch(tok, texts + [""] * (B - len(texts)), [GT] * B)
+    sharding = NamedSharding(mesh, P(("data", "fsdp")))
+    args = [jax.device_put(x, sharding) for x in (ids, lens, gb, gp)]
+    fn = jax.jit(lambda *a: device_rewards(*a, table, "seg_strict"))
+    out = fn(*args)
+    assert out["total"].sharding.spec == P(("data", "fsdp"))
+    np.testing.assert_array_equal(np.asarray(out["total"])[:8], [5.0, 4.0] * 4)
+    # vmap over an extra leading axis (e.g. [prompts, group]) gives the same numbers.
+    vm = jax.vmap(lambda i, n, b, p: device_rewards(i, n, b, p, table)["total"])
+    got = vm(*(x.reshape(2, B // 2, *x.shape[1:]) for x in (ids, lens, gb, gp)))
+    np.testing.assert_array_equal(np.asarray(got).reshape(-1), np.asarray(out["total"]))
+
+
+def test_arbitrary_tokenizer_and_multibyte_tokens():
+    """A toy vocabulary whose tokens straddle JSON syntax and UTF-8 characters."""
+    pieces = [bytes([i]) for i in range(256)] + [
+        b'"}', b"],", b'": [', b"</think>", b"<answer>{", b"}</answer>", b"\xe3\x80", b"\x80<",
+        b'"bbox', b'_1": [3', b"0,1", b"<think>", b"x" * 64, b"<|im_end|>"]
+    table = byte_table_from_token_bytes(pieces, drop_ids=[len(pieces) - 1])
+    vocab = {p: i for i, p in enumerate(pieces)}
+
+    def encode(data: bytes):  # greedy longest match
+        out, i = [], 0
+        while i < len(data):
+            j = max(k for k in range(i + 1, len(data) + 1) if data[i:k] in vocab)
+            out.append(vocab[data[i:j]])
+            i = j
+        return out
+
+    texts = [GOOD.replace("\n", "\u3000") + "<|im_end|>", GOOD.replace("[30,110]", "[30,1]"),
+             GOOD.replace('"points_2"', '"x"'), GOOD.replace("the left dog", "x" * 64 * 21)]
+    ids = np.zeros((4, 160), np.int32)
+    for i, t in enumerate(texts):
+        e = encode(t.encode())
+        ids[i, :len(e)] = e
+    lens = response_lengths(jnp.asarray(ids), eos_ids=[len(pieces) - 1],
+                            lengths=jnp.asarray([(r != 0).sum() for r in ids], jnp.int32))
+    gb = jnp.tile(jnp.asarray(GT[0], jnp.float32), (4, 1))
+    gp = jnp.tile(jnp.asarray(GT[1], jnp.float32), (4, 1, 1))
+    out = jax.jit(lambda *a: device_rewards(*a, table))(jnp.asarray(ids), lens, gb, gp)
+    for i, t in enumerate(texts[:3]):
+        ref = host_reward(t.replace("<|im_end|>", ""), gt_string(*GT))
+        assert {k: float(out[k][i]) for k in KEYS} == ref
+    # Documented: a response longer than max_bytes (8 * T = 1280 bytes here) scores 0.
+    assert host_reward(texts[3], gt_string(*GT))["total"] == 5.0
+    assert float(out["total"][3]) == 0.0
+
+
+def test_documented_differences_never_exceed_host(scorers, tok):
+    """Exotic JSON the device declines: it scores 0 where the host may score 1, never more."""
+    cases = [
+        GOOD.replace('"bbox"', '"bb\\u006fx"'),           # escaped key: host reads "bbox"
+        ('<think>a</think><answer>{"bbox": [0,0,200,210], "points_1": [3,3], '
+         '"points_2": "57"}</answer>'),                    # host: int("5"), int("7")
+        GOOD.replace("[30,110]", "[30.00000001,110]"),     # > 7 significant digits
+        GOOD.replace('"points_2"', '"a":1,"b":2,"c":3,"d":4,"e":5,"f":6,"points_2"'),  # > 8 keys
+    ]
+    gts = [GT, ([0, 0, 200, 210], [[3, 3], [5, 7]]), GT, GT]
+    expected_host = [(1, 1, 1, 1, 1), (1, 0, 1, 1, 1), (1, 1, 1, 1, 1), (1, 1, 1, 1, 1)]
+    expected_device = [(1, 0, 0, 0, 0), (1, 0, 1, 1, 0), (1, 1, 1, 1, 0), (1, 0, 0, 0, 0)]
+    ids, lens, gb, gp, decoded = _batch(tok, cases + [""] * (B - len(cases)), gts + [GT] * B)
+    out = jax.device_get(scorers["seg_strict"](ids, lens, gb, gp))
+    for i, text in enumerate(cases):
+        host = host_reward(decoded[i], gt_string(*gts[i]))
+        assert tuple(host[c] for c in COMPONENTS) == expected_host[i], (i, host)
+        dev = tuple(float(out[c][i]) for c in COMPONENTS)
+        assert dev == expected_device[i], (i, dev)
+        assert all(d <= h for d, h in zip(dev, expected_host[i]))
+
+
+def test_gt_valid_and_errors(table):
+    ids = jnp.zeros((2, 8), jnp.int32)
+    with pytest.raises(ValueError, match="gt_bbox"):
+        device_rewards(ids, jnp.zeros((2,), jnp.int32), jnp.zeros((2, 3)), jnp.zeros((2, 2, 2)),
+                       table)
+    with pytest.raises(KeyError, match="unknown reward"):
+        device_rewards(ids, jnp.zeros((2,), jnp.int32), jnp.zeros((2, 4)), jnp.zeros((2, 2, 2)),
+                       table, "nope")
+    assert parse_ground_truth("garbage") == (None, None)
