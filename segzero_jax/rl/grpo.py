@@ -1,0 +1,140 @@
+"""GRPO math as pure functions over masked arrays (Seg-Zero's verl `core_algos`).
+
+Shapes: N responses (= prompts x group size), T response tokens, V vocabulary;
+`mask` float32/bool[N, T] marks valid response tokens.
+
+  advantage_i = (r_i - mean_g) / (std_g + eps),  std with Bessel's correction, eps = 1e-6;
+                a group of one response gets mean 0, std 1 (`compute_grpo_outcome_advantage`)
+  policy loss = max(-A * ratio, -A * clip(ratio, 1 - c, 1 + c)),  ratio = exp(logp - old_logp)
+                (`compute_policy_loss`)
+  low_var_kl  = clip(exp(ref - logp) - (ref - logp) - 1, -10, 10)  (`kl_penalty`)
+  entropy     = logsumexp(z) - sum(softmax(z) * z)  (`entropy_from_logits`)
+  loss        = agg(pg) - entropy_coef * agg(entropy) + kl_coef * agg(kl)  (`dp_actor.update_policy`)
+
+Aggregations (`AGGREGATIONS`, chosen by name):
+  "token-mean-per-microbatch"  Seg-Zero's: token-mean within each of M micro-batches (rows
+                               split in order), averaged over the micro-batches
+  "token-mean"                 sum over all valid tokens / their count
+  "seq-mean-token-mean"        mean over sequences of each sequence's token-mean
+  "seq-mean-token-sum"         mean over sequences of each sequence's token-sum
+  "seq-mean-token-sum-norm"    sum over all valid tokens / (N * T)   (Dr. GRPO)
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+
+def group_advantages(rewards: jax.Array, group_ids: jax.Array, num_groups: int,
+                     eps: float = 1e-6) -> jax.Array:
+    """float32[N] advantages from float32[N] rewards and int32[N] group ids in [0, num_groups)."""
+    r = rewards.astype(jnp.float32)
+    count = jax.ops.segment_sum(jnp.ones_like(r), group_ids, num_groups)
+    mean = jax.ops.segment_sum(r, group_ids, num_groups) / jnp.maximum(count, 1)
+    sq = jax.ops.segment_sum((r - mean[group_ids]) ** 2, group_ids, num_groups)
+    std = jnp.sqrt(sq / jnp.maximum(count - 1, 1))
+    single = count[group_ids] <= 1
+    mean_i = jnp.where(single, 0.0, mean[group_ids])
+    std_i = jnp.where(single, 1.0, std[group_ids])
+    return (r - mean_i) / (std_i + eps)
+
+
+def group_advantages_2d(rewards: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """float32[B, G] advantages for a [prompts, group] layout of rewards."""
+    r = rewards.astype(jnp.float32)
+    g = r.shape[-1]
+    if g == 1:
+        return r / (1.0 + eps)
+    mean = r.mean(-1, keepdims=True)
+    std = jnp.sqrt(((r - mean) ** 2).sum(-1, keepdims=True) / (g - 1))
+    return (r - mean) / (std + eps)
+
+
+def policy_loss_terms(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array,
+                      clip: float = 0.2) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per-token (PPO-clipped loss, clipped indicator, -log ratio): float32[N, T] each.
+
+    `advantages` is float32[N] (broadcast over tokens) or float32[N, T].
+    """
+    adv = advantages[:, None] if advantages.ndim == 1 else advantages
+    neg_kl = logp.astype(jnp.float32) - old_logp.astype(jnp.float32)
+    ratio = jnp.exp(neg_kl)
+    loss1 = -adv * ratio
+    loss2 = -adv * jnp.clip(ratio, 1.0 - clip, 1.0 + clip)
+    return jnp.maximum(loss1, loss2), (loss2 > loss1).astype(jnp.float32), -neg_kl
+
+
+KL_PENALTIES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    "kl": lambda logp, ref: logp - ref,
+    "abs": lambda logp, ref: jnp.abs(logp - ref),
+    "mse": lambda logp, ref: 0.5 * (logp - ref) ** 2,
+    "low_var_kl": lambda logp, ref: jnp.clip(jnp.exp(ref - logp) - (ref - logp) - 1, -10, 10),
+}
+
+
+def kl_penalty(logp: jax.Array, ref_logp: jax.Array, kind: str = "low_var_kl") -> jax.Array:
+    """Per-token KL estimate float32[N, T] (`core_algos.kl_penalty`)."""
+    if kind not in KL_PENALTIES:
+        raise KeyError(f"unknown kl kind {kind!r}; known: {sorted(KL_PENALTIES)}")
+    return KL_PENALTIES[kind](logp.astype(jnp.float32), ref_logp.astype(jnp.float32))
+
+
+def entropy_from_logits(logits: jax.Array) -> jax.Array:
+    """float32[..., V] logits -> float32[...] categorical entropy."""
+    z = logits.astype(jnp.float32)
+    return jax.nn.logsumexp(z, axis=-1) - jnp.sum(jax.nn.softmax(z, axis=-1) * z, axis=-1)
+
+
+def _masked_mean(x, m, axis=None):
+    return jnp.sum(x * m, axis=axis) / jnp.sum(m, axis=axis)
+
+
+def _token_mean_per_microbatch(x, m, num_micro_batches: int = 1):
+    n = x.shape[0]
+    if n % num_micro_batches:
+        raise ValueError(f"{n} rows do not split into {num_micro_batches} micro-batches")
+    xs = x.reshape(num_micro_batches, -1, *x.shape[1:])
+    ms = m.reshape(num_micro_batches, -1, *m.shape[1:])
+    return jnp.mean(jax.vmap(_masked_mean)(xs, ms))
+
+
+AGGREGATIONS: dict[str, Callable[..., jax.Array]] = {
+    "token-mean-per-microbatch": _token_mean_per_microbatch,
+    "token-mean": lambda x, m, **_: _masked_mean(x, m),
+    "seq-mean-token-mean": lambda x, m, **_: jnp.mean(_masked_mean(x, m, axis=-1)),
+    "seq-mean-token-sum": lambda x, m, **_: jnp.mean(jnp.sum(x * m, axis=-1)),
+    "seq-mean-token-sum-norm": lambda x, m, **_: jnp.sum(x * m) / x.size,
+}
+
+
+def aggregate(values: jax.Array, mask: jax.Array, mode: str = "token-mean-per-microbatch",
+              num_micro_batches: int = 1) -> jax.Array:
+    """Reduces float32[N, T] per-token values to a scalar with the named aggregation."""
+    if mode not in AGGREGATIONS:
+        raise KeyError(f"unknown aggregation {mode!r}; known: {sorted(AGGREGATIONS)}")
+    m = mask.astype(jnp.float32)
+    if mode == "token-mean-per-microbatch":
+        return _token_mean_per_microbatch(values, m, num_micro_batches)
+    return AGGREGATIONS[mode](values, m)
+
+
+def grpo_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, mask: jax.Array, *,
+              ref_logp: Optional[jax.Array] = None, entropy: Optional[jax.Array] = None,
+              clip: float = 0.2, kl_coef: float = 5e-3, kl_kind: str = "low_var_kl",
+              entropy_coef: float = 1e-3, aggregation: str = "token-mean-per-microbatch",
+              num_micro_batches: int = 1) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Scalar loss and metrics (pg_loss, pg_clipfrac, ppo_kl, entropy, kl_loss)."""
+    agg = lambda x: aggregate(x, mask, aggregation, num_micro_batches)  # noqa: E731
+    pg, clipped, neg_ratio = policy_loss_terms(logp, old_logp, advantages, clip)
+    metrics = {"pg_loss": agg(pg), "pg_clipfrac": agg(clipped), "ppo_kl": agg(neg_ratio)}
+    loss = metrics["pg_loss"]
+    if entropy is not None:
+        metrics["entropy"] = agg(entropy.astype(jnp.float32))
+        loss = loss - entropy_coef * metrics["entropy"]
+    if ref_logp is not None:
+        metrics["kl_loss"] = agg(kl_penalty(logp, ref_logp, kl_kind))
+        loss = loss + kl_coef * metrics["kl_loss"]
+    return loss, metrics
