@@ -185,8 +185,9 @@ def _single(ids, length, gt_bbox, gt_points, gt_valid, table: ByteTable, *, soft
                          soft_accuracy, image_size)
     out = {"thinking_format": thinking.astype(jnp.float32),
            "segmentation_format": (usable & fields.format_ok).astype(jnp.float32)}
+    gt_ok = {"bbox_iou": gt_valid[0], "bbox_l1": gt_valid[0], "points_l1": gt_valid[1]}
     for name, value in acc.items():
-        out[name] = jnp.where(usable & gt_valid, value, 0.0).astype(jnp.float32)
+        out[name] = jnp.where(usable & gt_ok[name], value, 0.0).astype(jnp.float32)
     out["total"] = sum(out[c] for c in COMPONENTS)
     return out
 
@@ -199,7 +200,8 @@ def device_rewards(token_ids: jax.Array, lengths: jax.Array, gt_bbox: jax.Array,
     """Reward components float32[B] for a batch of responses (pure; jit/vmap/shard safe).
 
     token_ids int32[B, T] (positions >= lengths ignored; give `response_lengths` for EOS),
-    gt_bbox float32[B, 4], gt_points float32[B, 2, 2], gt_valid bool[B] (default all true),
+    gt_bbox float32[B, 4], gt_points float32[B, 2, 2], gt_valid bool[B] or bool[B, 2] (bbox,
+    points readable; default all true),
     `max_bytes` the static byte budget per response (default 8 * T).
     """
     if name not in HOST_REWARDS:
@@ -211,8 +213,11 @@ def device_rewards(token_ids: jax.Array, lengths: jax.Array, gt_bbox: jax.Array,
         raise ValueError(f"shapes: token_ids {token_ids.shape}, lengths {lengths.shape}, "
                          f"gt_bbox {gt_bbox.shape} (want [B, 4]), gt_points "
                          f"{gt_points.shape} (want [B, 2, 2])")
-    if gt_valid is None:
-        gt_valid = jnp.ones((b,), bool)
+    gt_valid = jnp.ones((b, 2), bool) if gt_valid is None else jnp.asarray(gt_valid, bool)
+    if gt_valid.shape == (b,):
+        gt_valid = jnp.stack([gt_valid, gt_valid], axis=-1)
+    if gt_valid.shape != (b, 2):
+        raise ValueError(f"gt_valid must be [B] or [B, 2], got {gt_valid.shape}")
     scheme = HOST_REWARDS[name]
     fn = lambda i, n, gb, gp, gv: _single(  # noqa: E731
         i, n, gb, gp, gv, byte_table, max_bytes=max_bytes or 8 * max(t, 1),

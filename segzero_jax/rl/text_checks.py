@@ -39,15 +39,17 @@ def match_at(stream: jax.Array, pattern: bytes) -> jax.Array:
 
 
 def whitespace_covered(stream: jax.Array) -> jax.Array:
-    """bool[N]: byte i belongs to a whitespace character."""
-    covered = jnp.zeros(stream.shape, bool)
-    for c in ASCII_WHITESPACE:
-        covered = covered | (stream == c)
-    for seq in UNICODE_WHITESPACE:
-        m = match_at(stream, seq)
-        for k in range(len(seq)):
-            covered = covered | _shift(m, -k, False)
-    return covered
+    """bool[N]: byte i belongs to a whitespace character (ASCII or one of UNICODE_WHITESPACE)."""
+    b0, b1, b2 = stream, _shift(stream, 1, 0), _shift(stream, 2, 0)
+    covered = (b0 == 32) | ((b0 >= 9) & (b0 <= 13)) | ((b0 >= 28) & (b0 <= 31))
+    two = (b0 == 0xC2) & ((b1 == 0x85) | (b1 == 0xA0))
+    three = (((b0 == 0xE2) & (b1 == 0x80) & (((b2 >= 0x80) & (b2 <= 0x8A)) | (b2 == 0xA8)
+                                           | (b2 == 0xA9) | (b2 == 0xAF)))
+             | ((b0 == 0xE2) & (b1 == 0x81) & (b2 == 0x9F))
+             | ((b0 == 0xE3) & (b1 == 0x80) & (b2 == 0x80))
+             | ((b0 == 0xE1) & (b1 == 0x9A) & (b2 == 0x80)))
+    starts = two | three
+    return (covered | starts | _shift(starts, -1, False) | _shift(three, -2, False))
 
 
 def thinking_format_bytes(stream: jax.Array, n: jax.Array) -> jax.Array:

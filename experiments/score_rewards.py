@@ -1,0 +1,142 @@
+"""Audits a JSONL file of model outputs with Seg-Zero's rewards, on the host and on device.
+
+  python -m experiments.score_rewards --input=IN.jsonl --output=OUT.jsonl [--tokenizer=PATH]
+
+Input lines: {"id": ..., "response": "<think>...</think><answer>{...}</answer>",
+"solution": "<box>(x1,y1),(x2,y2)</box><points>(x,y),(x,y)</points>"}.
+Output lines: {"id", "line", "host": {...}, "device": {...}} with the components
+thinking_format, segmentation_format, bbox_iou, bbox_l1, points_l1 and total; a line that
+cannot be read gets zeros and an "error" naming the problem (and the line number).
+The device path tokenizes the response (Qwen2.5 vocabulary unless --tokenizer is given) and
+runs `device_rewards` on the token ids.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+import numpy as np
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("input", None, "JSONL with id, response, solution per line.")
+flags.DEFINE_string("output", None, "JSONL to write the per-line host/device components to.")
+flags.DEFINE_string("tokenizer", None, "tokenizer.json or a model directory; default Qwen2.5.")
+flags.DEFINE_string("reward", "seg_strict", "Reward scheme (seg_strict, seg, *_soft_acc).")
+flags.DEFINE_integer("batch_size", 64, "Responses per device call.")
+flags.DEFINE_integer("json_window", 256, "Static byte budget of the answer object on device.")
+flags.DEFINE_integer("max_keys", 8, "Static number of answer keys tracked on device.")
+
+
+def read_records(path: str) -> list[dict[str, Any]]:
+    """One record per non-empty line: {line, id, response, solution, error}."""
+    records = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            rec: dict[str, Any] = {"line": lineno, "id": None, "response": "", "solution": None,
+                                   "error": None}
+            try:
+                obj = json.loads(raw)
+                if not isinstance(obj, dict):
+                    raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+                rec["id"] = obj.get("id")
+                if not isinstance(obj.get("response"), str):
+                    raise ValueError("field 'response' missing or not a string")
+                rec["response"] = obj["response"]
+                rec["solution"] = obj.get("solution")
+                if rec["solution"] is None:
+                    raise ValueError("field 'solution' missing")
+            except Exception as err:  # noqa: BLE001 - any unreadable line scores 0
+                rec["error"] = f"line {lineno}: {err}"
+                rec["response"] = ""
+            records.append(rec)
+    return records
+
+
+def host_scores(records, scheme: str) -> list[dict[str, float]]:
+    from segzero_jax.rl.reward_host import host_reward
+    return [host_reward(r["response"], r["solution"], scheme) for r in records]
+
+
+def device_scores(records, tokenizer, scheme: str, batch_size: int, json_window: int,
+                  max_keys: int) -> list[dict[str, float]]:
+    """Tokenizes the responses and scores them with `device_rewards` in fixed-shape batches."""
+    import jax
+
+    from segzero_jax.rl.byte_table import byte_table_for_tokenizer
+    from segzero_jax.rl.reward_device import device_rewards
+    from segzero_jax.rl.reward_host import COMPONENTS, parse_ground_truth
+
+    encoded = [tokenizer.encode(r["response"]) for r in records]
+    longest = max([len(e) for e in encoded] + [1])
+    t = -(-longest // 128) * 128
+    longest_bytes = max([len(r["response"].encode("utf-8")) for r in records] + [1])
+    max_bytes = max(8 * t, -(-longest_bytes // 1024) * 1024)
+    table = byte_table_for_tokenizer(tokenizer)
+    fn = jax.jit(lambda ids, n, gb, gp, gv: device_rewards(
+        ids, n, gb, gp, table, scheme, gt_valid=gv, max_bytes=max_bytes,
+        json_window=json_window, max_keys=max_keys))
+    out: list[dict[str, float]] = []
+    for lo in range(0, len(records), batch_size):
+        chunk = range(lo, min(lo + batch_size, len(records)))
+        ids = np.full((batch_size, t), tokenizer.pad_id, np.int32)
+        lens = np.zeros((batch_size,), np.int32)
+        gb = np.zeros((batch_size, 4), np.float32)
+        gp = np.zeros((batch_size, 2, 2), np.float32)
+        gv = np.zeros((batch_size, 2), bool)
+        for row, i in enumerate(chunk):
+            ids[row, :len(encoded[i])] = encoded[i]
+            lens[row] = len(encoded[i])
+            box, points = parse_ground_truth(records[i]["solution"])
+            if box is not None:
+                gb[row], gv[row, 0] = box, True
+            if points is not None:
+                gp[row], gv[row, 1] = points, True
+        res = jax.device_get(fn(ids, lens, gb, gp, gv))
+        for row, _ in enumerate(chunk):
+            out.append({k: float(res[k][row]) for k in COMPONENTS + ("total",)})
+    return out
+
+
+def score_file(input_path: str, output_path: str, tokenizer_path: Optional[str] = None,
+               scheme: str = "seg_strict", batch_size: int = 64, json_window: int = 256,
+               max_keys: int = 8) -> dict[str, Any]:
+    """Scores every line of `input_path` into `output_path`; returns a summary."""
+    from segzero_jax.models.qwen2_5_vl.tokenizer import QwenTokenizer
+
+    tokenizer = (QwenTokenizer.from_file(tokenizer_path) if tokenizer_path
+                 else QwenTokenizer.default())
+    records = read_records(input_path)
+    host = host_scores(records, scheme)
+    device = device_scores(records, tokenizer, scheme, batch_size, json_window, max_keys)
+    errors = disagree = 0
+    with open(output_path, "w", encoding="utf-8") as f:
+        for rec, h, d in zip(records, host, device):
+            row = {"id": rec["id"], "line": rec["line"], "host": h, "device": d}
+            if rec["error"]:
+                row["error"] = rec["error"]
+                errors += 1
+                logging.warning("%s", rec["error"])
+            if any(abs(h[k] - d[k]) > 1e-4 for k in h):
+                disagree += 1
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    n = max(len(records), 1)
+    return {"lines": len(records), "malformed": errors, "host_device_disagree": disagree,
+            "mean_total_host": sum(h["total"] for h in host) / n,
+            "mean_total_device": sum(d["total"] for d in device) / n}
+
+
+def main(argv):
+    del argv
+    if not FLAGS.input or not FLAGS.output:
+        raise app.UsageError("--input and --output are required")
+    summary = score_file(FLAGS.input, FLAGS.output, FLAGS.tokenizer, FLAGS.reward,
+                         FLAGS.batch_size, FLAGS.json_window, FLAGS.max_keys)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,41 @@
+"""The auditing command on the example file and on malformed input."""
+
+import json
+import os
+
+from experiments.score_rewards import score_file
+
+EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "examples",
+                       "model_outputs.jsonl")
+EXPECTED_TOTALS = {"perfect": 5.0, "close-box-far-points": 4.0, "wrong-object": 2.0,
+                   "keys-reordered-floats": 5.0, "single-quotes-not-json": 1.0,
+                   "brace-in-thinking": 1.0, "no-think-tags": 4.0, "truncated": 0.0,
+                   "text-after-answer": 4.0, "missing-points-key": 3.0,
+                   "point-outside-box": 4.0, "no-solution": 0.0}
+
+
+def test_example_file(tmp_path):
+    out = tmp_path / "out.jsonl"
+    summary = score_file(EXAMPLE, str(out), batch_size=8)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert summary["lines"] == len(rows) == 13
+    assert summary["malformed"] == 2 and summary["host_device_disagree"] == 0
+    by_id = {r["id"]: r for r in rows if r["id"] is not None}
+    for key, total in EXPECTED_TOTALS.items():
+        assert by_id[key]["host"]["total"] == total, key
+        assert by_id[key]["device"] == by_id[key]["host"], key
+    bad = [r for r in rows if "error" in r]
+    assert [r["line"] for r in bad] == [12, 13]
+    assert all("line" in r["error"] and r["host"]["total"] == 0.0 for r in bad)
+    assert set(rows[0]["host"]) == {"thinking_format", "segmentation_format", "bbox_iou",
+                                    "bbox_l1", "points_l1", "total"}
+
+
+def test_garbage_lines_never_crash(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b'[1, 2]\n{"id": 1, "response": 5, "solution": "x"}\n\xff\xfe{\n'
+                    + b"[" * 5000 + b"\n")
+    out = tmp_path / "out.jsonl"
+    summary = score_file(str(src), str(out), batch_size=4)
+    assert summary["lines"] == 4 and summary["malformed"] == 4
+    assert all(json.loads(line)["device"]["total"] == 0.0 for line in out.read_text().splitlines())
