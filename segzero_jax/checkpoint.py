@@ -12,7 +12,6 @@ assembled on one device. Without `shardings` every array lands on the default de
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Any, Callable, Optional, Union
@@ -20,6 +19,10 @@ from typing import Any, Callable, Optional, Union
 import jax
 import orbax.checkpoint as ocp
 
+from segzero_jax import config_io
+
+POLICY_KIND = "qwen2_5_vl"
+SAM2_KIND = "sam2"
 PARAMS_DIR = "params"
 CONFIG_FILE = "config.json"
 Shardings = Union[Any, Callable[[Any], Any], None]
@@ -58,11 +61,9 @@ def restore_params(path: str, shardings: Shardings = None) -> Any:
 
 
 def _config_dict(config: Any) -> dict:
-    if dataclasses.is_dataclass(config):
-        return dataclasses.asdict(config)
     if isinstance(config, dict):
         return dict(config)
-    raise TypeError(f"model config must be a dataclass or a dict, got {type(config).__name__}")
+    return config_io.to_dict(config)
 
 
 def save_model(directory: str, kind: str, config: Any, params: Any) -> None:
@@ -94,3 +95,17 @@ def restore_model(directory: str, shardings: Shardings = None,
     if expected_kind is not None and kind != expected_kind:
         raise ValueError(f"{directory} holds a {kind!r} model, expected {expected_kind!r}")
     return kind, config, restore_params(os.path.join(directory, PARAMS_DIR), shardings)
+
+
+def restore_policy(directory: str, shardings: Shardings = None):
+    """(Qwen2_5_VLConfig, params) from a policy model directory."""
+    from segzero_jax.models.qwen2_5_vl import Qwen2_5_VLConfig
+    _, fields, params = restore_model(directory, shardings, expected_kind=POLICY_KIND)
+    return config_io.from_dict(Qwen2_5_VLConfig, fields, f"{directory}/{CONFIG_FILE}"), params
+
+
+def restore_sam2(directory: str, shardings: Shardings = None):
+    """(Sam2Config, params) from a SAM2 model directory."""
+    from segzero_jax.models.sam2 import Sam2Config
+    _, fields, params = restore_model(directory, shardings, expected_kind=SAM2_KIND)
+    return config_io.from_dict(Sam2Config, fields, f"{directory}/{CONFIG_FILE}"), params
