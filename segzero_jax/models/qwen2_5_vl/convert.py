@@ -11,8 +11,9 @@ canonical prefixes `vision.` / `lm.` / `lm_head.`), the param path in our tree (
 The loader streams tensor by tensor (`safe_open(framework="numpy")`, single file or sharded
 with `model.safetensors.index.json`) into preallocated host buffers, so the checkpoint is
 never held twice; export runs the same table backwards and writes shards + config.json.
-Published checkpoints name tensors `model.layers.*` / `visual.*`; transformers 5 saves
-`model.language_model.*` / `model.visual.*`: both are read, the latter is written.
+Published checkpoints (and transformers' save_pretrained) name tensors `model.layers.*` /
+`visual.*`; transformers 5 modules hold `model.language_model.*` / `model.visual.*`: both
+are read, the former is written.
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ from safetensors.numpy import save_file
 from segzero_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig, load_config, to_hf_dict
 from segzero_jax.models.qwen2_5_vl.model import abstract_params
 
-# (checkpoint prefix, canonical prefix), most specific first; the first one is what export writes.
+# canonical prefix -> checkpoint prefixes it is read from (most specific first; vision before lm).
 PREFIXES = {
     "vision.": ("model.visual.", "visual."),
     "lm.": ("model.language_model.", "model."),
     "lm_head.": ("lm_head.",),
 }
+# What export writes: the published checkpoints' names (transformers' save_pretrained writes them too).
+EXPORT_PREFIXES = {"vision.": "visual.", "lm.": "model.", "lm_head.": "lm_head."}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,16 +184,22 @@ def load_hf(path: str, *, shardings: Any = None, config: Optional[Qwen2_5_VLConf
     for file, names in checkpoint_files(path).items():
         with safe_open(file, framework="numpy") as f:
             for name in names:
-                canon = canonical_name(name)
-                rule, layer = match_rule(canon)
+                try:
+                    rule, layer = match_rule(canonical_name(name))
+                except ValueError as e:
+                    raise ValueError(f"{file}: tensor {name!r}: {e}") from None
                 if rule.only_untied and config.tie_word_embeddings:
                     continue
                 target = _get(abstract, rule.path)
                 shape = tuple(target.shape[1:]) if rule.stacked else tuple(target.shape)
-                x = TRANSFORMS[rule.transform].to_ours(f.get_tensor(name), shape, rule, config)
-                if tuple(x.shape) != shape:
-                    raise ValueError(f"{file}: tensor {name!r} converts to shape {x.shape}, "
-                                     f"expected {shape} for {rule.path} (config mismatch?)")
+                raw = f.get_tensor(name)
+                try:
+                    x = TRANSFORMS[rule.transform].to_ours(raw, shape, rule, config)
+                except ValueError:
+                    x = None
+                if x is None or tuple(x.shape) != shape:
+                    raise ValueError(f"{file}: tensor {name!r} of shape {raw.shape} does not fit "
+                                     f"{rule.path} of shape {shape} (config mismatch?)")
                 buf = buffers.setdefault(rule.path, np.empty(target.shape, dtype))
                 if rule.stacked:
                     if layer >= target.shape[0]:
@@ -230,13 +239,13 @@ def _rule_for_path(path: str) -> Rule:
 
 
 def hf_tensors(config: Qwen2_5_VLConfig, params: dict, dtype: Any = None) -> Iterator[tuple[str, np.ndarray]]:
-    """Yields (HF name, numpy tensor) one at a time; names use the transformers-5 prefixes."""
+    """Yields (HF name, numpy tensor) one at a time, named as in the published checkpoints."""
     for rule in RULES:
         if rule.only_untied and config.tie_word_embeddings:
             continue
         value = _get(params, rule.path)
         canon, rest = next((c, rule.hf[len(c):]) for c in PREFIXES if rule.hf.startswith(c))
-        prefix = PREFIXES[canon][0]
+        prefix = EXPORT_PREFIXES[canon]
         layers = range(value.shape[0]) if rule.stacked else [None]
         for i in layers:
             y = np.asarray(jax.device_get(value[i] if i is not None else value))

@@ -202,8 +202,8 @@ class Qwen2_5_VL(nn.Module):
 
 
 def init_params(config: Qwen2_5_VLConfig, rng: jax.Array) -> dict:
-    """Random params (boxed with logical axes; unbox with `nn.unbox`)."""
-    return Qwen2_5_VL(config).init(rng, **dummy_inputs(config))["params"]
+    """Random params (boxed with logical axes; unbox with `nn.unbox`), initialised under jit."""
+    return jax.jit(lambda r: Qwen2_5_VL(config).init(r, **dummy_inputs(config))["params"])(rng)
 
 
 def abstract_params(config: Qwen2_5_VLConfig) -> dict:
