@@ -92,8 +92,9 @@ class Mlp(nn.Module):
         act = ACTIVATIONS[self.activation]
         for i in range(self.num_layers):
             last = i == self.num_layers - 1
-            x = Dense(self.output_dim if last else self.hidden_dim,
-                      axes=("embed" if i == 0 else "mlp", "embed" if last else "mlp"),
+            in_axis = "embed" if i == 0 else ("mlp" if last else None)
+            out_axis = "mlp" if not last else ("embed" if i > 0 else None)
+            x = Dense(self.output_dim if last else self.hidden_dim, axes=(in_axis, out_axis),
                       dtype=self.dtype, param_dtype=self.param_dtype, name=f"layers_{i}")(x)
             if not last:
                 x = act(x)
@@ -147,7 +148,7 @@ class ConvTranspose2x2(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         bsz, h, w, d = x.shape
         k = logical_param(self, "kernel", nn.initializers.lecun_normal(in_axis=0, out_axis=3),
-                          (d, 2, 2, self.features), ("conv_in", "conv_spatial", "conv_spatial",
+                          (d, 2, 2, self.features), ("conv_in", "conv_height", "conv_width",
                                                      "conv_out"), self.param_dtype)
         b = logical_param(self, "bias", nn.initializers.zeros, (self.features,), ("conv_out",),
                           self.param_dtype)
@@ -169,7 +170,7 @@ class PatchConv(nn.Module):
         bsz, h, w, d = x.shape
         k = self.kernel
         kern = logical_param(self, "kernel", nn.initializers.lecun_normal(in_axis=(0, 1, 2), out_axis=3),
-                             (k, k, d, self.features), ("conv_spatial", "conv_spatial", "conv_in",
+                             (k, k, d, self.features), ("conv_height", "conv_width", "conv_in",
                                                         "conv_out"), self.param_dtype)
         b = logical_param(self, "bias", nn.initializers.zeros, (self.features,), ("conv_out",),
                           self.param_dtype)

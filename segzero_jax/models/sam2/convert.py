@@ -160,13 +160,17 @@ def _resolve(key: str, config: Sam2Config, blocks: dict) -> Optional[tuple[tuple
     return None
 
 
-def convert_state_dict(state_dict: Mapping[str, Any], config: Sam2Config) -> dict:
-    """Reference state dict (arrays or tensors) -> params (nested dict of numpy arrays)."""
+def plan_conversion(shapes: Mapping[str, tuple[int, ...]], config: Sam2Config) -> list[tuple]:
+    """Checks a reference state dict's key -> shape map against `config` without touching data.
+
+    Returns [(key, param path, stack index or None, transform, target shape)]; raises ValueError
+    naming the key for an unknown key, a shape that does not fit, or params left unfilled.
+    """
     targets = flatten_dict(nn.meta.unbox(abstract_params(config)))
-    out = {path: np.zeros(t.shape, np.float32) for path, t in targets.items()}
     seen: dict[tuple[str, ...], set] = {path: set() for path in targets}
     blocks = block_locations(config)
-    for key, value in state_dict.items():
+    plan = []
+    for key, shape in shapes.items():
         hit = _resolve(key, config, blocks)
         if hit is None:
             if key.startswith(IGNORED_PREFIXES):
@@ -177,24 +181,38 @@ def convert_state_dict(state_dict: Mapping[str, Any], config: Sam2Config) -> dic
         if path not in targets:
             raise ValueError(f"checkpoint key {key!r} maps to {'/'.join(path)}, which this config "
                              "does not have")
-        shape = targets[path].shape if stack is None else targets[path].shape[1:]
-        arr = TRANSFORMS[transform](np.asarray(value, dtype=np.float32))
-        if arr.size != int(np.prod(shape)):
-            raise ValueError(f"checkpoint key {key!r}: shape {tuple(np.shape(value))} does not fit "
-                             f"{'/'.join(path)} {tuple(shape)}")
-        arr = arr.reshape(shape)
+        full = targets[path].shape
+        target = full if stack is None else full[1:]
+        if stack is not None and stack >= full[0]:
+            raise ValueError(f"checkpoint key {key!r}: index {stack} out of range for "
+                             f"{'/'.join(path)} {full}")
+        moved = TRANSFORMS[transform](np.broadcast_to(np.float32(0), tuple(shape))).shape
+        if int(np.prod(moved)) != int(np.prod(target)) or (
+                len(moved) == len(target) and tuple(moved) != tuple(target)):
+            raise ValueError(f"checkpoint key {key!r}: shape {tuple(shape)} does not fit "
+                             f"{'/'.join(path)} {tuple(target)}")
+        if stack in seen[path]:
+            raise ValueError(f"checkpoint key {key!r} fills {'/'.join(path)} a second time")
+        seen[path].add(stack)
+        plan.append((key, path, stack, transform, tuple(target)))
+    missing = ["/".join(path) for path, t in targets.items()
+               if not seen[path] or (None not in seen[path] and seen[path] != set(range(t.shape[0])))]
+    if missing:
+        raise ValueError(f"checkpoint is missing {len(missing)} SAM2 params, e.g. {missing[:5]}")
+    return plan
+
+
+def convert_state_dict(state_dict: Mapping[str, Any], config: Sam2Config) -> dict:
+    """Reference state dict (numpy arrays) -> params (nested dict of float32 numpy arrays)."""
+    plan = plan_conversion({k: np.shape(v) for k, v in state_dict.items()}, config)
+    targets = flatten_dict(nn.meta.unbox(abstract_params(config)))
+    out: dict[tuple[str, ...], np.ndarray] = {}
+    for key, path, stack, transform, target in plan:
+        arr = TRANSFORMS[transform](np.asarray(state_dict[key], dtype=np.float32)).reshape(target)
         if stack is None:
             out[path] = arr
         else:
-            if stack >= targets[path].shape[0]:
-                raise ValueError(f"checkpoint key {key!r}: index {stack} out of range for "
-                                 f"{'/'.join(path)} {targets[path].shape}")
-            out[path][stack] = arr
-        seen[path].add(stack)
-    missing = ["/".join(path) for path, t in targets.items()
-                if not seen[path] or (None not in seen[path] and seen[path] != set(range(t.shape[0])))]
-    if missing:
-        raise ValueError(f"checkpoint is missing {len(missing)} SAM2 params, e.g. {missing[:5]}")
+            out.setdefault(path, np.zeros(targets[path].shape, np.float32))[stack] = arr
     return unflatten_dict(out)
 
 
@@ -239,7 +257,26 @@ def load_checkpoint(path: str, config: Union[Sam2Config, str, None] = None,
     params = convert_state_dict(state, config)
     params = jax.tree.map(lambda a: jnp.asarray(a, dtype=config.param_dtype), params)
     if mesh is not None:
-        from segzero_jax.parallel import DEFAULT_RULES, logical_shardings
-        shardings = logical_shardings(abstract_params(config), mesh, rules or DEFAULT_RULES)
-        params = jax.device_put(params, shardings)
+        params = jax.device_put(params, param_shardings(config, mesh, rules))
     return config, params
+
+
+def param_shardings(config: Sam2Config, mesh: jax.sharding.Mesh, rules: Any = None) -> dict:
+    """NamedShardings for the params from their logical axes. A dim that its mesh axes do not
+    divide (one attention head, a 1-wide score head) is replicated instead."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from segzero_jax.parallel import DEFAULT_RULES, logical_shardings
+
+    abstract = abstract_params(config)
+    shardings = logical_shardings(abstract, mesh, rules or DEFAULT_RULES)
+
+    def fit(sharding, leaf):
+        spec = []
+        for dim, axes in zip(leaf.shape, tuple(sharding.spec) + (None,) * len(leaf.shape)):
+            names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+            size = int(np.prod([mesh.shape[a] for a in names])) if names else 1
+            spec.append(axes if dim % size == 0 else None)
+        return NamedSharding(mesh, PartitionSpec(*spec))
+
+    return jax.tree.map(fit, shardings, nn.meta.unbox(abstract))

@@ -171,7 +171,7 @@ class Hiera(nn.Module):
         cfg = self.config
         kern = logical_param(self, "patch_embed_kernel", nn.initializers.lecun_normal(in_axis=(0, 1, 2), out_axis=3),
                              (7, 7, images.shape[-1], cfg.embed_dim),
-                             ("conv_spatial", "conv_spatial", "conv_in", "conv_out"), cfg.param_dtype)
+                             ("conv_height", "conv_width", "conv_in", "conv_out"), cfg.param_dtype)
         bias = logical_param(self, "patch_embed_bias", nn.initializers.zeros, (cfg.embed_dim,),
                              ("conv_out",), cfg.param_dtype)
         x = jax.lax.conv_general_dilated(images.astype(cfg.dtype), kern.astype(cfg.dtype),

@@ -111,23 +111,33 @@ def predict_batch(params: dict, images: jax.Array, boxes: Optional[jax.Array], p
     return jax.tree.map(lambda t: t.reshape(b, k, *t.shape[1:]), out)
 
 
+_preprocess = jax.jit(preprocess_image, static_argnames=("image_size",))
+
+
 @functools.partial(jax.jit, static_argnames=("config",))
-def _encode(params: dict, image: jax.Array, *, config: Sam2Config) -> dict:
-    x = preprocess_image(image, config.image_size)[None]
+def _encode(params: dict, x: jax.Array, *, config: Sam2Config) -> dict:
     enc = Sam2(config).apply({"params": params}, x, method=Sam2.encode_image)
     return {"image_embed": enc["image_embed"], "high_res_feats": enc.get("high_res_feats")}
 
 
-@functools.partial(jax.jit, static_argnames=("config", "orig_hw", "multimask_output", "pad"))
+@functools.partial(jax.jit, static_argnames=("config", "orig_hw", "pad"))
 def _predict(params: dict, features: dict, coords: jax.Array, labels: jax.Array, *,
-             config: Sam2Config, orig_hw: tuple[int, int], multimask_output: bool, pad: bool) -> dict:
+             config: Sam2Config, orig_hw: tuple[int, int], pad: bool) -> dict:
+    """K prompts on one image -> both selections ("multi": M = 3, "single": M = 1), each with
+    upsampled float logits, so one compiled function serves either `multimask_output`."""
     n = coords.shape[0]
     rep = lambda t: jnp.broadcast_to(t, (n, *t.shape[1:]))
     high = features["high_res_feats"]
     high = tuple(rep(t) for t in high) if high is not None else None
     coords = to_input_frame(coords, orig_hw, config.image_size)
-    return _decode_postprocess(config, params, rep(features["image_embed"]), high, coords, labels,
-                               orig_hw, multimask_output, pad, False)
+    all_masks, all_iou, _ = Sam2(config).apply({"params": params}, rep(features["image_embed"]), high,
+                                               coords, labels, None, pad, method=Sam2.decode)
+    out = {}
+    for name, multi in (("multi", True), ("single", False)):
+        low, scores = select_masks(config, all_masks, all_iou, multi)
+        out[name] = {"scores": scores, "low_res_logits": jnp.clip(low, -32.0, 32.0),
+                     "mask_logits": resize_hw(low, orig_hw, "bilinear")}
+    return out
 
 
 class SamPredictor:
@@ -157,7 +167,8 @@ class SamPredictor:
             raise ValueError(f"set_image expects an RGB image [H, W, 3], got shape {image.shape}")
         self.reset_predictor()
         self._orig_hw = (int(image.shape[0]), int(image.shape[1]))
-        self._features = _encode(self.params, jnp.asarray(image), config=self.config)
+        x = _preprocess(jnp.asarray(image), image_size=self.config.image_size)
+        self._features = _encode(self.params, x[None], config=self.config)
 
     @property
     def is_image_set(self) -> bool:
@@ -173,7 +184,8 @@ class SamPredictor:
                 box: Optional[np.ndarray] = None, multimask_output: bool = True,
                 return_logits: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Prompts in original-image pixels: point_coords [N, 2] (or [K, N, 2]), point_labels [N]
-        (1 foreground, 0 background), box [4] (or [K, 4]) as x1 y1 x2 y2."""
+        (1 foreground, 0 background), box [4] (or [K, 4]) as x1 y1 x2 y2. With return_logits
+        the masks are the upsampled float logits instead of booleans."""
         if not self.is_image_set:
             raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
         boxes = points = labels = None
@@ -202,11 +214,10 @@ class SamPredictor:
                                           None if points is None else jnp.asarray(points),
                                           None if labels is None else jnp.asarray(labels))
         out = _predict(self.params, self._features, jnp.asarray(coords), jnp.asarray(labs),
-                       config=self.config, orig_hw=self._orig_hw, multimask_output=multimask_output,
-                       pad=pad)
-        if return_logits:
-            raise NotImplementedError("return_logits=True is not supported; use the low-res logits")
-        masks = np.asarray(out["masks"])
+                       config=self.config, orig_hw=self._orig_hw, pad=pad)
+        out = out["multi" if multimask_output else "single"]
+        logits = np.asarray(out["mask_logits"], np.float32)
+        masks = logits if return_logits else logits > self.config.mask_threshold
         scores = np.asarray(out["scores"], np.float32)
         low = np.asarray(out["low_res_logits"], np.float32)
         if masks.shape[0] == 1:

@@ -1,0 +1,217 @@
+"""Parity with Meta's sam2 (random weights, float32) on the small `test_tiny` architecture:
+image features, prompt/mask decoding through the reference `SAM2ImagePredictor`, the jitted
+batch path, the mask-input embedding, sharded params and the bf16 compute option."""
+
+import copy
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from tests.models.sam2.reference import (build_reference, install_torchvision_transforms,
+                                         save_checkpoint)
+
+from segzero_jax.models.sam2 import (Sam2, SamPredictor, get_preset, load_checkpoint, predict_batch,
+                                     preprocess_image)
+
+TOL = 1e-3
+BOX = np.array([20.0, 15.0, 100.0, 70.0], np.float32)
+PTS = np.array([[40.0, 30.0], [60.0, 50.0]], np.float32)
+LAB = np.array([1, 1], np.int32)
+
+
+def reference_predictor(model, cfg):
+    install_torchvision_transforms()
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    pred = SAM2ImagePredictor(model)
+    s = cfg.image_size // 4
+    pred._bb_feat_sizes = [(s, s), (s // 2, s // 2), (s // 4, s // 4)]
+    return pred
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    torch.set_num_threads(2)
+    cfg = get_preset("test_tiny")
+    ref = build_reference(cfg, seed=0)
+    path = save_checkpoint(ref, str(tmp_path_factory.mktemp("sam2_small")))
+    cfg, params = load_checkpoint(path, cfg)
+    image = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    rp = reference_predictor(ref, cfg)
+    rp.set_image(image)
+    jp = SamPredictor(cfg, params)
+    jp.set_image(image)
+    return dict(cfg=cfg, ref=ref, params=params, path=path, image=image, rp=rp, jp=jp)
+
+
+def assert_close(ours, theirs, what):
+    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+    assert ours.shape == theirs.shape, (what, ours.shape, theirs.shape)
+    err = np.abs(ours - theirs).max()
+    assert err <= TOL, f"{what}: max |diff| {err:.2e} > {TOL}"
+
+
+def assert_masks_agree(ours, theirs, what, min_agree=0.999):
+    """The reference returns 0/1 floats; ours are booleans."""
+    theirs = np.asarray(theirs) > 0.5
+    assert ours.dtype == bool and ours.shape == theirs.shape, (what, ours.dtype, ours.shape, theirs.shape)
+    agree = (ours == theirs).mean()
+    assert agree >= min_agree, f"{what}: {agree:.5f} pixel agreement"
+    assert 0.0 < theirs.mean() < 1.0, f"{what}: degenerate reference mask"
+
+
+def test_image_features_match(setup):
+    ref_feats = setup["rp"]._features
+    ours = setup["jp"]._features
+    assert_close(setup["jp"].get_image_embedding(), ref_feats["image_embed"].numpy(), "image_embed")
+    for i, (a, b) in enumerate(zip(ours["high_res_feats"], ref_feats["high_res_feats"])):
+        assert_close(a, b.numpy().transpose(0, 2, 3, 1), f"high_res_feats[{i}]")
+
+
+def test_neck_levels_and_position_encoding_match(setup):
+    cfg, ref = setup["cfg"], setup["ref"]
+    x = torch.randn(1, 3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        out = ref.image_encoder(x)
+    enc = jax.jit(lambda p, im: Sam2(cfg).apply({"params": p}, im, method=Sam2.encode_image))(
+        setup["params"], jnp.asarray(x.numpy().transpose(0, 2, 3, 1)))
+    for i in range(3):
+        assert_close(enc["backbone_fpn"][i], out["backbone_fpn"][i].numpy().transpose(0, 2, 3, 1), f"fpn[{i}]")
+        assert_close(enc["vision_pos_enc"][i], out["vision_pos_enc"][i][0].numpy().transpose(1, 2, 0), f"pos[{i}]")
+
+
+PROMPTS = {
+    "box": dict(box=BOX),
+    "points": dict(point_coords=PTS, point_labels=LAB),
+    "box_2points": dict(box=BOX, point_coords=PTS, point_labels=LAB),
+    "box_2points_single": dict(box=BOX, point_coords=PTS, point_labels=LAB, multimask_output=False),
+    "negative_point_single": dict(point_coords=PTS, point_labels=np.array([1, 0]), multimask_output=False),
+    "two_boxes": dict(box=np.stack([BOX, BOX + np.array([5, 5, -10, 10], np.float32)])),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROMPTS))
+def test_predict_matches_reference(setup, name):
+    kw = PROMPTS[name]
+    rm, rs, rl = setup["rp"].predict(**kw)
+    m, s, lo = setup["jp"].predict(**kw)
+    assert_close(lo, rl, "low-res logits")
+    assert_close(s, rs, "scores")
+    assert_masks_agree(m, rm, "masks")
+    expected_m = 3 if kw.get("multimask_output", True) else 1
+    assert s.shape[-1] == expected_m and m.shape[-2:] == setup["image"].shape[:2]
+
+
+def test_return_logits_matches_reference(setup):
+    rm, _, _ = setup["rp"].predict(box=BOX, return_logits=True)
+    m, _, _ = setup["jp"].predict(box=BOX, return_logits=True)
+    assert_close(m, rm, "upsampled logits")
+
+
+def test_single_mask_stability_fallback_both_branches(setup, tmp_path):
+    """Token 0 unstable -> best multimask output; token 0 made confident -> token 0."""
+    cfg = setup["cfg"]
+    ref_stable = copy.deepcopy(setup["ref"])
+    with torch.no_grad():
+        ref_stable.sam_mask_decoder.output_hypernetworks_mlps[0].layers[2].weight.mul_(200.0)
+    _, params_stable = load_checkpoint(save_checkpoint(ref_stable, str(tmp_path)), cfg)
+    outcomes = []
+    for ref, params in ((setup["ref"], setup["params"]), (ref_stable, params_stable)):
+        rp = reference_predictor(ref, cfg)
+        rp.set_image(setup["image"])
+        jp = SamPredictor(cfg, params)
+        jp.set_image(setup["image"])
+        rm, rs, rl = rp.predict(box=BOX, multimask_output=False)
+        m, s, lo = jp.predict(box=BOX, multimask_output=False)
+        assert_close(lo, rl, "single-mask logits")
+        assert_close(s, rs, "single-mask score")
+        assert_masks_agree(m, rm, "single mask")
+        _, multi_s, multi_lo = jp.predict(box=BOX, multimask_output=True)
+        outcomes.append(bool(np.any(np.all(np.isclose(multi_lo, lo[0]), axis=(1, 2)))))
+    assert outcomes == [True, False], f"fallback taken per model: {outcomes}"
+
+
+def test_mask_input_embedding_matches(setup):
+    cfg, ref = setup["cfg"], setup["ref"]
+    n = cfg.low_res_size
+    masks = torch.randn(2, 1, n, n, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        theirs = ref.sam_prompt_encoder._embed_masks(masks).numpy().transpose(0, 2, 3, 1)
+    ours = Sam2(cfg).apply({"params": setup["params"]}, jnp.asarray(masks.numpy()[:, 0]),
+                           method=lambda m, x: m.prompt_encoder.embed_masks(x))
+    assert_close(ours, theirs, "mask embedding")
+
+
+def test_predict_batch_matches_reference_per_image(setup):
+    """B=2 images x K=2 box + 2-point prompts in one jitted call vs the reference, prompt by prompt."""
+    cfg = setup["cfg"]
+    rng = np.random.default_rng(7)
+    images = [setup["image"], rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)]
+    boxes = np.stack([np.stack([BOX, BOX + 7]), np.stack([BOX - 5, BOX + 3])]).astype(np.float32)
+    points = np.stack([np.stack([PTS, PTS + 4]), np.stack([PTS - 3, PTS + 9])]).astype(np.float32)
+    labels = np.ones((2, 2, 2), np.int32)
+    x = preprocess_image(jnp.asarray(np.stack(images)), cfg.image_size)
+    out = predict_batch(setup["params"], x, jnp.asarray(boxes), jnp.asarray(points), jnp.asarray(labels),
+                        (90, 120), config=cfg)
+    assert out["masks"].shape == (2, 2, 3, 90, 120) and out["best_mask"].shape == (2, 2, 90, 120)
+    rp = reference_predictor(setup["ref"], cfg)
+    for b, image in enumerate(images):
+        rp.set_image(image)
+        for k in range(2):
+            rm, rs, rl = rp.predict(box=boxes[b, k], point_coords=points[b, k], point_labels=labels[b, k])
+            assert_close(out["low_res_logits"][b, k], rl, f"logits[{b},{k}]")
+            assert_close(out["scores"][b, k], rs, f"scores[{b},{k}]")
+            assert_masks_agree(np.asarray(out["masks"][b, k]), rm, f"masks[{b},{k}]")
+            best = int(np.argmax(rs))
+            assert_masks_agree(np.asarray(out["best_mask"][b, k]), rm[best], f"best[{b},{k}]")
+
+
+def test_downscaled_image_preprocessing_matches(setup):
+    """An image larger than the model input: antialiased resize, then mask upsampling."""
+    cfg = setup["cfg"]
+    image = np.random.default_rng(11).integers(0, 256, (300, 220, 3), dtype=np.uint8)
+    rp = reference_predictor(setup["ref"], cfg)
+    rp.set_image(image)
+    jp = SamPredictor(cfg, setup["params"])
+    jp.set_image(image)
+    assert_close(jp.get_image_embedding(), rp.get_image_embedding().numpy(), "image_embed")
+    kw = dict(box=np.array([30, 40, 200, 260], np.float32), point_coords=np.array([[100, 120], [90, 200]]),
+              point_labels=np.array([1, 1]))
+    rm, rs, rl = rp.predict(**kw)
+    m, s, lo = jp.predict(**kw)
+    assert_close(lo, rl, "low-res logits")
+    assert_masks_agree(m, rm, "masks")
+
+
+def test_sharded_params_give_the_same_masks(setup):
+    import flax.linen as nn
+
+    from segzero_jax.parallel import DEFAULT_RULES, make_mesh
+
+    cfg = setup["cfg"]
+    mesh = make_mesh((2, 2, 2))
+    _, sharded = load_checkpoint(setup["path"], cfg, mesh=mesh)
+    x = preprocess_image(jnp.asarray(np.stack([setup["image"]] * 2)), cfg.image_size)
+    boxes = jnp.asarray(np.stack([BOX, BOX + 3])[None].repeat(2, 0))
+    with mesh, nn.logical_axis_rules(DEFAULT_RULES):
+        got = predict_batch(sharded, x, boxes, None, None, (90, 120), config=cfg)
+    want = predict_batch(setup["params"], x, boxes, None, None, (90, 120), config=cfg)
+    assert_close(got["low_res_logits"], want["low_res_logits"], "sharded logits")
+    assert any(len(leaf.sharding.device_set) > 1 for leaf in jax.tree.leaves(sharded))
+
+
+def test_bf16_compute_stays_close(setup):
+    cfg = setup["cfg"]
+    cfg16 = cfg.replace(dtype=jnp.bfloat16)
+    x = preprocess_image(jnp.asarray(setup["image"])[None], cfg.image_size)
+    boxes, points = jnp.asarray(BOX)[None, None], jnp.asarray(PTS)[None, None]
+    labels = jnp.asarray(LAB)[None, None]
+    a = predict_batch(setup["params"], x, boxes, points, labels, (90, 120), config=cfg)
+    b = predict_batch(setup["params"], x, boxes, points, labels, (90, 120), config=cfg16)
+    assert b["low_res_logits"].dtype == jnp.float32
+    scale = float(jnp.abs(a["low_res_logits"]).max())
+    assert float(jnp.abs(a["low_res_logits"] - b["low_res_logits"]).max()) < 0.1 * scale
+    assert float((a["masks"] == b["masks"]).mean()) > 0.9
