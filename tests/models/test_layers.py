@@ -1,0 +1,111 @@
+"""Shared blocks against torch/transformers references and a numpy attention oracle."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from segzero_jax.models import layers
+
+
+def _np_attention(q, k, v, mask):
+    """Oracle: q [B,T,N,H], k/v [B,S,K,H], boolean mask [B,N,T,S]."""
+    rep = q.shape[2] // k.shape[2]
+    k, v = np.repeat(k, rep, axis=2), np.repeat(v, rep, axis=2)
+    s = np.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(q.shape[-1])
+    s = np.where(mask, s, -1e30)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return np.einsum("bnts,bsnh->btnh", p, v)
+
+
+def test_rmsnorm_matches_transformers():
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLRMSNorm
+    x = np.random.RandomState(0).randn(3, 5, 16).astype(np.float32)
+    ref = Qwen2_5_VLRMSNorm(16, eps=1e-6)
+    with torch.no_grad():
+        ref.weight.normal_()
+        want = ref(torch.tensor(x)).numpy()
+    params = {"scale": jnp.asarray(ref.weight.detach().numpy())}
+    got = layers.RMSNorm(1e-6).apply({"params": params}, jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+    boxed = layers.RMSNorm(1e-6).init(jax.random.key(0), jnp.asarray(x))["params"]["scale"]
+    assert boxed.names == ("norm",)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_gated_mlp_matches_transformers(bias):
+    from types import SimpleNamespace
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLMLP
+    torch.manual_seed(0)
+    ref = Qwen2_5_VLMLP(SimpleNamespace(hidden_size=8, intermediate_size=12, hidden_act="silu"), bias=bias)
+    x = np.random.RandomState(1).randn(2, 3, 8).astype(np.float32)
+    with torch.no_grad():
+        want = ref(torch.tensor(x)).numpy()
+    sd = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
+    params = {n: {"kernel": sd[f"{n}_proj.weight"].T} for n in ("gate", "up", "down")}
+    if bias:
+        for n in ("gate", "up", "down"):
+            params[n]["bias"] = sd[f"{n}_proj.bias"]
+    mlp = layers.GatedMLP(8, 12, "silu", use_bias=bias)
+    np.testing.assert_allclose(np.asarray(mlp.apply({"params": params}, jnp.asarray(x))), want, atol=1e-5)
+    boxed = mlp.init(jax.random.key(0), jnp.asarray(x))["params"]
+    assert boxed["gate"]["kernel"].names == ("embed", "mlp")
+    assert boxed["down"]["kernel"].names == ("mlp", "embed")
+
+
+def test_rotary_matches_transformers():
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
+    rs = np.random.RandomState(2)
+    q, k = rs.randn(2, 5, 4, 8).astype(np.float32), rs.randn(2, 5, 2, 8).astype(np.float32)
+    ang = rs.randn(2, 5, 8).astype(np.float32)
+    cos, sin = np.cos(ang), np.sin(ang)
+    rq, rk = apply_rotary_pos_emb(torch.tensor(q), torch.tensor(k), torch.tensor(cos), torch.tensor(sin),
+                                  unsqueeze_dim=2)
+    np.testing.assert_allclose(np.asarray(layers.apply_rotary(jnp.asarray(q), cos, sin)), rq.numpy(), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(layers.apply_rotary(jnp.asarray(k), cos, sin)), rk.numpy(), atol=1e-6)
+    out16 = layers.apply_rotary(jnp.asarray(q, jnp.bfloat16), cos, sin)
+    assert out16.dtype == jnp.bfloat16
+
+
+def test_attention_xla_masks_against_oracle():
+    rs = np.random.RandomState(3)
+    b, t, n, kh, h = 2, 6, 4, 2, 8
+    q = rs.randn(b, t, n, h).astype(np.float32)
+    k, v = rs.randn(b, t, kh, h).astype(np.float32), rs.randn(b, t, kh, h).astype(np.float32)
+    causal = np.tril(np.ones((t, t), bool))
+    got = layers.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
+    np.testing.assert_allclose(np.asarray(got), _np_attention(q, k, v, np.broadcast_to(causal, (b, n, t, t))),
+                               atol=1e-5)
+    lengths = np.array([6, 3], np.int32)
+    key_ok = np.arange(t)[None, :] < lengths[:, None]
+    got = layers.dot_product_attention(q, k, v, is_causal=True, kv_lengths=jnp.asarray(lengths),
+                                       implementation="xla")
+    want = _np_attention(q, k, v, causal[None, None] & key_ok[:, None, None, :])
+    np.testing.assert_allclose(np.asarray(got)[1, :3], want[1, :3], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(got)[0], want[0], atol=1e-5)
+    left = np.ones((b, t), bool)
+    left[1, :2] = False
+    dense = causal[None, None] & left[:, None, None, :]
+    got = layers.dot_product_attention(q, k, v, mask=jnp.asarray(dense), implementation="xla")
+    np.testing.assert_allclose(np.asarray(got)[1, 2:], _np_attention(q, k, v, dense)[1, 2:], atol=1e-5)
+
+
+def test_registries_and_errors():
+    with pytest.raises(ValueError, match="remat policy 'some'"):
+        layers.maybe_remat(layers.GatedMLP, "some")
+    assert layers.maybe_remat(layers.GatedMLP, "none") is layers.GatedMLP
+    with pytest.raises(ValueError, match="activation 'swish2'"):
+        layers.activation("swish2")
+    with pytest.raises(ValueError, match="attention implementation 'flash'"):
+        layers.resolve_attention_implementation("flash", jnp.zeros((1, 1, 1, 8)))
+    assert layers.resolve_attention_implementation("auto", jnp.zeros((1, 1, 1, 8))) == "xla"
+    with pytest.raises(ValueError, match="dense mask"):
+        layers.dot_product_attention(jnp.zeros((1, 2, 1, 8), jnp.bfloat16), jnp.zeros((1, 2, 1, 8), jnp.bfloat16),
+                                     jnp.zeros((1, 2, 1, 8), jnp.bfloat16), mask=jnp.ones((1, 1, 2, 2), bool),
+                                     implementation="cudnn")
+    with pytest.raises(ValueError, match="2 axis names for shape"):
+        layers.Einsum("BD,DF->BF", (4, 5, 6), ("embed", "mlp")).init(jax.random.key(0), jnp.zeros((2, 4)))
+    np.testing.assert_allclose(np.asarray(layers.rotary_inv_freq(8, 10000.0)),
+                               1.0 / 10000.0 ** (np.arange(0, 8, 2) / 8), rtol=1e-6)
