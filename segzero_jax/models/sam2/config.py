@@ -174,8 +174,7 @@ def hiera_base_plus() -> Sam2Config:
 def hiera_large() -> Sam2Config:
     """`sam2_hiera_l.yaml` (Seg-Zero's segmenter)."""
     return Sam2Config(embed_dim=144, num_heads=2, stages=(2, 6, 36, 4),
-                      global_att_blocks=(23, 33, 43), window_spec=(8, 4, 16, 8),
-                      window_pos_embed_bkg_spatial_size=(14, 14))
+                      global_att_blocks=(23, 33, 43), window_spec=(8, 4, 16, 8))
 
 
 @register_preset("test_tiny")

@@ -25,13 +25,13 @@ import numpy as np
 
 
 def _bilinear(n_in: int, n_out: int) -> np.ndarray:
-    s = n_in / n_out
+    s = np.float32(n_in) / np.float32(n_out)  # torch computes the source index in float32
     r = np.zeros((n_out, n_in))
     for i in range(n_out):
-        src = max(s * (i + 0.5) - 0.5, 0.0)
+        src = max(s * (np.float32(i) + np.float32(0.5)) - np.float32(0.5), np.float32(0.0))
         i0 = min(int(np.floor(src)), n_in - 1)
         i1 = min(i0 + 1, n_in - 1)
-        l1 = src - i0
+        l1 = float(src - np.float32(i0))
         r[i, i0] += 1.0 - l1
         r[i, i1] += l1
     return r
@@ -64,12 +64,12 @@ def _cubic_weights(t: float, a: float = -0.75) -> tuple[float, float, float, flo
 
 
 def _bicubic(n_in: int, n_out: int) -> np.ndarray:
-    s = n_in / n_out
+    s = np.float32(n_in) / np.float32(n_out)
     r = np.zeros((n_out, n_in))
     for i in range(n_out):
-        src = s * (i + 0.5) - 0.5
+        src = s * (np.float32(i) + np.float32(0.5)) - np.float32(0.5)
         i0 = int(np.floor(src))
-        for k, w in enumerate(_cubic_weights(src - i0)):
+        for k, w in enumerate(_cubic_weights(float(src - np.float32(i0)))):
             r[i, min(max(i0 - 1 + k, 0), n_in - 1)] += w
     return r
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from segzero_jax.models.sam2.config import Sam2Config
 
 TINY_CONFIG_FILE = "configs/sam2/sam2_hiera_t.yaml"
+TOL = 1e-3  # max |difference| allowed for features, logits and scores
 
 
 def install_torchvision_transforms() -> None:
@@ -77,9 +78,10 @@ def hydra_overrides(cfg: Sam2Config) -> list[str]:
     ]
 
 
-def build_reference(cfg: Sam2Config, seed: int, config_file: str = TINY_CONFIG_FILE,
+def build_reference(cfg: Sam2Config | None, seed: int, config_file: str = TINY_CONFIG_FILE,
                     overrides: bool = True) -> torch.nn.Module:
-    """Meta's SAM2Base from its own hydra config, eval mode, every float param perturbed."""
+    """Meta's SAM2Base from its own hydra config (with `cfg`'s architecture when `overrides`),
+    eval mode, every float param and buffer perturbed by seeded noise."""
     from sam2.build_sam import build_sam2
 
     torch.manual_seed(seed)
@@ -98,3 +100,30 @@ def save_checkpoint(model: torch.nn.Module, directory: str) -> str:
     path = os.path.join(directory, "sam2_random.pt")
     torch.save({"model": model.state_dict()}, path)
     return path
+
+
+def reference_predictor(model, cfg):
+    """Meta's SAM2ImagePredictor; its feature-size table follows `cfg.image_size`."""
+    install_torchvision_transforms()
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    pred = SAM2ImagePredictor(model)
+    s = cfg.image_size // 4
+    pred._bb_feat_sizes = [(s, s), (s // 2, s // 2), (s // 4, s // 4)]
+    return pred
+
+
+def assert_close(ours, theirs, what):
+    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+    assert ours.shape == theirs.shape, (what, ours.shape, theirs.shape)
+    err = np.abs(ours - theirs).max()
+    assert err <= TOL, f"{what}: max |diff| {err:.2e} > {TOL}"
+
+
+def assert_masks_agree(ours, theirs, what, min_agree=0.999):
+    """The reference returns 0/1 floats; ours are booleans."""
+    theirs = np.asarray(theirs) > 0.5
+    assert ours.dtype == bool and ours.shape == theirs.shape, (what, ours.dtype, ours.shape, theirs.shape)
+    agree = (ours == theirs).mean()
+    assert agree >= min_agree, f"{what}: {agree:.5f} pixel agreement"
+    assert 0.0 < theirs.mean() < 1.0, f"{what}: degenerate reference mask"

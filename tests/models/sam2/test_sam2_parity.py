@@ -10,26 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from tests.models.sam2.reference import (build_reference, install_torchvision_transforms,
-                                         save_checkpoint)
+from tests.models.sam2.reference import (assert_close, assert_masks_agree, build_reference,
+                                         reference_predictor, save_checkpoint)
 
 from segzero_jax.models.sam2 import (Sam2, SamPredictor, get_preset, load_checkpoint, predict_batch,
                                      preprocess_image)
 
-TOL = 1e-3
 BOX = np.array([20.0, 15.0, 100.0, 70.0], np.float32)
 PTS = np.array([[40.0, 30.0], [60.0, 50.0]], np.float32)
 LAB = np.array([1, 1], np.int32)
-
-
-def reference_predictor(model, cfg):
-    install_torchvision_transforms()
-    from sam2.sam2_image_predictor import SAM2ImagePredictor
-
-    pred = SAM2ImagePredictor(model)
-    s = cfg.image_size // 4
-    pred._bb_feat_sizes = [(s, s), (s // 2, s // 2), (s // 4, s // 4)]
-    return pred
 
 
 @pytest.fixture(scope="module")
@@ -45,22 +34,6 @@ def setup(tmp_path_factory):
     jp = SamPredictor(cfg, params)
     jp.set_image(image)
     return dict(cfg=cfg, ref=ref, params=params, path=path, image=image, rp=rp, jp=jp)
-
-
-def assert_close(ours, theirs, what):
-    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
-    assert ours.shape == theirs.shape, (what, ours.shape, theirs.shape)
-    err = np.abs(ours - theirs).max()
-    assert err <= TOL, f"{what}: max |diff| {err:.2e} > {TOL}"
-
-
-def assert_masks_agree(ours, theirs, what, min_agree=0.999):
-    """The reference returns 0/1 floats; ours are booleans."""
-    theirs = np.asarray(theirs) > 0.5
-    assert ours.dtype == bool and ours.shape == theirs.shape, (what, ours.dtype, ours.shape, theirs.shape)
-    agree = (ours == theirs).mean()
-    assert agree >= min_agree, f"{what}: {agree:.5f} pixel agreement"
-    assert 0.0 < theirs.mean() < 1.0, f"{what}: degenerate reference mask"
 
 
 def test_image_features_match(setup):
