@@ -1,0 +1,150 @@
+"""Shared experiment config: the Seg-Zero reference recipe as an `ml_collections.ConfigDict`,
+and `validate`, which checks every field once at start-up and names the offending one.
+
+Sections: `model` (policy + SAM2), `data` (the input pipeline's fields), `rl` (GRPO),
+`optim` (AdamW), `mesh` (device mesh and logical-axis rules), `train` (loop, checkpoints).
+Values follow the Seg-Zero paper and its single-object training script (see DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import ml_collections
+
+from segzero_jax.parallel import DEFAULT_RULES, MESH_AXES
+
+
+class ConfigError(ValueError):
+    """A config field holds an unusable value; the message starts with the field's path."""
+
+
+def reference_config() -> ml_collections.ConfigDict:
+    """Seg-Zero's recipe: Qwen2.5-VL-7B + SAM2-Large, RefCOCOg 9k, 16 prompts x 8 samples."""
+    c = ml_collections.ConfigDict()
+    c.model = dict(
+        policy_preset="7b",               # segzero_jax.models.qwen2_5_vl.PRESETS
+        policy_checkpoint="",             # model directory from experiments.convert ("" = random init)
+        dtype="bfloat16",                 # matmul compute dtype
+        param_dtype="float32",            # master weights
+        remat_policy="full",              # layers.REMAT_POLICIES
+        attention_impl="auto",
+        sam2_preset="hiera_large",        # segzero_jax.models.sam2.PRESETS
+        sam2_checkpoint="",
+    )
+    c.data = dict(
+        dataset="refcocog", split="train", data_dir="", manual_dir="",
+        batch_size=16,                    # prompts per step (global)
+        max_prompt_length=1300, image_size=840, seed=42, shuffle=True, num_epochs=1,
+    )
+    c.rl = dict(
+        group_size=8, temperature=1.0, top_p=1.0, max_response_length=1300,
+        reward="seg_strict",              # segzero_jax.rl.reward_host.HOST_REWARDS
+        clip_ratio=0.2,
+        kl_kind="low_var_kl",             # segzero_jax.rl.grpo.KL_PENALTIES
+        kl_coef=5e-3,
+        entropy_coef=1e-3,
+        loss_aggregation="token-mean-per-microbatch",  # segzero_jax.rl.grpo.AGGREGATIONS
+        micro_batch_size=8,               # responses per gradient-accumulation step
+        ppo_epochs=1,
+    )
+    c.optim = dict(learning_rate=1e-6, weight_decay=1e-2, b1=0.9, b2=0.999, eps=1e-8,
+                   grad_clip_norm=1.0, warmup_steps=0)
+    c.mesh = dict(shape=(-1, 1, 1), dcn_shape=None,
+                  axis_rules=tuple((name, axes) for name, axes in DEFAULT_RULES))
+    c.train = dict(num_steps=562, log_every=1, checkpoint_every=50, max_checkpoints=3,
+                   eval_every=0, seed=0)
+    return ml_collections.ConfigDict(c)
+
+
+def _fail(field: str, message: str) -> None:
+    raise ConfigError(f"config.{field}: {message}")
+
+
+def _positive_int(c: Any, field: str) -> int:
+    value = _get(c, field)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        _fail(field, f"must be a positive integer, got {value!r}")
+    return value
+
+
+def _in_range(c: Any, field: str, low: float, high: float) -> float:
+    value = _get(c, field)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
+        _fail(field, f"must be a number in [{low}, {high}], got {value!r}")
+    return float(value)
+
+
+def _choice(c: Any, field: str, choices: Any) -> str:
+    value = _get(c, field)
+    if value not in choices:
+        _fail(field, f"{value!r} is not one of {sorted(choices)}")
+    return value
+
+
+def _get(c: Any, field: str) -> Any:
+    node = c
+    for part in field.split("."):
+        if part not in node:
+            _fail(field, "is missing")
+        node = node[part]
+    return node
+
+
+def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Checks every field the entry points read; raises ConfigError naming the first bad one."""
+    from segzero_jax.models import layers, qwen2_5_vl, sam2
+    from segzero_jax.models.qwen2_5_vl.config import DTYPES
+    from segzero_jax.parallel.mesh import resolve_mesh_shape
+    from segzero_jax.rl import grpo, reward_host
+
+    _choice(c, "model.policy_preset", qwen2_5_vl.PRESETS)
+    _choice(c, "model.dtype", DTYPES)
+    _choice(c, "model.param_dtype", DTYPES)
+    _choice(c, "model.remat_policy", layers.REMAT_POLICIES)
+    _choice(c, "model.attention_impl", layers.ATTENTION_IMPLEMENTATIONS)
+    _choice(c, "model.sam2_preset", sam2.PRESETS)
+    _choice(c, "data.dataset", ("synthetic", "refcocog", "reasonseg"))
+    for field in ("data.batch_size", "data.max_prompt_length", "data.image_size",
+                  "rl.group_size", "rl.max_response_length", "rl.micro_batch_size",
+                  "rl.ppo_epochs", "train.num_steps", "train.log_every", "train.checkpoint_every",
+                  "train.max_checkpoints"):
+        _positive_int(c, field)
+    if c.data.image_size % 28:
+        _fail("data.image_size", f"must be a multiple of 28 (Qwen2.5-VL merged patches), got {c.data.image_size}")
+    _in_range(c, "rl.temperature", 1e-3, 10.0)
+    _in_range(c, "rl.top_p", 1e-3, 1.0)
+    _choice(c, "rl.reward", reward_host.HOST_REWARDS)
+    _in_range(c, "rl.clip_ratio", 1e-6, 1.0)
+    _choice(c, "rl.kl_kind", grpo.KL_PENALTIES)
+    _in_range(c, "rl.kl_coef", 0.0, 1e3)
+    _in_range(c, "rl.entropy_coef", 0.0, 1e3)
+    _choice(c, "rl.loss_aggregation", grpo.AGGREGATIONS)
+    responses = c.data.batch_size * c.rl.group_size
+    if responses % c.rl.micro_batch_size:
+        _fail("rl.micro_batch_size", f"{c.rl.micro_batch_size} does not divide the "
+              f"{responses} responses of a step (data.batch_size x rl.group_size)")
+    _in_range(c, "optim.learning_rate", 0.0, 1.0)
+    _in_range(c, "optim.weight_decay", 0.0, 1.0)
+    _in_range(c, "optim.b1", 0.0, 1.0)
+    _in_range(c, "optim.b2", 0.0, 1.0)
+    _in_range(c, "optim.grad_clip_norm", 0.0, math.inf)
+    shape = tuple(_get(c, "mesh.shape"))
+    if len(shape) != len(MESH_AXES):
+        _fail("mesh.shape", f"needs one size per axis {MESH_AXES}, got {shape}")
+    if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+        _fail("mesh.shape", f"sizes must be positive with at most one -1, got {shape}")
+    try:
+        resolve_mesh_shape(shape, math.prod(s for s in shape if s != -1))
+    except ValueError as e:
+        _fail("mesh.shape", str(e))
+    rule_names = {name for name, _ in c.mesh.axis_rules}
+    missing = sorted({name for name, _ in DEFAULT_RULES} - rule_names)
+    if missing:
+        _fail("mesh.axis_rules", f"no rule for logical axes {missing}")
+    for name, axes in c.mesh.axis_rules:
+        for axis in (axes if isinstance(axes, (tuple, list)) else (axes,)):
+            if axis is not None and axis not in MESH_AXES:
+                _fail("mesh.axis_rules", f"logical axis {name!r} maps to unknown mesh axis {axis!r}")
+    return c

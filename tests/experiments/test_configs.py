@@ -1,0 +1,51 @@
+"""Experiment configs validate, and a bad field is reported by its path."""
+
+import importlib
+
+import pytest
+
+from experiments.configs import common
+
+CONFIGS = ["default", "seg_zero_3b", "seg_zero_7b"]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_validates(name):
+    config = importlib.import_module(f"experiments.configs.{name}").get_config()
+    assert common.validate(config) is config
+
+
+def test_data_section_is_what_the_input_pipeline_reads():
+    from data_pipelines import input_pipeline
+    known = set(input_pipeline._DEFAULTS) | {"dataset"}
+    for name in CONFIGS:
+        data = importlib.import_module(f"experiments.configs.{name}").get_config().data
+        assert set(data) <= known, sorted(set(data) - known)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("rl.reward", "seg_fuzzy", r"config.rl.reward: 'seg_fuzzy' is not one of"),
+    ("rl.group_size", 0, r"config.rl.group_size: must be a positive integer"),
+    ("rl.micro_batch_size", 7, r"config.rl.micro_batch_size: 7 does not divide the 128 responses"),
+    ("rl.clip_ratio", 1.5, r"config.rl.clip_ratio: must be a number in"),
+    ("rl.loss_aggregation", "mean", r"config.rl.loss_aggregation"),
+    ("model.policy_preset", "72b", r"config.model.policy_preset"),
+    ("model.remat_policy", "some", r"config.model.remat_policy"),
+    ("data.image_size", 850, r"config.data.image_size: must be a multiple of 28"),
+    ("mesh.shape", (2, -1, -1), r"config.mesh.shape: sizes must be positive with at most one -1"),
+    ("mesh.shape", (2, 2), r"config.mesh.shape: needs one size per axis"),
+])
+def test_bad_field_is_named(field, value, message):
+    config = common.reference_config()
+    section, key = field.split(".")
+    with config.unlocked():
+        config[section][key] = value
+    with pytest.raises(common.ConfigError, match=message):
+        common.validate(config)
+
+
+def test_axis_rule_to_unknown_mesh_axis():
+    config = common.reference_config()
+    config.mesh.axis_rules = tuple(config.mesh.axis_rules) + (("extra", "model"),)
+    with pytest.raises(common.ConfigError, match=r"config.mesh.axis_rules: .*unknown mesh axis 'model'"):
+        common.validate(config)
