@@ -1,0 +1,186 @@
+"""Forward throughput and peak memory of the Qwen2.5-VL policy, against transformers on the same config.
+
+  python -m experiments.benchmark_qwen --preset=tiny --batch=4 --seq=256 [--image_px=224]
+
+Times the jitted forward (logits for `batch x seq` tokens, optionally with one image per row
+whose placeholder tokens are part of `seq`), then the same forward of
+`Qwen2_5_VLForConditionalGeneration` with the same weights (exported through `export_hf`,
+which also gives a logits check). Peak memory: on accelerators the allocator's peak
+(`memory_stats` / `torch.cuda.max_memory_allocated`); on CPU the peak resident-set growth
+sampled over the warm-up and timed calls, starting with params and inputs resident (and,
+for JAX, the executable compiled) - the same method for both - plus XLA's buffer sizes. Prints a table and one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("preset", "tiny", "config preset (tiny, 3b, 7b)")
+flags.DEFINE_integer("batch", 4, "rows per forward")
+flags.DEFINE_integer("seq", 256, "tokens per row (image placeholders included)")
+flags.DEFINE_integer("image_px", 0, "side of one square image per row (multiple of 28); 0 = text only")
+flags.DEFINE_string("dtype", "float32", "compute and param dtype")
+flags.DEFINE_string("attention_impl", "auto", "auto | xla | cudnn")
+flags.DEFINE_integer("warmup", 2, "untimed calls after compilation")
+flags.DEFINE_integer("iters", 5, "timed calls")
+flags.DEFINE_bool("compare_hf", True, "also run transformers on the same config and weights")
+
+
+class RssPeak:
+    """Peak resident-set growth (bytes) of this process while the context is open (CPU only)."""
+
+    def __enter__(self):
+        self.base = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    def _poll(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.001)
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.base
+
+
+def make_inputs(cfg, batch, seq, image_px, rng):
+    import numpy as np
+    v = cfg.vision
+    ids = rng.randint(0, 150000, (batch, seq)).astype(np.int32)
+    if not image_px:
+        return ids, None, None
+    unit = v.patch_size * v.spatial_merge_size
+    if image_px % unit:
+        raise ValueError(f"--image_px={image_px} must be a multiple of {unit}")
+    side = image_px // v.patch_size
+    n_tok = (side // v.spatial_merge_size) ** 2
+    if n_tok + 3 > seq:
+        raise ValueError(f"--seq={seq} is too short for {n_tok} image tokens")
+    ids[:, 1] = cfg.vision_start_token_id
+    ids[:, 2:2 + n_tok] = cfg.image_token_id
+    ids[:, 2 + n_tok] = cfg.vision_end_token_id
+    grid = np.array([[1, side, side]] * batch, np.int32)
+    pixels = rng.randn(batch * side * side, v.patch_dim).astype(np.float32)
+    return ids, pixels, grid
+
+
+def bench_ours(cfg, params, ids, pixels, grid):
+    import jax
+    import jax.numpy as jnp
+    from segzero_jax.models.qwen2_5_vl import Qwen2_5_VL, vision_layout
+    model = Qwen2_5_VL(cfg)
+    layout = None if grid is None else vision_layout(grid, cfg.vision)
+    gridj = None if grid is None else jnp.asarray(grid)
+
+    def fwd(p, i, pv, lay):
+        return model.apply({"params": p}, i, pv, gridj, vision_layout=lay)
+
+    args = (params, jnp.asarray(ids), None if pixels is None else jnp.asarray(pixels), layout)
+    t0 = time.perf_counter()
+    compiled = jax.jit(fwd).lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    dev = jax.devices()[0]
+    with RssPeak() as rss:
+        for _ in range(FLAGS.warmup):
+            compiled(*args).block_until_ready()
+        t0 = time.perf_counter()
+        for _ in range(FLAGS.iters):
+            out = compiled(*args)
+        out.block_until_ready()
+        dt = (time.perf_counter() - t0) / FLAGS.iters
+    stats = dev.memory_stats() or {}
+    mem = compiled.memory_analysis()
+    peak = stats.get("peak_bytes_in_use") or rss.growth
+    return {"s_per_forward": dt, "compile_s": compile_s, "peak_bytes": int(peak),
+            "xla_temp_bytes": int(getattr(mem, "temp_size_in_bytes", 0) or 0),
+            "xla_argument_bytes": int(getattr(mem, "argument_size_in_bytes", 0) or 0)}, out
+
+
+def bench_hf(cfg, params, ids, pixels, grid):
+    import numpy as np
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    from segzero_jax.models.qwen2_5_vl import export_hf
+    with tempfile.TemporaryDirectory() as tmp:
+        export_hf(cfg, params, tmp)
+        tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.param_dtype]
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp, dtype=tdtype).eval()
+    cuda = torch.cuda.is_available()
+    dev = "cuda" if cuda else "cpu"
+    model.to(dev)
+    kw = {"input_ids": torch.tensor(ids, dtype=torch.long, device=dev)}
+    if pixels is not None:
+        kw.update(pixel_values=torch.tensor(pixels, device=dev), image_grid_thw=torch.tensor(grid, device=dev),
+                  mm_token_type_ids=(kw["input_ids"] == cfg.image_token_id).long())
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    with torch.no_grad(), RssPeak() as rss:
+        for _ in range(FLAGS.warmup):
+            model(**kw)
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(FLAGS.iters):
+            out = model(**kw).logits
+        if cuda:
+            torch.cuda.synchronize()
+        dt = (time.perf_counter() - t0) / FLAGS.iters
+    peak = torch.cuda.max_memory_allocated() if cuda else rss.growth
+    return {"s_per_forward": dt, "peak_bytes": int(peak)}, out.float().cpu().numpy()
+
+
+def main(argv):
+    del argv
+    import jax
+    import numpy as np
+    from segzero_jax.models.qwen2_5_vl import preset
+    from segzero_jax.models.qwen2_5_vl.model import init_params
+    import flax.linen as nn
+    cfg = preset(FLAGS.preset, dtype=FLAGS.dtype, param_dtype=FLAGS.dtype, attention_impl=FLAGS.attention_impl)
+    params = nn.unbox(init_params(cfg, jax.random.key(0)))
+    ids, pixels, grid = make_inputs(cfg, FLAGS.batch, FLAGS.seq, FLAGS.image_px, np.random.RandomState(0))
+    tokens = FLAGS.batch * FLAGS.seq
+    ours, logits = bench_ours(cfg, params, ids, pixels, grid)
+    row = {"preset": FLAGS.preset, "batch": FLAGS.batch, "seq": FLAGS.seq, "image_px": FLAGS.image_px,
+           "dtype": FLAGS.dtype, "device": str(jax.devices()[0].device_kind),
+           "ours_tokens_per_s": tokens / ours["s_per_forward"], "ours_peak_bytes": ours["peak_bytes"],
+           "ours_compile_s": ours["compile_s"], "ours_xla_temp_bytes": ours["xla_temp_bytes"],
+           "ours_xla_argument_bytes": ours["xla_argument_bytes"]}
+    if FLAGS.compare_hf:
+        hf, hf_logits = bench_hf(cfg, jax.device_get(params), ids, pixels, grid)
+        row.update(hf_tokens_per_s=tokens / hf["s_per_forward"], hf_peak_bytes=hf["peak_bytes"],
+                   ratio_tokens_per_s=hf["s_per_forward"] / ours["s_per_forward"],
+                   max_abs_logit_diff=float(np.abs(np.asarray(logits, np.float32) - hf_logits).max()))
+    print(f"{'':>22} {'ours (jax)':>14} {'transformers':>14}")
+    print(f"{'tokens/s':>22} {row['ours_tokens_per_s']:>14.1f} {row.get('hf_tokens_per_s', float('nan')):>14.1f}")
+    print(f"{'peak memory (MiB)':>22} {row['ours_peak_bytes'] / 2**20:>14.1f} "
+          f"{row.get('hf_peak_bytes', float('nan')) / 2**20:>14.1f}")
+    if FLAGS.compare_hf:
+        print(f"{'speed ratio ours/hf':>22} {row['ratio_tokens_per_s']:>14.2f}")
+        print(f"{'max |logit diff|':>22} {row['max_abs_logit_diff']:>14.2e}")
+    print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    app.run(main)
