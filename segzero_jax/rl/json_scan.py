@@ -1,4 +1,4 @@
-"""A byte-level scanner for the answer JSON, as a `lax.scan` automaton (one response).
+"""A byte-level scanner for the answer JSON, as a `lax.while_loop` automaton (one response).
 
 It decides what Python's `json.loads` decides for the text between the first `{` and the
 next `}` (Seg-Zero's `re.search(r'{[^}]+}')` match): that text contains one `}` only, so a
@@ -146,8 +146,8 @@ def _finish_number(c: dict, when) -> dict:
     return _write_elem(c, when, value, exact)
 
 
-def _step(old: dict, x) -> tuple[dict, None]:
-    b8, active = x
+def _step(old: dict, b8: jax.Array) -> dict:
+    """One byte of the automaton (the carry is a dict of arrays, see `_init_carry`)."""
     b = b8.astype(jnp.int32)
     c = dict(old)
     st = c["st"]
@@ -161,7 +161,7 @@ def _step(old: dict, x) -> tuple[dict, None]:
     extends = ((digit & (st != NUM_ZERO)) | ((b == 46) & ((st == NUM_ZERO) | (st == NUM_INT)))
                | (is_e & ((st == NUM_ZERO) | (st == NUM_INT) | (st == NUM_FRAC))))
     in_num = (st == NUM_ZERO) | (st == NUM_INT) | (st == NUM_FRAC) | (st == NUM_EXP)
-    ends = active & in_num & ~extends
+    ends = in_num & ~extends
     c = _finish_number(c, ends)
     st = jnp.where(ends, AFTER_VAL, st)
 
@@ -292,14 +292,16 @@ def _step(old: dict, x) -> tuple[dict, None]:
     c = _write_elem(c, lit_done, lit_value, c["lit"] != 2)
 
     c["st"] = jnp.asarray(nxt, jnp.int32)
-    return {key: jnp.where(active, c[key], old[key]) for key in old}, None
+    return c
 
 
 def scan_answer_json(window: jax.Array, n_valid: jax.Array, max_keys: int = 8) -> ParsedAnswer:
     """Scans uint8[W] bytes whose first `n_valid` are the candidate object text `{...}`."""
-    w = window.shape[0]
-    active = (jnp.arange(w) >= 1) & (jnp.arange(w) < n_valid)
-    c, _ = jax.lax.scan(_step, _init_carry(max_keys), (window, active))
+    n = jnp.minimum(n_valid, window.shape[0])
+    # A while loop: under vmap it runs to the longest object of the batch, not to W.
+    _, c = jax.lax.while_loop(lambda ic: ic[0] < n,
+                              lambda ic: (ic[0] + 1, _step(ic[1], window[ic[0]])),
+                              (jnp.int32(1), _init_carry(max_keys)))
     return ParsedAnswer(
         ok=(c["st"] == DONE) & (n_valid > 1) & (window[0] == 123), exotic=c["key_esc"] | c["overflow"],
         key_flags=c["key_flags"], key_hash=c["key_hash"], kind=c["kind"], count=c["count"],
