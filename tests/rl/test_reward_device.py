@@ -158,10 +158,13 @@ def test_documented_differences_never_exceed_host(scorers, tok):
          '"points_2": "57"}</answer>'),                    # host: int("5"), int("7")
         GOOD.replace("[30,110]", "[30.00000001,110]"),     # > 7 significant digits
         GOOD.replace('"points_2"', '"a":1,"b":2,"c":3,"d":4,"e":5,"f":6,"points_2"'),  # > 8 keys
+        GOOD.replace("the left dog", "a</think>b</think>c"),  # > 2 closings before the pair
     ]
-    gts = [GT, ([0, 0, 200, 210], [[3, 3], [5, 7]]), GT, GT]
-    expected_host = [(1, 1, 1, 1, 1), (1, 0, 1, 1, 1), (1, 1, 1, 1, 1), (1, 1, 1, 1, 1)]
-    expected_device = [(1, 0, 0, 0, 0), (1, 0, 1, 1, 0), (1, 1, 1, 1, 0), (1, 0, 0, 0, 0)]
+    gts = [GT, ([0, 0, 200, 210], [[3, 3], [5, 7]]), GT, GT, GT]
+    expected_host = [(1, 1, 1, 1, 1), (1, 0, 1, 1, 1), (1, 1, 1, 1, 1), (1, 1, 1, 1, 1),
+                     (1, 1, 1, 1, 1)]
+    expected_device = [(1, 0, 0, 0, 0), (1, 0, 1, 1, 0), (1, 1, 1, 1, 0), (1, 0, 0, 0, 0),
+                       (0, 1, 1, 1, 1)]
     ids, lens, gb, gp, decoded = _batch(tok, cases + [""] * (B - len(cases)), gts + [GT] * B)
     out = jax.device_get(scorers["seg_strict"](ids, lens, gb, gp))
     for i, text in enumerate(cases):
@@ -181,3 +184,13 @@ def test_gt_valid_and_errors(table):
         device_rewards(ids, jnp.zeros((2,), jnp.int32), jnp.zeros((2, 4)), jnp.zeros((2, 2, 2)),
                        table, "nope")
     assert parse_ground_truth("garbage") == (None, None)
+
+
+def test_rl_imports_without_heavy_packages():
+    import subprocess
+    import sys
+    code = ("import sys, segzero_jax.rl, segzero_jax.models.qwen2_5_vl.tokenizer\n"
+            "bad = [m for m in ('torch', 'transformers', 'tensorflow', 'grain', "
+            "'tensorflow_datasets') if m in sys.modules]\n"
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
