@@ -9,8 +9,8 @@ Public API:
 
 from segzero_jax.models.sam2.config import PRESETS, Sam2Config, get_preset
 from segzero_jax.models.sam2.convert import convert_state_dict, load_checkpoint
-from segzero_jax.models.sam2.model import Sam2, abstract_params, init_params
+from segzero_jax.models.sam2.model import Sam2, abstract_params, init_params, random_params
 from segzero_jax.models.sam2.predictor import SamPredictor, predict_batch, preprocess_image
 
 __all__ = ["PRESETS", "Sam2Config", "get_preset", "convert_state_dict", "load_checkpoint", "Sam2",
-           "abstract_params", "init_params", "SamPredictor", "predict_batch", "preprocess_image"]
+           "abstract_params", "init_params", "random_params", "SamPredictor", "predict_batch", "preprocess_image"]

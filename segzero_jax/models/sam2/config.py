@@ -187,6 +187,29 @@ def test_tiny() -> Sam2Config:
                       d_model=32, image_size=128)
 
 
+META_CONFIG_FILES = {"hiera_tiny": "configs/sam2/sam2_hiera_t.yaml",
+                     "hiera_small": "configs/sam2/sam2_hiera_s.yaml",
+                     "hiera_base_plus": "configs/sam2/sam2_hiera_b+.yaml",
+                     "hiera_large": "configs/sam2/sam2_hiera_l.yaml"}
+
+
+def meta_hydra_overrides(cfg: Sam2Config) -> list[str]:
+    """Hydra overrides that turn Meta's `sam2_hiera_t.yaml` into `cfg`'s image-path architecture
+    (used to build reference models for configs without a yaml of their own)."""
+    t = "++model.image_encoder.trunk."
+    lst = lambda v: "[" + ",".join(str(int(x)) for x in v) + "]"
+    return [
+        f"++model.image_size={cfg.image_size}",
+        f"{t}embed_dim={cfg.embed_dim}", f"{t}num_heads={cfg.num_heads}",
+        f"{t}stages={lst(cfg.stages)}", f"{t}global_att_blocks={lst(cfg.global_att_blocks)}",
+        f"{t}window_spec={lst(cfg.window_spec)}",
+        f"{t}window_pos_embed_bkg_spatial_size={lst(cfg.window_pos_embed_bkg_spatial_size)}",
+        f"++model.image_encoder.neck.d_model={cfg.d_model}",
+        f"++model.image_encoder.neck.position_encoding.num_pos_feats={cfg.d_model}",
+        f"++model.image_encoder.neck.backbone_channel_list={lst(cfg.backbone_channel_list)}",
+    ]
+
+
 def get_preset(name: str, **overrides: Any) -> Sam2Config:
     """Looks up a preset by name (see `PRESETS`) and applies field overrides."""
     if name not in PRESETS:

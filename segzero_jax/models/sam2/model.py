@@ -92,3 +92,19 @@ def abstract_params(config: Sam2Config) -> dict:
     return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, s, s, 3), jnp.float32),
                                              jnp.zeros((1, 1, 2), jnp.float32),
                                              jnp.ones((1, 1), jnp.int32)))["params"]
+
+
+def random_params(config: Sam2Config, rng: jax.Array, scale: float = 0.02) -> dict:
+    """Params of the right shapes filled with N(0, scale^2) noise (norm scales around 1), made
+    without tracing the model's forward: for benchmarks and smoke runs, not for training."""
+    abstract = nn.meta.unbox(abstract_params(config))
+    leaves, treedef = jax.tree.flatten_with_path(abstract)
+    keys = jax.random.split(rng, len(leaves))
+
+    def make(path, leaf, key):
+        noise = scale * jax.random.normal(key, leaf.shape, jnp.float32)
+        if getattr(path[-1], "key", "") == "scale":
+            noise = noise + 1.0
+        return noise.astype(leaf.dtype)
+
+    return jax.tree.unflatten(treedef, [make(p, l, k) for (p, l), k in zip(leaves, keys)])

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from segzero_jax.models.sam2.config import Sam2Config
+from segzero_jax.models.sam2.config import Sam2Config, meta_hydra_overrides
 
 TINY_CONFIG_FILE = "configs/sam2/sam2_hiera_t.yaml"
 TOL = 1e-3  # max |difference| allowed for features, logits and scores
@@ -62,22 +62,6 @@ def install_torchvision_transforms() -> None:
     sys.modules["torchvision.transforms"] = tr
 
 
-def hydra_overrides(cfg: Sam2Config) -> list[str]:
-    """Overrides of `sam2_hiera_t.yaml` that give the reference the architecture of `cfg`."""
-    t = "++model.image_encoder.trunk."
-    lst = lambda v: "[" + ",".join(str(int(x)) for x in v) + "]"
-    return [
-        f"++model.image_size={cfg.image_size}",
-        f"{t}embed_dim={cfg.embed_dim}", f"{t}num_heads={cfg.num_heads}",
-        f"{t}stages={lst(cfg.stages)}", f"{t}global_att_blocks={lst(cfg.global_att_blocks)}",
-        f"{t}window_spec={lst(cfg.window_spec)}",
-        f"{t}window_pos_embed_bkg_spatial_size={lst(cfg.window_pos_embed_bkg_spatial_size)}",
-        f"++model.image_encoder.neck.d_model={cfg.d_model}",
-        f"++model.image_encoder.neck.position_encoding.num_pos_feats={cfg.d_model}",
-        f"++model.image_encoder.neck.backbone_channel_list={lst(cfg.backbone_channel_list)}",
-    ]
-
-
 def build_reference(cfg: Sam2Config | None, seed: int, config_file: str = TINY_CONFIG_FILE,
                     overrides: bool = True) -> torch.nn.Module:
     """Meta's SAM2Base from its own hydra config (with `cfg`'s architecture when `overrides`),
@@ -86,7 +70,7 @@ def build_reference(cfg: Sam2Config | None, seed: int, config_file: str = TINY_C
 
     torch.manual_seed(seed)
     model = build_sam2(config_file, ckpt_path=None, device="cpu",
-                       hydra_overrides_extra=hydra_overrides(cfg) if overrides else [])
+                       hydra_overrides_extra=meta_hydra_overrides(cfg) if overrides else [])
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.state_dict().items():

@@ -1,0 +1,238 @@
+"""SAM2 encoder + decoder throughput (images/s) against a PyTorch peer in the same run.
+
+  python -m experiments.benchmark_sam2 --preset=hiera_large --batch=16 --dtype=bfloat16
+  python -m experiments.benchmark_sam2 --preset=test_tiny --batch=4 --peer=sam2      (CPU)
+
+Work per image: one S x S image and Seg-Zero's prompt (a box + 2 positive points), image
+encoder + prompt encoder + mask decoder, multimask output. Timed for us:
+  * "lowres": the jitted encoder + decoder to low-res logits and scores (what the peers compute);
+  * "predict_batch": the evaluator's path, plus the best mask upsampled to S x S and thresholded.
+Peers (random weights, same architecture, same inputs): Meta's `sam2` (`--peer=sam2`, needs the
+package) or transformers' `Sam2Model` (`--peer=transformers`); `auto` takes sam2 when importable,
+else transformers, else none. Prints a table and one JSON line (also written to --out).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("preset", "hiera_large", "SAM2 preset (hiera_tiny/small/base_plus/large, test_tiny)")
+flags.DEFINE_integer("batch", 16, "images per call (one box + 2 points each)")
+flags.DEFINE_string("dtype", "bfloat16", "compute dtype: bfloat16 | float32")
+flags.DEFINE_string("param_dtype", "", "param dtype (default: the compute dtype; the model is frozen)")
+flags.DEFINE_string("attention_impl", "auto", "auto | xla | cudnn")
+flags.DEFINE_string("peer", "auto", "auto | sam2 | transformers | none")
+flags.DEFINE_integer("warmup", 1, "untimed calls after compilation")
+flags.DEFINE_integer("iters", 5, "timed calls (the median is reported)")
+flags.DEFINE_string("out", "", "also write the JSON result to this file")
+
+
+def _median_seconds(fn, sync, warmup: int, iters: int) -> float:
+    for _ in range(warmup):
+        sync(fn())
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        sync(fn())
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _prompts(batch: int, size: int):
+    """Seg-Zero's prompt per image, in pixels of the S x S input."""
+    import numpy as np
+    f = size / 1024.0
+    boxes = np.tile(np.array([100.0, 100.0, 500.0, 600.0], np.float32) * f, (batch, 1, 1))
+    points = np.tile(np.array([[200.0, 300.0], [300.0, 400.0]], np.float32) * f, (batch, 1, 1, 1))
+    labels = np.ones((batch, 1, 2), np.int32)
+    return boxes, points, labels
+
+
+def bench_jax(cfg, batch: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from segzero_jax.models.sam2 import Sam2, predict_batch, random_params
+    from segzero_jax.models.sam2.mask_decoder import select_masks
+    from segzero_jax.models.sam2.predictor import concat_prompts
+
+    s = cfg.image_size
+    t0 = time.perf_counter()
+    params = jax.jit(lambda k: random_params(cfg, k))(jax.random.PRNGKey(0))
+    images = jax.random.normal(jax.random.PRNGKey(1), (batch, s, s, 3), jnp.float32)
+    boxes, points, labels = (jnp.asarray(a) for a in _prompts(batch, s))
+    model = Sam2(cfg)
+
+    @jax.jit
+    def lowres(params, images, boxes, points, labels):
+        enc = model.apply({"params": params}, images, method=Sam2.encode_image)
+        coords, labs = concat_prompts(boxes, points, labels)
+        masks, iou, _ = model.apply({"params": params}, enc["image_embed"], enc["high_res_feats"],
+                                    coords[:, 0], labs[:, 0], method=Sam2.decode)
+        return select_masks(cfg, masks, iou, True)
+
+    def full():
+        return predict_batch(params, images, boxes, points, labels, (s, s), config=cfg, best_only=True)
+
+    sync = jax.block_until_ready
+    sync(lowres(params, images, boxes, points, labels))
+    sync(full())
+    setup_s = time.perf_counter() - t0
+    t_low = _median_seconds(lambda: lowres(params, images, boxes, points, labels), sync,
+                            FLAGS.warmup, FLAGS.iters)
+    t_full = _median_seconds(full, sync, FLAGS.warmup, FLAGS.iters)
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+    return {"name": "segzero_jax", "device": str(jax.devices()[0].device_kind), "jax": jax.__version__,
+            "params_M": round(n_params / 1e6, 1), "setup_and_compile_s": round(setup_s, 1),
+            "lowres": {"seconds": round(t_low, 4), "images_per_s": round(batch / t_low, 2)},
+            "predict_batch": {"seconds": round(t_full, 4), "images_per_s": round(batch / t_full, 2)}}
+
+
+def _torch_setup(dtype_name: str):
+    import torch
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dt = torch.bfloat16 if (dtype_name == "bfloat16" and dev == "cuda") else torch.float32
+    return torch, dev, dt
+
+
+def bench_meta_sam2(cfg, batch: int) -> dict:
+    torch, dev, dt = _torch_setup(FLAGS.dtype)
+    from sam2.build_sam import build_sam2
+
+    from segzero_jax.models.sam2.config import META_CONFIG_FILES, meta_hydra_overrides
+
+    if FLAGS.preset in META_CONFIG_FILES:
+        model = build_sam2(META_CONFIG_FILES[FLAGS.preset], ckpt_path=None, device=dev)
+    else:
+        model = build_sam2(META_CONFIG_FILES["hiera_tiny"], ckpt_path=None, device=dev,
+                           hydra_overrides_extra=meta_hydra_overrides(cfg))
+    model = model.eval()
+    s = cfg.image_size
+    boxes, points, labels = (torch.as_tensor(a, device=dev) for a in _prompts(batch, s))
+    coords = torch.cat([boxes.reshape(batch, 2, 2), points[:, 0]], dim=1)
+    labs = torch.cat([torch.tensor([[2, 3]], device=dev).repeat(batch, 1), labels[:, 0]], dim=1)
+    images = torch.randn(batch, 3, s, s, device=dev)
+
+    def run():
+        with torch.no_grad(), torch.autocast(dev, dtype=dt, enabled=dt != torch.float32):
+            out = model.forward_image(images)
+            _, feats, _, _ = model._prepare_backbone_features(out)
+            feats[-1] = feats[-1] + model.no_mem_embed
+            n = s // 16
+            shapes = [(4 * n, 4 * n), (2 * n, 2 * n), (n, n)]
+            feats = [f.permute(1, 2, 0).reshape(batch, -1, *hw) for f, hw in zip(feats, shapes)]
+            sparse, dense = model.sam_prompt_encoder(points=(coords, labs), boxes=None, masks=None)
+            return model.sam_mask_decoder(image_embeddings=feats[-1],
+                                          image_pe=model.sam_prompt_encoder.get_dense_pe(),
+                                          sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                          multimask_output=True, repeat_image=False,
+                                          high_res_features=feats[:-1])
+
+    sync = (lambda _: torch.cuda.synchronize()) if dev == "cuda" else (lambda _: None)
+    sync(run())
+    t = _median_seconds(run, sync, FLAGS.warmup, FLAGS.iters)
+    return {"name": "meta_sam2", "device": dev, "torch": torch.__version__, "dtype": str(dt),
+            "lowres": {"seconds": round(t, 4), "images_per_s": round(batch / t, 2)}}
+
+
+def bench_transformers(cfg, batch: int) -> dict:
+    torch, dev, dt = _torch_setup(FLAGS.dtype)
+    import transformers
+    from transformers import Sam2Config as HfSam2Config
+    from transformers import Sam2Model
+
+    dims = [cfg.embed_dim * 2 ** i for i in range(len(cfg.stages))]
+    heads = [cfg.num_heads * 2 ** i for i in range(len(cfg.stages))]
+    backbone = dict(model_type="sam2_hiera_det_model", hidden_size=cfg.embed_dim,
+                    num_attention_heads=cfg.num_heads, blocks_per_stage=list(cfg.stages),
+                    embed_dim_per_stage=dims, num_attention_heads_per_stage=heads,
+                    window_size_per_stage=list(cfg.window_spec),
+                    global_attention_blocks=list(cfg.global_att_blocks),
+                    window_positional_embedding_background_size=list(cfg.window_pos_embed_bkg_spatial_size),
+                    image_size=cfg.image_size)
+    s = cfg.image_size
+    n = s // 16
+    hf_cfg = HfSam2Config(vision_config=dict(backbone_config=backbone, backbone_channel_list=dims[::-1],
+                                             fpn_hidden_size=cfg.d_model,
+                                             backbone_feature_sizes=[[4 * n, 4 * n], [2 * n, 2 * n], [n, n]]),
+                          prompt_encoder_config=dict(hidden_size=cfg.d_model, image_size=s),
+                          mask_decoder_config=dict(hidden_size=cfg.d_model))
+    with torch.device(dev):
+        model = Sam2Model(hf_cfg).to(dt).eval()
+    boxes, points, labels = (torch.as_tensor(a, device=dev) for a in _prompts(batch, s))
+    images = torch.randn(batch, 3, s, s, device=dev, dtype=dt)
+
+    def run():
+        with torch.no_grad():
+            return model(pixel_values=images, input_points=points.to(dt), input_labels=labels.long(),
+                         input_boxes=boxes.to(dt), multimask_output=True)
+
+    sync = (lambda _: torch.cuda.synchronize()) if dev == "cuda" else (lambda _: None)
+    sync(run())
+    t = _median_seconds(run, sync, FLAGS.warmup, FLAGS.iters)
+    return {"name": "transformers_Sam2Model", "device": dev, "torch": torch.__version__,
+            "transformers": transformers.__version__, "dtype": str(dt),
+            "lowres": {"seconds": round(t, 4), "images_per_s": round(batch / t, 2)}}
+
+
+PEERS = {"sam2": bench_meta_sam2, "transformers": bench_transformers}
+
+
+def _pick_peer(name: str) -> str:
+    if name != "auto":
+        return name
+    for candidate, module in (("sam2", "sam2.build_sam"), ("transformers", "transformers")):
+        try:
+            __import__(module)
+            return candidate
+        except Exception:  # missing package or a broken optional dependency
+            continue
+    return "none"
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    import jax.numpy as jnp
+
+    from segzero_jax.models.sam2 import get_preset
+
+    if FLAGS.dtype not in ("bfloat16", "float32"):
+        raise app.UsageError(f"--dtype={FLAGS.dtype!r} must be bfloat16 or float32")
+    param_dtype = FLAGS.param_dtype or FLAGS.dtype
+    cfg = get_preset(FLAGS.preset, dtype=getattr(jnp, FLAGS.dtype), param_dtype=getattr(jnp, param_dtype),
+                     attention_implementation=FLAGS.attention_impl)
+    result = {"preset": FLAGS.preset, "batch": FLAGS.batch, "image_size": cfg.image_size,
+              "dtype": FLAGS.dtype, "param_dtype": param_dtype, "prompt": "box + 2 points, multimask"}
+    result["ours"] = bench_jax(cfg, FLAGS.batch)
+    peer = _pick_peer(FLAGS.peer)
+    if peer != "none":
+        try:
+            result["peer"] = PEERS[peer](cfg, FLAGS.batch)
+            result["speedup_lowres"] = round(result["ours"]["lowres"]["images_per_s"]
+                                             / result["peer"]["lowres"]["images_per_s"], 2)
+        except Exception as e:  # report and keep our numbers
+            result["peer"] = {"name": peer, "error": repr(e)[:300]}
+    rows = [("segzero_jax lowres", result["ours"]["lowres"]),
+            ("segzero_jax predict_batch", result["ours"]["predict_batch"])]
+    if "lowres" in result.get("peer", {}):
+        rows.append((f"{result['peer']['name']} lowres", result["peer"]["lowres"]))
+    print(f"SAM2 {FLAGS.preset}, {FLAGS.batch} images {cfg.image_size}^2, box + 2 points, {FLAGS.dtype}")
+    print(f"{'run':32s} {'s/batch':>10s} {'images/s':>10s}")
+    for name, r in rows:
+        print(f"{name:32s} {r['seconds']:10.4f} {r['images_per_s']:10.2f}")
+    if "speedup_lowres" in result:
+        print(f"speed-up over {result['peer']['name']}: {result['speedup_lowres']}x")
+    print(json.dumps(result))
+    if FLAGS.out:
+        with open(FLAGS.out, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    app.run(main)
