@@ -59,7 +59,7 @@ def sharded_init(init_fn: Callable[..., Any], mesh: Mesh, rules: LogicalRules = 
     """
     abstract = jax.eval_shape(init_fn, *args)
     shardings = logical_shardings(abstract, mesh, rules)
-    with mesh, nn.logical_axis_rules(tuple(rules)):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(tuple(rules)):
         tree = jax.jit(init_fn, out_shardings=shardings)(*args)
     return tree, shardings
 

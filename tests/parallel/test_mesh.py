@@ -60,7 +60,7 @@ def test_sharded_init_places_params_by_rules():
     plain = nn.unbox(model.init(jax.random.key(0), x))
     np.testing.assert_allclose(np.asarray(params["params"]["w_in"]), np.asarray(plain["params"]["w_in"]),
                                atol=1e-6)
-    with mesh, nn.logical_axis_rules(DEFAULT_RULES):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
         sharded_out = jax.jit(model.apply)(params, x)
     np.testing.assert_allclose(np.asarray(sharded_out), np.asarray(model.apply(plain, x)), rtol=1e-6)
 
