@@ -13,6 +13,7 @@ runs `device_rewards` on the token ids.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any, Optional
 
@@ -61,13 +62,25 @@ def host_scores(records, scheme: str) -> list[dict[str, float]]:
     return [host_reward(r["response"], r["solution"], scheme) for r in records]
 
 
+@functools.lru_cache(maxsize=8)
+def _device_scorer(tokenizer, scheme: str, max_bytes: int, json_window: int, max_keys: int):
+    """A jitted scorer per (tokenizer, settings), so repeated calls compile once."""
+    import jax
+
+    from segzero_jax.rl.byte_table import byte_table_for_tokenizer
+    from segzero_jax.rl.reward_device import device_rewards
+
+    table = byte_table_for_tokenizer(tokenizer)
+    return jax.jit(lambda ids, n, gb, gp, gv: device_rewards(
+        ids, n, gb, gp, table, scheme, gt_valid=gv, max_bytes=max_bytes,
+        json_window=json_window, max_keys=max_keys))
+
+
 def device_scores(records, tokenizer, scheme: str, batch_size: int, json_window: int,
                   max_keys: int) -> list[dict[str, float]]:
     """Tokenizes the responses and scores them with `device_rewards` in fixed-shape batches."""
     import jax
 
-    from segzero_jax.rl.byte_table import byte_table_for_tokenizer
-    from segzero_jax.rl.reward_device import device_rewards
     from segzero_jax.rl.reward_host import COMPONENTS, parse_ground_truth
 
     encoded = [tokenizer.encode(r["response"]) for r in records]
@@ -75,10 +88,7 @@ def device_scores(records, tokenizer, scheme: str, batch_size: int, json_window:
     t = -(-longest // 128) * 128
     longest_bytes = max([len(r["response"].encode("utf-8")) for r in records] + [1])
     max_bytes = max(8 * t, -(-longest_bytes // 1024) * 1024)
-    table = byte_table_for_tokenizer(tokenizer)
-    fn = jax.jit(lambda ids, n, gb, gp, gv: device_rewards(
-        ids, n, gb, gp, table, scheme, gt_valid=gv, max_bytes=max_bytes,
-        json_window=json_window, max_keys=max_keys))
+    fn = _device_scorer(tokenizer, scheme, max_bytes, json_window, max_keys)
     out: list[dict[str, float]] = []
     for lo in range(0, len(records), batch_size):
         chunk = range(lo, min(lo + batch_size, len(records)))

@@ -62,7 +62,7 @@ def _compare(scorers, tok, texts, gts, truncate=None):
             assert got == pytest.approx(ref, abs=2e-5), (name, text, gts[i])
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(responses(), min_size=B, max_size=B), st.lists(st.integers(0, T), min_size=B,
                                                                max_size=B))
 def test_matches_host_on_corpus(scorers, tok, cases, cuts):

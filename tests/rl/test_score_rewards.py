@@ -36,6 +36,6 @@ def test_garbage_lines_never_crash(tmp_path):
     src.write_bytes(b'[1, 2]\n{"id": 1, "response": 5, "solution": "x"}\n\xff\xfe{\n'
                     + b"[" * 5000 + b"\n")
     out = tmp_path / "out.jsonl"
-    summary = score_file(str(src), str(out), batch_size=4)
+    summary = score_file(str(src), str(out), batch_size=8)
     assert summary["lines"] == 4 and summary["malformed"] == 4
     assert all(json.loads(line)["device"]["total"] == 0.0 for line in out.read_text().splitlines())
