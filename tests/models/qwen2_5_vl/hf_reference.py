@@ -11,7 +11,7 @@ def hf_config(tie: bool = True, fullatt=(1,)):
         text_config=dict(vocab_size=151936, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
                          rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3],
-                                          "rope_theta": 1e6}),
+                                          "rope_theta": 50.0}),
         vision_config=dict(depth=4, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64,
                            fullatt_block_indexes=list(fullatt), window_size=112, patch_size=14,
                            spatial_merge_size=2, temporal_patch_size=2),
@@ -19,14 +19,21 @@ def hf_config(tie: bool = True, fullatt=(1,)):
 
 
 def build_hf_model(tie: bool = True, seed: int = 0, fullatt=(1,)):
-    """A float32 eval-mode reference with every weight (norms included) drawn at random."""
+    """A float32 eval-mode reference with every weight (norm scales included) drawn at random.
+
+    rope_theta is small so that every M-RoPE frequency turns noticeably over a few positions
+    (with the published 1e6 the h/w sections barely rotate over a tiny prompt).
+    """
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(hf_config(tie, fullatt)).eval()
     with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.1)
+        for name, p in model.named_parameters():
+            if "norm" in name or "ln_q" in name:
+                p.normal_(1.0, 0.1)      # RMSNorm scales near 1, still distinct per channel
+            else:
+                p.normal_(0.0, 0.15)     # large enough for peaked attention and separated logits
     return model
 
 

@@ -50,7 +50,7 @@ def _write_published_layout(model, path, n_shards=3):
             "hidden_size": tc.hidden_size, "intermediate_size": tc.intermediate_size,
             "num_hidden_layers": tc.num_hidden_layers, "num_attention_heads": tc.num_attention_heads,
             "num_key_value_heads": tc.num_key_value_heads, "rms_norm_eps": tc.rms_norm_eps,
-            "rope_theta": 1000000.0, "vocab_size": tc.vocab_size, "hidden_act": "silu",
+            "rope_theta": tc.rope_parameters["rope_theta"], "vocab_size": tc.vocab_size, "hidden_act": "silu",
             "max_position_embeddings": 128000, "sliding_window": 32768, "use_sliding_window": False,
             "tie_word_embeddings": model.config.tie_word_embeddings, "image_token_id": IMG,
             "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},

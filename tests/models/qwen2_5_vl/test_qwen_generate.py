@@ -44,9 +44,17 @@ def prompts():
     return ids, mask, pixels, grid
 
 
-def test_greedy_matches_generate(hf_tied, ours_tied, prompts):
-    model, _ = hf_tied
+@pytest.fixture(scope="module")
+def ours_greedy(ours_tied, prompts):
     cfg, params = ours_tied
+    ids, mask, pixels, grid = prompts
+    toks, logits = greedy(cfg, grid, NEW)(params, jnp.asarray(ids, jnp.int32), jnp.asarray(pixels),
+                                          jnp.asarray(mask, jnp.int32))
+    return np.asarray(toks), np.asarray(logits)
+
+
+def test_greedy_matches_generate(hf_tied, prompts, ours_greedy):
+    model, _ = hf_tied
     ids, mask, pixels, grid = prompts
     with torch.no_grad():
         out = model.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
@@ -54,25 +62,21 @@ def test_greedy_matches_generate(hf_tied, ours_tied, prompts):
                              mm_token_type_ids=torch.tensor((ids == IMG).astype(np.int64)),
                              max_new_tokens=NEW, do_sample=False, eos_token_id=None, pad_token_id=0)
     ref = out[:, ids.shape[1]:].numpy()
-    toks, _ = greedy(cfg, grid, NEW)(params, jnp.asarray(ids, jnp.int32), jnp.asarray(pixels),
-                                     jnp.asarray(mask, jnp.int32))
     assert ref.shape == (2, NEW)
-    np.testing.assert_array_equal(np.asarray(toks), ref)
+    np.testing.assert_array_equal(ours_greedy[0], ref)
 
 
-def test_decode_logits_equal_full_forward(ours_tied, prompts):
+def test_decode_logits_equal_full_forward(ours_tied, prompts, ours_greedy):
     """Each cached decode step gives the logits of a full forward over prompt + generated."""
     cfg, params = ours_tied
     ids, mask, pixels, grid = prompts
-    n = 6
-    toks, logits = greedy(cfg, grid, n)(params, jnp.asarray(ids, jnp.int32), jnp.asarray(pixels),
-                                        jnp.asarray(mask, jnp.int32))
-    full_ids = np.concatenate([ids, np.asarray(toks)], 1)
-    full_mask = np.concatenate([mask, np.ones_like(np.asarray(toks))], 1)
-    full = Qwen2_5_VL(cfg).apply({"params": params}, jnp.asarray(full_ids, jnp.int32), jnp.asarray(pixels),
-                                 grid, jnp.asarray(full_mask, jnp.int32))
+    toks, logits = ours_greedy
+    full_ids = np.concatenate([ids, toks], 1)
+    full_mask = np.concatenate([mask, np.ones_like(toks)], 1)
+    full = jax.jit(lambda p, i, pv, m: Qwen2_5_VL(cfg).apply({"params": p}, i, pv, grid, m))(
+        params, jnp.asarray(full_ids, jnp.int32), jnp.asarray(pixels), jnp.asarray(full_mask, jnp.int32))
     t = ids.shape[1]
-    np.testing.assert_allclose(np.asarray(logits), np.asarray(full)[:, t - 1:t - 1 + n], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(logits, np.asarray(full)[:, t - 1:t - 1 + NEW], atol=1e-4, rtol=0)
 
 
 def test_text_only_greedy_matches_generate(hf_tied, ours_tied):
