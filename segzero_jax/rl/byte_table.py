@@ -6,8 +6,8 @@
 
 `response_bytes` turns one response's ids into its byte string, padded to a static
 `max_bytes`:  stream[j] = flat[offsets[id_k] + j - start_k]  with  k = #{t: end_t <= j},
-start/end the exclusive/inclusive cumulative token lengths (k found by scattering
-each token's index at its start byte and taking a running maximum). Everything is shape-static, so
+start/end the exclusive/inclusive cumulative token lengths; the per-byte source offset
+comes from a prefix sum of +/-(offsets[id_k] - start_k) scattered at token starts/ends. Everything is shape-static, so
 it runs under jit, vmap and a sharded batch.
 """
 
@@ -18,8 +18,6 @@ from typing import NamedTuple, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from segzero_jax.rl.text_checks import prefix_extreme
 
 
 class ByteTable(NamedTuple):
@@ -88,12 +86,12 @@ def response_bytes(token_ids: jax.Array, length: jax.Array, table: ByteTable,
     starts = ends - tok_len
     total = ends[-1] if t else jnp.int32(0)
     j = jnp.arange(max_bytes, dtype=jnp.int32)
-    # k[j]: the last non-empty token starting at or before byte j (a scatter then a cummax).
-    marks = jnp.full((max_bytes,), -1, jnp.int32).at[
-        jnp.where((tok_len > 0) & (starts < max_bytes), starts, max_bytes)].max(
-        jnp.arange(t, dtype=jnp.int32), mode="drop")
-    k = jnp.maximum(prefix_extreme(marks, "max"), 0)
-    base = table.offsets[safe] - starts            # flat index of byte j is base[k] + j
-    src = jnp.clip(base[k] + j, 0, table.flat.shape[0] - 1)
+    # The token covering byte j reads flat[base + j], base = offsets[id] - start: add +base
+    # at its start and -base at its end, then a prefix sum gives base at every byte.
+    base = table.offsets[safe] - starts
+    delta = (jnp.zeros((max_bytes,), jnp.int32)
+             .at[starts].add(base, mode="drop").at[ends].add(-base, mode="drop"))
+    at_j = jax.lax.associative_scan(jnp.add, delta)
+    src = jnp.clip(at_j + j, 0, table.flat.shape[0] - 1)
     stream = jnp.where(j < total, table.flat[src], jnp.uint8(0))
     return stream, jnp.minimum(total, max_bytes).astype(jnp.int32), total > max_bytes

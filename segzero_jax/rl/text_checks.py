@@ -95,13 +95,17 @@ def thinking_format_bytes(stream: jax.Array, n: jax.Array,
     pos = jnp.arange(size, dtype=jnp.int32)
     valid = pos < n
     words = byte_words(stream)
-    starts = match_words(words, b"<think>")[0]
-    tail = jax.lax.dynamic_slice(jnp.concatenate([stream, jnp.zeros((9,), stream.dtype)]),
-                                 (jnp.maximum(n - 9, 0),), (9,))
+    starts = jnp.all(stream[:7] == jnp.frombuffer(b"<think>", jnp.uint8)) if size >= 7 else False
+    tail = jax.lax.dynamic_slice(stream, (jnp.maximum(n - 9, 0),), (9,))  # n <= N
     ends = jnp.all(tail == jnp.frombuffer(b"</answer>", jnp.uint8)) & (n >= 9)
     solid = valid & ~whitespace_covered(stream, words)
     closings = match_words(words, b"</think>") & (pos >= 7) & valid
     tags = match_words(words, b"<answer>") & valid & (pos + 8 <= n - 9)
+    # One byte of flags per position, materialised once for the reductions below.
+    flags = jax.lax.optimization_barrier(
+        solid.astype(jnp.uint8) | (closings.astype(jnp.uint8) << 1)
+        | (tags.astype(jnp.uint8) << 2))
+    solid, closings, tags = (flags & 1) > 0, (flags & 2) > 0, (flags & 4) > 0
     big = jnp.int32(size)
     found = jnp.zeros((), bool)
     last = jnp.int32(-1)
