@@ -7,8 +7,9 @@ Input lines: {"id": ..., "response": "<think>...</think><answer>{...}</answer>",
 Output lines: {"id", "line", "host": {...}, "device": {...}} with the components
 thinking_format, segmentation_format, bbox_iou, bbox_l1, points_l1 and total; a line that
 cannot be read gets zeros and an "error" naming the problem (and the line number).
-The device path tokenizes the response (Qwen2.5 vocabulary unless --tokenizer is given) and
-runs `device_rewards` on the token ids.
+Both paths start from the token ids of the response (Qwen2.5 vocabulary unless --tokenizer
+is given): the host scores `decode(ids, skip_special_tokens=True)` with the Python reference
+(as Seg-Zero's reward manager does), the device runs `device_rewards` on the ids.
 """
 
 from __future__ import annotations
@@ -57,9 +58,13 @@ def read_records(path: str) -> list[dict[str, Any]]:
     return records
 
 
-def host_scores(records, scheme: str) -> list[dict[str, float]]:
+def host_scores(records, tokenizer, scheme: str) -> list[dict[str, float]]:
+    """The reference pipeline: decode(encode(response), skip_special_tokens=True), then the
+    Python reward (so a literal "<|im_end|>" in the text is dropped, as in training)."""
     from segzero_jax.rl.reward_host import host_reward
-    return [host_reward(r["response"], r["solution"], scheme) for r in records]
+    texts = [tokenizer.decode(tokenizer.encode(r["response"]), skip_special_tokens=True)
+             for r in records]
+    return [host_reward(t, r["solution"], scheme) for t, r in zip(texts, records)]
 
 
 @functools.lru_cache(maxsize=8)
@@ -120,7 +125,7 @@ def score_file(input_path: str, output_path: str, tokenizer_path: Optional[str] 
     tokenizer = (QwenTokenizer.from_file(tokenizer_path) if tokenizer_path
                  else QwenTokenizer.default())
     records = read_records(input_path)
-    host = host_scores(records, scheme)
+    host = host_scores(records, tokenizer, scheme)
     device = device_scores(records, tokenizer, scheme, batch_size, json_window, max_keys)
     errors = disagree = 0
     with open(output_path, "w", encoding="utf-8") as f:

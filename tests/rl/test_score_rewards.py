@@ -11,21 +11,21 @@ EXPECTED_TOTALS = {"perfect": 5.0, "close-box-far-points": 4.0, "wrong-object": 
                    "keys-reordered-floats": 5.0, "single-quotes-not-json": 1.0,
                    "brace-in-thinking": 1.0, "no-think-tags": 4.0, "truncated": 0.0,
                    "text-after-answer": 4.0, "missing-points-key": 3.0,
-                   "point-outside-box": 4.0, "no-solution": 0.0}
+                   "point-outside-box": 4.0, "special-token-at-end": 5.0, "no-solution": 0.0}
 
 
 def test_example_file(tmp_path):
     out = tmp_path / "out.jsonl"
     summary = score_file(EXAMPLE, str(out), batch_size=8)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert summary["lines"] == len(rows) == 13
+    assert summary["lines"] == len(rows) == 14
     assert summary["malformed"] == 2 and summary["host_device_disagree"] == 0
     by_id = {r["id"]: r for r in rows if r["id"] is not None}
     for key, total in EXPECTED_TOTALS.items():
         assert by_id[key]["host"]["total"] == total, key
         assert by_id[key]["device"] == by_id[key]["host"], key
     bad = [r for r in rows if "error" in r]
-    assert [r["line"] for r in bad] == [12, 13]
+    assert [r["line"] for r in bad] == [13, 14]
     assert all("line" in r["error"] and r["host"]["total"] == 0.0 for r in bad)
     assert set(rows[0]["host"]) == {"thinking_format", "segmentation_format", "bbox_iou",
                                     "bbox_l1", "points_l1", "total"}
