@@ -117,7 +117,6 @@ def bench_ours(cfg, params, ids, pixels, grid):
 
 
 def bench_hf(cfg, params, ids, pixels, grid):
-    import numpy as np
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
     from segzero_jax.models.qwen2_5_vl import export_hf

@@ -4,8 +4,8 @@ from segzero_jax.models.qwen2_5_vl.config import (PRESETS, Qwen2_5_VLConfig, Tex
                                                   VisionConfig, from_hf_dict, load_config, preset,
                                                   to_hf_dict)
 from segzero_jax.models.qwen2_5_vl.convert import export_hf, load_hf
-from segzero_jax.models.qwen2_5_vl.model import (Qwen2_5_VL, abstract_params, cache_logical_axes,
-                                                 dummy_inputs, init_cache, init_params)
+from segzero_jax.models.qwen2_5_vl.cache import cache_logical_axes, init_cache
+from segzero_jax.models.qwen2_5_vl.model import Qwen2_5_VL, abstract_params, dummy_inputs, init_params
 from segzero_jax.models.qwen2_5_vl.rope import get_rope_index
 from segzero_jax.models.qwen2_5_vl.vision_layout import vision_layout
 

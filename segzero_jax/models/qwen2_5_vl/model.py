@@ -17,37 +17,20 @@ appends one token per row. Left-padded prompts are aligned at the same cache ind
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from segzero_jax.models.qwen2_5_vl.cache import Cache
 from segzero_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 from segzero_jax.models.qwen2_5_vl.language import LanguageModel
 from segzero_jax.models.qwen2_5_vl.rope import get_rope_index, mrope_cos_sin
 from segzero_jax.models.qwen2_5_vl.vision import VisionTower, layout_arrays
 from segzero_jax.models.qwen2_5_vl.vision_layout import vision_layout as host_vision_layout
 
-Cache = dict[str, jax.Array]
-
-
-def init_cache(config: Qwen2_5_VLConfig, batch: int, max_len: int, dtype: Any = None) -> Cache:
-    """Empty KV cache: k/v `[layers, B, S, K, H]`, valid int32[B, S], index int32[], position int32[B]."""
-    t = config.text
-    dtype = config.compute_dtype if dtype is None else dtype
-    shape = (t.num_layers, batch, max_len, t.num_kv_heads, t.head_dim)
-    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
-            "valid": jnp.zeros((batch, max_len), jnp.int32),
-            "index": jnp.zeros((), jnp.int32), "position": jnp.zeros((batch,), jnp.int32)}
-
-
-def cache_logical_axes(config: Qwen2_5_VLConfig) -> dict[str, tuple]:
-    """Logical axis names of `init_cache`'s pytree (map with nn.logical_to_mesh_sharding)."""
-    kv = ("layers", "act_batch", "act_length", "kv_heads", "head_dim")
-    return {"k": kv, "v": kv, "valid": ("act_batch", "act_length"), "index": (),
-            "position": ("act_batch",)}
 
 
 def dummy_inputs(config: Qwen2_5_VLConfig) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from segzero_jax.models.layers import (Einsum, GatedMLP, RMSNorm, activation, apply_rotary,
-                                       dot_product_attention, logical_param, maybe_remat)
+                                       dot_product_attention, maybe_remat)
 from segzero_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 from segzero_jax.models.qwen2_5_vl.rope import vision_cos_sin
 

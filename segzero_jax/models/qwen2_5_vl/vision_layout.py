@@ -47,7 +47,7 @@ def grid_tuple(grid_thw) -> tuple[tuple[int, int, int], ...]:
 def _segments(lengths: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """gather [G, S], lengths [G], scatter [sum(lengths)] for consecutive segments."""
     lengths = np.asarray(lengths, np.int64)
-    g, s = len(lengths), int(lengths.max())
+    s = int(lengths.max())
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     slot = np.arange(s)[None, :]
     gather = np.where(slot < lengths[:, None], starts[:, None] + slot, 0)

@@ -86,3 +86,18 @@ def test_bad_hf_config():
         from_hf_dict({**PUBLISHED["3b"], "use_sliding_window": True})
     with pytest.raises(ValueError, match="unknown Qwen2.5-VL preset"):
         preset("13b")
+
+
+def test_models_import_without_torch_transformers_or_data_stacks():
+    import subprocess
+    import sys
+    code = ("import sys\n"
+            "for m in ('torch', 'transformers', 'grain', 'tensorflow', 'tensorflow_datasets'):\n"
+            "    sys.modules[m] = None\n"
+            "import segzero_jax.models.qwen2_5_vl as q\n"
+            "import segzero_jax.models.qwen2_5_vl.convert\n"
+            "print(q.preset('tiny').text.hidden_size)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                         env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "64"
