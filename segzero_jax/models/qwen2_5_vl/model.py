@@ -10,6 +10,10 @@ Static shapes under jit. The vision tower needs the grids on the host: either pa
 computed inside jit from input_ids/attention_mask/image_grid_thw (rope.get_rope_index,
 `image_grid_thw` may be traced there), or taken precomputed as `position_ids` int32[3, B, T].
 
+Attention masks: no attention_mask -> causal only; `right_padded=True` -> causal + lengths
+(both cuDNN-capable); otherwise (left padding) a dense causal & key-valid mask on the XLA
+backend ("auto" picks it). Vision attention always uses per-segment lengths.
+
 KV cache (pure pytree, `init_cache`): prefill writes the prompt's rotated k/v and key-valid
 flags, and remembers each row's next rotary position (`n_valid + rope_deltas`); `decode`
 appends one token per row. Left-padded prompts are aligned at the same cache index.
@@ -30,7 +34,6 @@ from segzero_jax.models.qwen2_5_vl.language import LanguageModel
 from segzero_jax.models.qwen2_5_vl.rope import get_rope_index, mrope_cos_sin
 from segzero_jax.models.qwen2_5_vl.vision import VisionTower, layout_arrays
 from segzero_jax.models.qwen2_5_vl.vision_layout import vision_layout as host_vision_layout
-
 
 
 def dummy_inputs(config: Qwen2_5_VLConfig) -> dict[str, Any]:
