@@ -7,6 +7,8 @@ from hypothesis import strategies as st
 KEYS = ["bbox", "points_1", "points_2", "Bbox", "bbox_2d", "point_a", "Points_x", "points",
         "label", "名字", "score"]
 WHITESPACE = ["", " ", "\n", "  \n\t", "\r\n", "\u3000", "\u00a0", "\u2028", "\x0b", "x"]
+MUTATIONS = ["", ",", "[", "]", '"', "\\", "-", ".", "e", "0", "5", " ", "\n", ":", "{", "}",
+             "true", "null", "NaN", "é", "\u3000", "\x01", "'"]
 NOISE = ["", " done", "\n\n", "{}", "{note}", "}", "{", "ü", "🙂", "<answer>", "{\"bbox\": [1]}"]
 
 
@@ -104,6 +106,9 @@ def responses(draw):
     ans_open = draw(st.sampled_from(["<answer>"] * 6 + ["", "<answer> "]))
     ans_close = draw(st.sampled_from(["</answer>"] * 6 + ["", "</answer>\n"]))
     tail = draw(st.sampled_from(NOISE[:3] * 3 + NOISE))
+    for _ in range(draw(st.sampled_from([0, 0, 0, 1, 2]))):  # random edits of the object
+        at = draw(st.integers(0, len(obj)))
+        obj = obj[:at] + draw(st.sampled_from(MUTATIONS)) + obj[at + draw(st.integers(0, 1)):]
     text = think_open + thought + think_close + sep + ans_open + obj + ans_close + tail
     if draw(st.integers(0, 6)) == 0:
         text = draw(st.sampled_from(NOISE)) + text
