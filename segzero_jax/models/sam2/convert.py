@@ -1,6 +1,7 @@
-"""Checkpoint conversion: Meta's SAM2 `.pt` (`{"model": state_dict}`) -> our params dict.
+"""Checkpoint conversion: Meta's SAM2 `.pt` (`{"model": state_dict}`) or transformers'
+`Sam2Model` safetensors -> our params dict.
 
-The mapping is one declarative table, `TABLE`: (reference key regex, param path template,
+Each mapping is one declarative table (`TABLE` for Meta's names, `HF_TABLE` for transformers'): (reference key regex, param path template,
 transform). Templates may name `{block}` (a Hiera block index, resolved through the scan layout
 to `segment_j` plus a stack index) and `{stack}` (a row of a stacked param such as one of the
 four point embeddings or one hypernetwork MLP). Transforms only permute axes and then reshape
@@ -19,6 +20,7 @@ error naming the key.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Callable, Mapping, Optional, Union
 
@@ -129,7 +131,83 @@ TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "chw": lambda a: a.reshape(a.shape[-3:]).transpose(1, 2, 0),
 }
 
-_COMPILED = tuple((re.compile(p + r"$"), t, f) for p, t, f in TABLE)
+_HB = r"vision_encoder\.backbone\."
+_HBB = _HB + r"blocks\.(?P<block>\d+)\."
+_HD = r"mask_decoder\."
+_HP = r"prompt_encoder\."
+_HMLP = {"proj_in": "0", "layers.0": "1", "proj_out": "2"}  # transformers' 3-layer MLP names
+
+HF_TABLE: tuple[tuple[str, str, str], ...] = (
+    (_HB + r"patch_embed\.projection\.weight", "trunk/patch_embed_kernel", "conv"),
+    (_HB + r"patch_embed\.projection\.bias", "trunk/patch_embed_bias", "reshape"),
+    (_HB + r"pos_embed", "trunk/pos_embed", "chw"),
+    (_HB + r"pos_embed_window", "trunk/pos_embed_window", "chw"),
+    (_HBB + r"layer_norm(?P<n>[12])\.weight", "trunk/{block}/norm{n}/scale", "reshape"),
+    (_HBB + r"layer_norm(?P<n>[12])\.bias", "trunk/{block}/norm{n}/bias", "reshape"),
+    (_HBB + r"attn\.qkv\.weight", "trunk/{block}/attn/qkv_kernel", "linear"),
+    (_HBB + r"attn\.qkv\.bias", "trunk/{block}/attn/qkv_bias", "reshape"),
+    (_HBB + r"attn\.proj\.weight", "trunk/{block}/attn/proj_kernel", "linear"),
+    (_HBB + r"attn\.proj\.bias", "trunk/{block}/attn/proj_bias", "reshape"),
+    (_HBB + r"mlp\.proj_in\.weight", "trunk/{block}/mlp/layers_0/kernel", "linear"),
+    (_HBB + r"mlp\.proj_in\.bias", "trunk/{block}/mlp/layers_0/bias", "reshape"),
+    (_HBB + r"mlp\.proj_out\.weight", "trunk/{block}/mlp/layers_1/kernel", "linear"),
+    (_HBB + r"mlp\.proj_out\.bias", "trunk/{block}/mlp/layers_1/bias", "reshape"),
+    (_HBB + r"proj\.weight", "trunk/{block}/proj/kernel", "linear"),
+    (_HBB + r"proj\.bias", "trunk/{block}/proj/bias", "reshape"),
+    (r"vision_encoder\.neck\.convs\.(?P<i>\d)\.(?P<wb>weight|bias)", "neck/convs_{i}/{wb}", "conv"),
+    (r"no_memory_embedding", "no_mem_embed", "reshape"),
+    (r"shared_image_embedding\.positional_embedding", "prompt_encoder/pe_gaussian", "reshape"),
+    (_HP + r"point_embed\.weight", "prompt_encoder/point_embeddings", "reshape"),
+    (_HP + r"not_a_point_embed\.weight", "prompt_encoder/not_a_point_embed", "reshape"),
+    (_HP + r"no_mask_embed\.weight", "prompt_encoder/no_mask_embed", "reshape"),
+    (_HP + r"mask_embed\.conv(?P<c>[12])\.(?P<wb>weight|bias)", "prompt_encoder/mask_conv{c0}/{wb}", "conv"),
+    (_HP + r"mask_embed\.conv3\.(?P<wb>weight|bias)", "prompt_encoder/mask_conv2/{wb}", "conv"),
+    (_HP + r"mask_embed\.layer_norm(?P<c>[12])\.weight", "prompt_encoder/mask_norm{c0}/scale", "reshape"),
+    (_HP + r"mask_embed\.layer_norm(?P<c>[12])\.bias", "prompt_encoder/mask_norm{c0}/bias", "reshape"),
+    (_HD + r"transformer\.layers\.(?P<l>\d+)\." + _ATTN + r"\.(?P<p>[qkv])_proj\.weight",
+     "mask_decoder/transformer/layers_{l}/{attn}/{p}_proj_kernel", "linear"),
+    (_HD + r"transformer\.layers\.(?P<l>\d+)\." + _ATTN + r"\.(?P<p>[qkv])_proj\.bias",
+     "mask_decoder/transformer/layers_{l}/{attn}/{p}_proj_bias", "reshape"),
+    (_HD + r"transformer\.layers\.(?P<l>\d+)\." + _ATTN + r"\.o_proj\.weight",
+     "mask_decoder/transformer/layers_{l}/{attn}/out_proj_kernel", "linear"),
+    (_HD + r"transformer\.layers\.(?P<l>\d+)\." + _ATTN + r"\.o_proj\.bias",
+     "mask_decoder/transformer/layers_{l}/{attn}/out_proj_bias", "reshape"),
+    (_HD + r"transformer\.layers\.(?P<l>\d+)\.layer_norm(?P<n>\d)\.weight",
+     "mask_decoder/transformer/layers_{l}/norm{n}/scale", "reshape"),
+    (_HD + r"transformer\.layers\.(?P<l>\d+)\.layer_norm(?P<n>\d)\.bias",
+     "mask_decoder/transformer/layers_{l}/norm{n}/bias", "reshape"),
+    (_HD + r"transformer\.layers\.(?P<l>\d+)\.mlp\.proj_(?P<io>in|out)\.weight",
+     "mask_decoder/transformer/layers_{l}/mlp/layers_{io}/kernel", "linear"),
+    (_HD + r"transformer\.layers\.(?P<l>\d+)\.mlp\.proj_(?P<io>in|out)\.bias",
+     "mask_decoder/transformer/layers_{l}/mlp/layers_{io}/bias", "reshape"),
+    (_HD + r"transformer\.final_attn_token_to_image\.(?P<p>[qkvo])_proj\.weight",
+     "mask_decoder/transformer/final_attn_token_to_image/{p}_proj_kernel", "linear"),
+    (_HD + r"transformer\.final_attn_token_to_image\.(?P<p>[qkvo])_proj\.bias",
+     "mask_decoder/transformer/final_attn_token_to_image/{p}_proj_bias", "reshape"),
+    (_HD + r"transformer\.layer_norm_final_attn\.weight", "mask_decoder/transformer/norm_final_attn/scale", "reshape"),
+    (_HD + r"transformer\.layer_norm_final_attn\.bias", "mask_decoder/transformer/norm_final_attn/bias", "reshape"),
+    (_HD + r"(?P<t>iou_token|mask_tokens|obj_score_token)\.weight", "mask_decoder/{t}", "reshape"),
+    (_HD + r"upscale_conv(?P<c>[12])\.(?P<wb>weight|bias)", "mask_decoder/upscale_conv{c}/{wb}", "conv_t"),
+    (_HD + r"upscale_layer_norm\.weight", "mask_decoder/upscale_norm/scale", "reshape"),
+    (_HD + r"upscale_layer_norm\.bias", "mask_decoder/upscale_norm/bias", "reshape"),
+    (_HD + r"conv_s(?P<s>[01])\.(?P<wb>weight|bias)", "conv_s{s}/{wb}", "conv"),
+    (_HD + r"output_hypernetworks_mlps\.(?P<stack>\d+)\.(?P<mlp>proj_in|layers\.0|proj_out)\.weight",
+     "mask_decoder/output_hypernetworks/layers_{mlp}_kernel", "linear"),
+    (_HD + r"output_hypernetworks_mlps\.(?P<stack>\d+)\.(?P<mlp>proj_in|layers\.0|proj_out)\.bias",
+     "mask_decoder/output_hypernetworks/layers_{mlp}_bias", "reshape"),
+    (_HD + r"(?P<head>iou_prediction_head|pred_obj_score_head)\.(?P<mlp>proj_in|layers\.0|proj_out)\.weight",
+     "mask_decoder/{head}/layers_{mlp}/kernel", "linear"),
+    (_HD + r"(?P<head>iou_prediction_head|pred_obj_score_head)\.(?P<mlp>proj_in|layers\.0|proj_out)\.bias",
+     "mask_decoder/{head}/layers_{mlp}/bias", "reshape"),
+)
+
+# transformers keeps a second copy of the point-encoding Gaussian inside its prompt encoder;
+# the loader checks it equals `shared_image_embedding` (as in converted checkpoints) and skips it.
+HF_TIED = {"prompt_encoder.shared_embedding.positional_embedding": "shared_image_embedding.positional_embedding"}
+
+_COMPILED = {"meta": tuple((re.compile(p + r"$"), t, f) for p, t, f in TABLE),
+             "transformers": tuple((re.compile(p + r"$"), t, f) for p, t, f in HF_TABLE)}
+_IGNORED = {"meta": IGNORED_PREFIXES, "transformers": tuple(HF_TIED)}
 
 
 def block_locations(config: Sam2Config) -> dict[int, tuple[str, Optional[int]]]:
@@ -141,8 +219,9 @@ def block_locations(config: Sam2Config) -> dict[int, tuple[str, Optional[int]]]:
     return loc
 
 
-def _resolve(key: str, config: Sam2Config, blocks: dict) -> Optional[tuple[tuple[str, ...], Optional[int], str]]:
-    for pattern, template, transform in _COMPILED:
+def _resolve(key: str, config: Sam2Config, blocks: dict,
+             source: str = "meta") -> Optional[tuple[tuple[str, ...], Optional[int], str]]:
+    for pattern, template, transform in _COMPILED[source]:
         m = pattern.match(key)
         if not m:
             continue
@@ -156,13 +235,23 @@ def _resolve(key: str, config: Sam2Config, blocks: dict) -> Optional[tuple[tuple
             groups["block"], stack = blocks[b]
         if "wb" in groups:
             groups["wb"] = {"weight": "kernel", "bias": "bias"}[groups["wb"]]
+        if "c" in groups:
+            groups["c0"] = str(int(groups["c"]) - 1)
+        if "io" in groups:
+            groups["io"] = {"in": "0", "out": "1"}[groups["io"]]
+        if "mlp" in groups:
+            groups["mlp"] = _HMLP[groups["mlp"]]
+        if groups.get("p") == "o":
+            groups["p"] = "out"
         return tuple(template.format(**groups).split("/")), stack, transform
     return None
 
 
-def plan_conversion(shapes: Mapping[str, tuple[int, ...]], config: Sam2Config) -> list[tuple]:
+def plan_conversion(shapes: Mapping[str, tuple[int, ...]], config: Sam2Config,
+                    source: str = "meta") -> list[tuple]:
     """Checks a reference state dict's key -> shape map against `config` without touching data.
 
+    `source` picks the table: "meta" (`TABLE`) or "transformers" (`HF_TABLE`).
     Returns [(key, param path, stack index or None, transform, target shape)]; raises ValueError
     naming the key for an unknown key, a shape that does not fit, or params left unfilled.
     """
@@ -171,9 +260,9 @@ def plan_conversion(shapes: Mapping[str, tuple[int, ...]], config: Sam2Config) -
     blocks = block_locations(config)
     plan = []
     for key, shape in shapes.items():
-        hit = _resolve(key, config, blocks)
+        hit = _resolve(key, config, blocks, source)
         if hit is None:
-            if key.startswith(IGNORED_PREFIXES):
+            if key.startswith(_IGNORED[source]):
                 continue
             raise ValueError(f"checkpoint key {key!r} has no place in the SAM2 params "
                              "(wrong config or not a SAM2 checkpoint?)")
@@ -202,9 +291,9 @@ def plan_conversion(shapes: Mapping[str, tuple[int, ...]], config: Sam2Config) -
     return plan
 
 
-def convert_state_dict(state_dict: Mapping[str, Any], config: Sam2Config) -> dict:
+def convert_state_dict(state_dict: Mapping[str, Any], config: Sam2Config, source: str = "meta") -> dict:
     """Reference state dict (numpy arrays) -> params (nested dict of float32 numpy arrays)."""
-    plan = plan_conversion({k: np.shape(v) for k, v in state_dict.items()}, config)
+    plan = plan_conversion({k: np.shape(v) for k, v in state_dict.items()}, config, source)
     targets = flatten_dict(nn.meta.unbox(abstract_params(config)))
     out: dict[tuple[str, ...], np.ndarray] = {}
     for key, path, stack, transform, target in plan:
@@ -227,14 +316,65 @@ def _torch_state_dict(path: str) -> dict[str, np.ndarray]:
     return {k: v.detach().float().numpy() for k, v in ckpt.items() if hasattr(v, "detach")}
 
 
-def infer_preset(state_dict: Mapping[str, Any]) -> str:
+def _is_safetensors(path: str) -> bool:
+    return path.endswith(".safetensors") or os.path.isdir(path)
+
+
+def _safetensors_state_dict(path: str) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    files = ([os.path.join(path, f) for f in sorted(os.listdir(path)) if f.endswith(".safetensors")]
+             if os.path.isdir(path) else [path])
+    if not files:
+        raise ValueError(f"{path}: no .safetensors file found")
+    state: dict[str, np.ndarray] = {}
+    for f in files:
+        try:
+            state.update(load_file(f))
+        except Exception as e:  # bf16 needs the framework-free path below
+            if "bfloat16" not in str(e).lower() and "bf16" not in str(e).lower():
+                raise
+            state.update(_load_bf16_safetensors(f))
+    for copy, original in HF_TIED.items():
+        if copy in state and original in state and not np.array_equal(state[copy], state[original]):
+            raise ValueError(f"{path}: {copy!r} differs from {original!r}; SAM2 uses one point "
+                             "encoding for both, so these weights cannot be represented")
+    return state
+
+
+def _load_bf16_safetensors(path: str) -> dict[str, np.ndarray]:
+    """Reads a safetensors file whose tensors may be bfloat16, as float32 numpy arrays."""
+    import json
+    import struct
+
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    dtypes = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I64": np.int64, "I32": np.int32}
+    out = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        if meta["dtype"] not in dtypes:
+            raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {meta['dtype']}")
+        start, end = meta["data_offsets"]
+        arr = np.frombuffer(data[start:end], dtype=dtypes[meta["dtype"]]).reshape(meta["shape"])
+        if meta["dtype"] == "BF16":
+            arr = (arr.astype(np.uint32) << 16).view(np.float32)
+        out[name] = arr.astype(np.float32)
+    return out
+
+
+def infer_preset(state_dict: Mapping[str, Any], source: str = "meta") -> str:
     """Names the preset whose trunk width and depth match a reference state dict."""
-    key = "image_encoder.trunk.patch_embed.proj.bias"
+    trunk = {"meta": (_T, "patch_embed.proj.bias"), "transformers": (_HB, "patch_embed.projection.bias")}[source]
+    key = trunk[0].replace("\\", "") + trunk[1]
     if key not in state_dict:
         raise ValueError(f"not a SAM2 state dict: {key!r} is missing")
     width = int(np.shape(state_dict[key])[0])
     depth = 1 + max(int(m.group(1)) for k in state_dict
-                    if (m := re.match(_T + r"blocks\.(\d+)\.", k)))
+                    if (m := re.match(trunk[0] + r"blocks\.(\d+)\.", k)))
     for name, make in PRESETS.items():
         cfg = make()
         if cfg.embed_dim == width and cfg.depth == depth:
@@ -244,17 +384,20 @@ def infer_preset(state_dict: Mapping[str, Any]) -> str:
 
 def load_checkpoint(path: str, config: Union[Sam2Config, str, None] = None,
                     mesh: Optional[jax.sharding.Mesh] = None, rules: Any = None) -> tuple[Sam2Config, dict]:
-    """Reads Meta's `sam2_hiera_*.pt` (torch, weights only) -> (config, params).
+    """Reads a SAM2 checkpoint -> (config, params).
 
+    `path`: Meta's `sam2_hiera_*.pt` (read by torch with weights_only=True), or transformers'
+    `Sam2Model` weights (a `.safetensors` file or a directory holding `model.safetensors`).
     `config` is a `Sam2Config`, a preset name, or None to pick the preset matching the file.
     Params are cast to `config.param_dtype`; with `mesh`, placed by the logical-axis rules.
     """
-    state = _torch_state_dict(path)
+    source = "transformers" if _is_safetensors(path) else "meta"
+    state = _safetensors_state_dict(path) if source == "transformers" else _torch_state_dict(path)
     if config is None:
-        config = infer_preset(state)
+        config = infer_preset(state, source)
     if isinstance(config, str):
         config = get_preset(config)
-    params = convert_state_dict(state, config)
+    params = convert_state_dict(state, config, source)
     params = jax.tree.map(lambda a: jnp.asarray(a, dtype=config.param_dtype), params)
     if mesh is not None:
         params = jax.device_put(params, param_shardings(config, mesh, rules))

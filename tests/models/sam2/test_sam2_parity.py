@@ -118,8 +118,10 @@ def test_mask_input_embedding_matches(setup):
     assert_close(ours, theirs, "mask embedding")
 
 
-def test_predict_batch_matches_reference_per_image(setup):
-    """B=2 images x K=2 box + 2-point prompts in one jitted call vs the reference, prompt by prompt."""
+@pytest.fixture(scope="module")
+def batch_case(setup):
+    """B=2 images x K=2 box + 2-point prompts and the float32 `predict_batch` outputs (one compile,
+    shared by the tests below)."""
     cfg = setup["cfg"]
     rng = np.random.default_rng(7)
     images = [setup["image"], rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)]
@@ -127,11 +129,18 @@ def test_predict_batch_matches_reference_per_image(setup):
     points = np.stack([np.stack([PTS, PTS + 4]), np.stack([PTS - 3, PTS + 9])]).astype(np.float32)
     labels = np.ones((2, 2, 2), np.int32)
     x = preprocess_image(jnp.asarray(np.stack(images)), cfg.image_size)
-    out = predict_batch(setup["params"], x, jnp.asarray(boxes), jnp.asarray(points), jnp.asarray(labels),
-                        (90, 120), config=cfg)
+    args = (x, jnp.asarray(boxes), jnp.asarray(points), jnp.asarray(labels), (90, 120))
+    out = predict_batch(setup["params"], *args, config=cfg)
+    return dict(images=images, boxes=boxes, points=points, labels=labels, args=args, out=out)
+
+
+def test_predict_batch_matches_reference_per_image(setup, batch_case):
+    """The jitted batch path vs the reference predictor, prompt by prompt."""
+    cfg, out = setup["cfg"], batch_case["out"]
+    boxes, points, labels = batch_case["boxes"], batch_case["points"], batch_case["labels"]
     assert out["masks"].shape == (2, 2, 3, 90, 120) and out["best_mask"].shape == (2, 2, 90, 120)
     rp = reference_predictor(setup["ref"], cfg)
-    for b, image in enumerate(images):
+    for b, image in enumerate(batch_case["images"]):
         rp.set_image(image)
         for k in range(2):
             rm, rs, rl = rp.predict(box=boxes[b, k], point_coords=points[b, k], point_labels=labels[b, k])
@@ -159,31 +168,24 @@ def test_downscaled_image_preprocessing_matches(setup):
     assert_masks_agree(m, rm, "masks")
 
 
-def test_sharded_params_give_the_same_masks(setup):
+def test_sharded_params_give_the_same_masks(setup, batch_case):
     import flax.linen as nn
 
     from segzero_jax.parallel import DEFAULT_RULES, make_mesh
 
-    cfg = setup["cfg"]
     mesh = make_mesh((2, 2, 2))
-    _, sharded = load_checkpoint(setup["path"], cfg, mesh=mesh)
-    x = preprocess_image(jnp.asarray(np.stack([setup["image"]] * 2)), cfg.image_size)
-    boxes = jnp.asarray(np.stack([BOX, BOX + 3])[None].repeat(2, 0))
-    with mesh, nn.logical_axis_rules(DEFAULT_RULES):
-        got = predict_batch(sharded, x, boxes, None, None, (90, 120), config=cfg)
-    want = predict_batch(setup["params"], x, boxes, None, None, (90, 120), config=cfg)
-    assert_close(got["low_res_logits"], want["low_res_logits"], "sharded logits")
+    _, sharded = load_checkpoint(setup["path"], setup["cfg"], mesh=mesh)
     assert any(len(leaf.sharding.device_set) > 1 for leaf in jax.tree.leaves(sharded))
+    with mesh, nn.logical_axis_rules(DEFAULT_RULES):
+        got = predict_batch(sharded, *batch_case["args"], config=setup["cfg"])
+    assert_close(got["low_res_logits"], batch_case["out"]["low_res_logits"], "sharded logits")
+    assert_close(got["scores"], batch_case["out"]["scores"], "sharded scores")
 
 
-def test_bf16_compute_stays_close(setup):
-    cfg = setup["cfg"]
-    cfg16 = cfg.replace(dtype=jnp.bfloat16)
-    x = preprocess_image(jnp.asarray(setup["image"])[None], cfg.image_size)
-    boxes, points = jnp.asarray(BOX)[None, None], jnp.asarray(PTS)[None, None]
-    labels = jnp.asarray(LAB)[None, None]
-    a = predict_batch(setup["params"], x, boxes, points, labels, (90, 120), config=cfg)
-    b = predict_batch(setup["params"], x, boxes, points, labels, (90, 120), config=cfg16)
+def test_bf16_compute_stays_close(setup, batch_case):
+    cfg16 = setup["cfg"].replace(dtype=jnp.bfloat16)
+    a = batch_case["out"]
+    b = predict_batch(setup["params"], *batch_case["args"], config=cfg16)
     assert b["low_res_logits"].dtype == jnp.float32
     scale = float(jnp.abs(a["low_res_logits"]).max())
     assert float(jnp.abs(a["low_res_logits"] - b["low_res_logits"]).max()) < 0.1 * scale
