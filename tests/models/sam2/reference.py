@@ -18,13 +18,26 @@ TINY_CONFIG_FILE = "configs/sam2/sam2_hiera_t.yaml"
 TOL = 1e-3  # max |difference| allowed for features, logits and scores
 
 
-def install_torchvision_transforms() -> None:
-    """Makes `from torchvision.transforms import Normalize, Resize, ToTensor` work."""
+def import_image_predictor():
+    """Meta's `SAM2ImagePredictor` class. Without torchvision, its transforms module is imported
+    against stand-ins that are removed from `sys.modules` right after, so other libraries'
+    "is torchvision installed?" checks are not misled."""
+    import importlib.util
+
+    if "sam2.sam2_image_predictor" in sys.modules or importlib.util.find_spec("torchvision") is not None:
+        from sam2.sam2_image_predictor import SAM2ImagePredictor
+        return SAM2ImagePredictor
+    sys.modules.update(_torchvision_stand_ins())
     try:
-        import torchvision.transforms  # noqa: F401
-        return
-    except ImportError:
-        pass
+        from sam2.sam2_image_predictor import SAM2ImagePredictor
+    finally:
+        for name in ("torchvision.transforms", "torchvision"):
+            sys.modules.pop(name, None)
+    return SAM2ImagePredictor
+
+
+def _torchvision_stand_ins() -> dict:
+    """`torchvision.transforms.{ToTensor, Resize, Normalize}` following torchvision's tensor paths."""
 
     class ToTensor:
         def __call__(self, pic):
@@ -58,8 +71,7 @@ def install_torchvision_transforms() -> None:
     tr = types.ModuleType("torchvision.transforms")
     tr.ToTensor, tr.Resize, tr.Normalize = ToTensor, Resize, Normalize
     tv.transforms = tr
-    sys.modules["torchvision"] = tv
-    sys.modules["torchvision.transforms"] = tr
+    return {"torchvision": tv, "torchvision.transforms": tr}
 
 
 def build_reference(cfg: Sam2Config | None, seed: int, config_file: str = TINY_CONFIG_FILE,
@@ -88,10 +100,7 @@ def save_checkpoint(model: torch.nn.Module, directory: str) -> str:
 
 def reference_predictor(model, cfg):
     """Meta's SAM2ImagePredictor; its feature-size table follows `cfg.image_size`."""
-    install_torchvision_transforms()
-    from sam2.sam2_image_predictor import SAM2ImagePredictor
-
-    pred = SAM2ImagePredictor(model)
+    pred = import_image_predictor()(model)
     s = cfg.image_size // 4
     pred._bb_feat_sizes = [(s, s), (s // 2, s // 2), (s // 4, s // 4)]
     return pred
