@@ -51,13 +51,22 @@ def concat_prompts(boxes: Optional[jax.Array], points: Optional[jax.Array],
     """boxes float[..., 4] (x1 y1 x2 y2) and points float[..., P, 2] / labels int[..., P]
     -> the reference's point list: box corners (labels 2, 3) first, then the points."""
     parts, part_labels = [], []
+    if boxes is not None and boxes.shape[-1] != 4:
+        raise ValueError(f"boxes must be [..., 4] (x1, y1, x2, y2), got {boxes.shape}")
+    if points is not None:
+        if labels is None:
+            raise ValueError("point labels must be given with point coordinates")
+        if points.shape[-1] != 2 or points.shape[:-1] != labels.shape:
+            raise ValueError(f"points {points.shape} and labels {labels.shape} must be [..., P, 2] "
+                             "and [..., P]")
+        if boxes is not None and boxes.shape[:-1] != points.shape[:-2]:
+            raise ValueError(f"boxes {boxes.shape} and points {points.shape} must share the "
+                             "leading (prompt) dims")
     if boxes is not None:
         corners = boxes.reshape(*boxes.shape[:-1], 2, 2)
         parts.append(corners)
         part_labels.append(jnp.broadcast_to(jnp.asarray([2, 3], jnp.int32), corners.shape[:-1]))
     if points is not None:
-        if labels is None:
-            raise ValueError("point labels must be given with point coordinates")
         parts.append(points)
         part_labels.append(labels.astype(jnp.int32))
     return jnp.concatenate(parts, axis=-2), jnp.concatenate(part_labels, axis=-1)
@@ -120,18 +129,20 @@ def _encode(params: dict, x: jax.Array, *, config: Sam2Config) -> dict:
     return {"image_embed": enc["image_embed"], "high_res_feats": enc.get("high_res_feats")}
 
 
-@functools.partial(jax.jit, static_argnames=("config", "orig_hw", "pad"))
-def _predict(params: dict, features: dict, coords: jax.Array, labels: jax.Array, *,
-             config: Sam2Config, orig_hw: tuple[int, int], pad: bool) -> dict:
+@functools.partial(jax.jit, static_argnames=("config", "orig_hw", "coord_hw", "pad"))
+def _predict(params: dict, features: dict, coords: jax.Array, labels: jax.Array,
+             mask_input: Optional[jax.Array], *, config: Sam2Config, orig_hw: tuple[int, int],
+             coord_hw: tuple[int, int], pad: bool) -> dict:
     """K prompts on one image -> both selections ("multi": M = 3, "single": M = 1), each with
-    upsampled float logits, so one compiled function serves either `multimask_output`."""
+    upsampled float logits, so one compiled function serves either `multimask_output`.
+    Coordinates are in a `coord_hw` frame (the image, or (1, 1) for normalised ones)."""
     n = coords.shape[0]
     rep = lambda t: jnp.broadcast_to(t, (n, *t.shape[1:]))
     high = features["high_res_feats"]
     high = tuple(rep(t) for t in high) if high is not None else None
-    coords = to_input_frame(coords, orig_hw, config.image_size)
+    coords = to_input_frame(coords, coord_hw, config.image_size)
     all_masks, all_iou, _ = Sam2(config).apply({"params": params}, rep(features["image_embed"]), high,
-                                               coords, labels, None, pad, method=Sam2.decode)
+                                               coords, labels, mask_input, pad, method=Sam2.decode)
     out = {}
     for name, multi in (("multi", True), ("single", False)):
         low, scores = select_masks(config, all_masks, all_iou, multi)
@@ -181,13 +192,14 @@ class SamPredictor:
         return np.asarray(self._features["image_embed"], np.float32).transpose(0, 3, 1, 2)
 
     def predict(self, point_coords: Optional[np.ndarray] = None, point_labels: Optional[np.ndarray] = None,
-                box: Optional[np.ndarray] = None, multimask_output: bool = True,
-                return_logits: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Prompts in original-image pixels: point_coords [N, 2] (or [K, N, 2]), point_labels [N]
-        (1 foreground, 0 background), box [4] (or [K, 4]) as x1 y1 x2 y2. With return_logits
-        the masks are the upsampled float logits instead of booleans."""
-        if not self.is_image_set:
-            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+                box: Optional[np.ndarray] = None, mask_input: Optional[np.ndarray] = None,
+                multimask_output: bool = True, return_logits: bool = False,
+                normalize_coords: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Same arguments, in the same order, as the reference's `predict`: point_coords [N, 2]
+        (or [K, N, 2]) and point_labels [N] (1 foreground, 0 background) in pixels of the
+        original image (or in [0, 1] with normalize_coords=False), box [4] (or [K, 4]) as
+        x1 y1 x2 y2, mask_input float[1, S/4, S/4] low-res logits of an earlier prediction (or
+        [K, 1, S/4, S/4]). With return_logits the masks are the upsampled float logits."""
         boxes = points = labels = None
         if point_coords is not None:
             if point_labels is None:
@@ -213,8 +225,19 @@ class SamPredictor:
             coords, labs = concat_prompts(None if boxes is None else jnp.asarray(boxes),
                                           None if points is None else jnp.asarray(points),
                                           None if labels is None else jnp.asarray(labels))
-        out = _predict(self.params, self._features, jnp.asarray(coords), jnp.asarray(labs),
-                       config=self.config, orig_hw=self._orig_hw, pad=pad)
+        masks_in = None
+        if mask_input is not None:
+            masks_in = np.asarray(mask_input, np.float32)
+            n = self.config.low_res_size
+            if masks_in.shape[-3:] != (1, n, n) or masks_in.ndim not in (3, 4):
+                raise ValueError(f"mask_input must be [1, {n}, {n}] or [K, 1, {n}, {n}], got {masks_in.shape}")
+            masks_in = masks_in.reshape(-1, n, n)
+            if masks_in.shape[0] not in (1, coords.shape[0]):
+                raise ValueError(f"{masks_in.shape[0]} mask inputs for {coords.shape[0]} prompts")
+            masks_in = jnp.asarray(masks_in)
+        out = _predict(self.params, self._features, jnp.asarray(coords), jnp.asarray(labs), masks_in,
+                       config=self.config, orig_hw=self._orig_hw,
+                       coord_hw=self._orig_hw if normalize_coords else (1, 1), pad=pad)
         out = out["multi" if multimask_output else "single"]
         logits = np.asarray(out["mask_logits"], np.float32)
         masks = logits if return_logits else logits > self.config.mask_threshold

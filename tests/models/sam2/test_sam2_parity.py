@@ -63,6 +63,10 @@ PROMPTS = {
     "box_2points_single": dict(box=BOX, point_coords=PTS, point_labels=LAB, multimask_output=False),
     "negative_point_single": dict(point_coords=PTS, point_labels=np.array([1, 0]), multimask_output=False),
     "two_boxes": dict(box=np.stack([BOX, BOX + np.array([5, 5, -10, 10], np.float32)])),
+    # an earlier prediction's logits as mask input, coordinates given in [0, 1]
+    "normalized_box_with_mask_input": dict(
+        box=BOX / np.array([120, 90, 120, 90], np.float32), normalize_coords=False,
+        mask_input=np.random.default_rng(5).normal(size=(1, 32, 32)).astype(np.float32) * 4),
 }
 
 
