@@ -128,6 +128,7 @@ def first_brace_object(stream: jax.Array, n: jax.Array) -> tuple[jax.Array, jax.
     last_close = jnp.max(jnp.where(is_close, pos, -1))
     candidate = ((stream == ord("{")) & valid & (pos + 1 < n)
                  & (_shift(stream, 1, ord("}")) != ord("}")) & (pos + 1 < last_close))
-    start = jnp.argmax(candidate)
-    end = jnp.argmax(is_close & (pos > start + 1))
-    return jnp.any(candidate), start, end
+    start = jnp.min(jnp.where(candidate, pos, size))
+    end = jnp.min(jnp.where(is_close & (pos > start + 1), pos, size))
+    found = start < size
+    return found, jnp.where(found, start, 0), jnp.where(found, end, 0)
