@@ -9,7 +9,7 @@ model and the checkpoint converter.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import jax.numpy as jnp
 

@@ -200,6 +200,8 @@ class SamPredictor:
         original image (or in [0, 1] with normalize_coords=False), box [4] (or [K, 4]) as
         x1 y1 x2 y2, mask_input float[1, S/4, S/4] low-res logits of an earlier prediction (or
         [K, 1, S/4, S/4]). With return_logits the masks are the upsampled float logits."""
+        if not self.is_image_set:
+            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
         boxes = points = labels = None
         if point_coords is not None:
             if point_labels is None:

@@ -194,3 +194,29 @@ def test_bf16_compute_stays_close(setup, batch_case):
     scale = float(jnp.abs(a["low_res_logits"]).max())
     assert float(jnp.abs(a["low_res_logits"] - b["low_res_logits"]).max()) < 0.1 * scale
     assert float((a["masks"] == b["masks"]).mean()) > 0.9
+
+
+def test_bad_inputs_are_named(setup):
+    cfg, params = setup["cfg"], setup["params"]
+    fresh = SamPredictor(cfg, params)
+    with pytest.raises(RuntimeError, match="set_image"):
+        fresh.predict(box=BOX)
+    with pytest.raises(ValueError, match=r"RGB image \[H, W, 3\]"):
+        fresh.set_image(np.zeros((4, 4), np.uint8))
+    jp = setup["jp"]
+    with pytest.raises(ValueError, match="point_labels must be supplied"):
+        jp.predict(point_coords=PTS)
+    with pytest.raises(ValueError, match="point_coords"):
+        jp.predict(point_coords=PTS, point_labels=np.array([1, 1, 1]))
+    with pytest.raises(ValueError, match="box must be"):
+        jp.predict(box=np.zeros(3))
+    with pytest.raises(ValueError, match="mask_input must be"):
+        jp.predict(box=BOX, mask_input=np.zeros((1, 8, 8)))
+    x = jnp.zeros((1, cfg.image_size, cfg.image_size, 3))
+    with pytest.raises(ValueError, match="needs boxes, points or both"):
+        predict_batch(params, x, None, None, None, (90, 120), config=cfg)
+    with pytest.raises(ValueError, match="share the leading"):
+        predict_batch(params, x, jnp.zeros((1, 2, 4)), jnp.zeros((1, 3, 2, 2)), jnp.ones((1, 3, 2), jnp.int32),
+                      (90, 120), config=cfg)
+    with pytest.raises(ValueError, match=r"images must be \[B, 128, 128, 3\]"):
+        predict_batch(params, jnp.zeros((1, 64, 64, 3)), jnp.zeros((1, 1, 4)), None, None, (90, 120), config=cfg)
