@@ -25,7 +25,7 @@ import numpy as np
 from segzero_jax.models.sam2.config import Sam2Config
 from segzero_jax.models.sam2.mask_decoder import select_masks
 from segzero_jax.models.sam2.model import Sam2
-from segzero_jax.models.sam2.resize import resize_hw, resize_hwc
+from segzero_jax.models.sam2.resize import bilinear_matrix_traced, resize_hw, resize_hwc
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -72,12 +72,26 @@ def concat_prompts(boxes: Optional[jax.Array], points: Optional[jax.Array],
     return jnp.concatenate(parts, axis=-2), jnp.concatenate(part_labels, axis=-1)
 
 
+def _upsample(low: jax.Array, orig_hw: tuple[int, int], image_hw: Optional[jax.Array]) -> jax.Array:
+    """float[N, ..., h, w] logits -> float[N, ..., H, W]: to `orig_hw`, or with per-prompt
+    `image_hw` int[N, 2] to each image's own size inside an `orig_hw` canvas (zero outside)."""
+    if image_hw is None:
+        return resize_hw(low, orig_hw, "bilinear")
+    h_in, w_in = low.shape[-2:]
+    ry = jax.vmap(lambda n: bilinear_matrix_traced(h_in, n, orig_hw[0]))(image_hw[:, 0])
+    rx = jax.vmap(lambda n: bilinear_matrix_traced(w_in, n, orig_hw[1]))(image_hw[:, 1])
+    hi = jax.lax.Precision.HIGHEST
+    y = jnp.einsum("NyY,N...YX->N...yX", ry, low.astype(jnp.float32), precision=hi)
+    return jnp.einsum("NxX,N...yX->N...yx", rx, y, precision=hi)
+
+
 def _decode_postprocess(config: Sam2Config, params: dict, image_embed, high_res, coords, labels,
-                        orig_hw, multimask_output: bool, pad: bool, best_only: bool) -> dict:
+                        orig_hw, multimask_output: bool, best_only: bool,
+                        image_hw: Optional[jax.Array] = None) -> dict:
     """Per-prompt features (batch N) + input-frame prompts -> reference predictor outputs."""
     model = Sam2(config)
     all_masks, all_iou, obj = model.apply({"params": params}, image_embed, high_res, coords, labels,
-                                          None, pad, method=Sam2.decode)
+                                          None, True, method=Sam2.decode)
     low, scores = select_masks(config, all_masks, all_iou, multimask_output)
     best = jnp.argmax(scores, axis=-1)
     best_low = jnp.take_along_axis(low, best[:, None, None, None], axis=1)[:, 0]
@@ -85,16 +99,17 @@ def _decode_postprocess(config: Sam2Config, params: dict, image_embed, high_res,
            "best_index": best, "best_score": jnp.take_along_axis(scores, best[:, None], 1)[:, 0],
            "object_score_logits": obj[:, 0]}
     thr = config.mask_threshold
-    out["best_mask"] = resize_hw(best_low, orig_hw, "bilinear") > thr
+    out["best_mask"] = _upsample(best_low, orig_hw, image_hw) > thr
     if not best_only:
-        out["masks"] = resize_hw(low, orig_hw, "bilinear") > thr
+        out["masks"] = _upsample(low, orig_hw, image_hw) > thr
     return out
 
 
 @functools.partial(jax.jit, static_argnames=("config", "orig_hw", "multimask_output", "best_only"))
 def predict_batch(params: dict, images: jax.Array, boxes: Optional[jax.Array], points: Optional[jax.Array],
                   labels: Optional[jax.Array], orig_hw: tuple[int, int], *, config: Sam2Config,
-                  multimask_output: bool = True, best_only: bool = False) -> dict:
+                  multimask_output: bool = True, best_only: bool = False,
+                  image_hw: Optional[jax.Array] = None) -> dict:
     """B images x K prompts in one jitted call.
 
     images float[B, S, S, 3] (from `preprocess_image`); boxes float[B, K, 4] or None;
@@ -104,19 +119,30 @@ def predict_batch(params: dict, images: jax.Array, boxes: Optional[jax.Array], p
     scores float[B, K, M], low_res_logits float[B, K, M, S/4, S/4], best_index int[B, K],
     best_score float[B, K], best_mask bool[B, K, H, W] (the top-scoring of the M masks, as
     Seg-Zero picks it), object_score_logits float[B, K].
+
+    Images of different sizes in one batch: pass `image_hw` int[B, 2] (each image's H, W; its
+    prompts are in its own pixels) and `orig_hw` as the static output canvas (>= every image);
+    image b's masks then fill [:H_b, :W_b] of the canvas and are False elsewhere.
     """
     if boxes is None and points is None:
         raise ValueError("predict_batch needs boxes, points or both")
     enc = Sam2(config).apply({"params": params}, images, method=Sam2.encode_image)
     coords, labs = concat_prompts(boxes, points, labels)
     b, k = coords.shape[:2]
-    coords = to_input_frame(coords, orig_hw, config.image_size).reshape(b * k, -1, 2)
-    labs = labs.reshape(b * k, -1)
     per_prompt = lambda t: jnp.repeat(t, k, axis=0)
+    if image_hw is None:
+        coords = to_input_frame(coords, orig_hw, config.image_size)
+    else:
+        if image_hw.shape != (b, 2):
+            raise ValueError(f"image_hw must be int[{b}, 2] (H, W per image), got {image_hw.shape}")
+        scale = image_hw[:, ::-1].astype(jnp.float32)[:, None, None, :]
+        coords = coords.astype(jnp.float32) / scale * config.image_size
+        image_hw = per_prompt(image_hw)
+    coords, labs = coords.reshape(b * k, -1, 2), labs.reshape(b * k, -1)
     high = enc.get("high_res_feats")
     high = tuple(per_prompt(t) for t in high) if high is not None else None
     out = _decode_postprocess(config, params, per_prompt(enc["image_embed"]), high, coords, labs,
-                              tuple(orig_hw), multimask_output, True, best_only)
+                              tuple(orig_hw), multimask_output, best_only, image_hw)
     return jax.tree.map(lambda t: t.reshape(b, k, *t.shape[1:]), out)
 
 

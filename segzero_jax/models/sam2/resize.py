@@ -113,3 +113,17 @@ def resize_hwc(x: jax.Array, out_hw: tuple[int, int], method: str) -> jax.Array:
 def resize_hw(x: jax.Array, out_hw: tuple[int, int], method: str) -> jax.Array:
     """Resizes float[..., H, W] to float[..., h, w] (computed in float32)."""
     return resize_hwc(x[..., None], out_hw, method)[..., 0]
+
+
+def bilinear_matrix_traced(n_in: int, n_out: jax.Array, n_max: int) -> jax.Array:
+    """`resize_matrix(n_in, n_out, "bilinear")` for an output size known only at run time:
+    float32[n_max, n_in] whose rows >= n_out are zero (same float32 index arithmetic)."""
+    s = jnp.float32(n_in) / jnp.asarray(n_out).astype(jnp.float32)
+    i = jnp.arange(n_max, dtype=jnp.float32)
+    src = jnp.maximum(s * (i + 0.5) - 0.5, 0.0)
+    i0 = jnp.minimum(jnp.floor(src).astype(jnp.int32), n_in - 1)
+    i1 = jnp.minimum(i0 + 1, n_in - 1)
+    l1 = src - i0.astype(jnp.float32)
+    r = (jax.nn.one_hot(i0, n_in, dtype=jnp.float32) * (1.0 - l1)[:, None]
+         + jax.nn.one_hot(i1, n_in, dtype=jnp.float32) * l1[:, None])
+    return jnp.where((jnp.arange(n_max) < n_out)[:, None], r, 0.0)

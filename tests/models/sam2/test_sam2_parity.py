@@ -172,6 +172,29 @@ def test_downscaled_image_preprocessing_matches(setup):
     assert_masks_agree(m, rm, "masks")
 
 
+def test_predict_batch_mixed_image_sizes(setup):
+    """Images of different sizes in one call: per-image coordinate frames, masks on a canvas."""
+    cfg = setup["cfg"]
+    small = np.random.default_rng(9).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    images = [setup["image"], small]
+    x = jnp.stack([preprocess_image(jnp.asarray(im), cfg.image_size) for im in images])
+    boxes = np.array([[BOX], [[10.0, 5.0, 70.0, 50.0]]], np.float32)
+    points = np.array([[PTS], [[[30.0, 20.0], [50.0, 40.0]]]], np.float32)
+    labels = np.ones((2, 1, 2), np.int32)
+    out = predict_batch(setup["params"], x, jnp.asarray(boxes), jnp.asarray(points), jnp.asarray(labels),
+                        (90, 120), config=cfg, image_hw=jnp.asarray([[90, 120], [60, 80]]))
+    rp = reference_predictor(setup["ref"], cfg)
+    for b, image in enumerate(images):
+        h, w = image.shape[:2]
+        rp.set_image(image)
+        rm, rs, rl = rp.predict(box=boxes[b, 0], point_coords=points[b, 0], point_labels=labels[b, 0])
+        assert_close(out["low_res_logits"][b, 0], rl, f"logits[{b}]")
+        assert_close(out["scores"][b, 0], rs, f"scores[{b}]")
+        masks = np.asarray(out["masks"][b, 0])
+        assert_masks_agree(masks[:, :h, :w], rm, f"masks[{b}]")
+        assert not masks[:, h:].any() and not masks[:, :, w:].any()
+
+
 def test_sharded_params_give_the_same_masks(setup, batch_case):
     import flax.linen as nn
 
