@@ -6,15 +6,17 @@ valid answer is a flat object whose values are strings, numbers, true/false/null
 NaN/Infinity/-Infinity or (nested) arrays of those. Per key (up to `max_keys`, in order of
 appearance, duplicates kept) it records:
   key_flags bool[K, 6]   key == "bbox" / "points_1" / "points_2", key.lower() contains
-                         "bbox" / "point" / "points" (ASCII folding: exact for unescaped keys)
+                         "bbox" / "point" / "points" (ASCII folding, exact: no non-ASCII
+                         character lower-cases into these ASCII substrings)
   key_hash  uint32[K, 2] two 32-bit hashes of the key bytes (duplicate-key resolution)
   kind      int32[K]     KIND_ARRAY / KIND_STRING / KIND_OTHER
   count     int32[K]     number of top-level array elements
   elem      float32[K,4] the first four top-level elements as numbers (bool -> 0/1)
   elem_num  bool[K, 4]   that element is a number/bool whose float32 value is exact enough
   str_len   int32[K]     character count of a string value, valid where str_simple
-Global: ok (the object parses), exotic (a key with an escape, or more than K keys: the
-caller scores such answers 0, never above the reference).
+Key escapes are decoded as Python does (`\\uXXXX` feeds the character's UTF-8 bytes).
+Global: ok (the object parses), exotic (a key with a surrogate `\\uD800`-`\\uDFFF` escape, or
+more than K keys: the caller scores such answers 0, never above the reference).
 
 Numbers are parsed to float32 as m * 10^e with an exact m < 10^8; a number with more than
 seven significant digits or |e| > 10 is kept as valid JSON but marked non-numeric, so the
@@ -31,7 +33,7 @@ import numpy as np
 
 (OBJ_OPEN, KEY, KEY_ESC, AFTER_KEY, VALUE, ARR_OPEN, AFTER_VAL, OBJ_COMMA, VSTR, VSTR_ESC,
  VSTR_U, NUM_MINUS, NUM_ZERO, NUM_INT, NUM_DOT, NUM_FRAC, NUM_E, NUM_ESIGN, NUM_EXP, LIT,
- DONE, ERR) = range(22)
+ DONE, ERR, KEY_U) = range(23)
 KIND_NONE, KIND_ARRAY, KIND_STRING, KIND_OTHER = range(4)
 KEY_EQ_BBOX, KEY_EQ_POINTS_1, KEY_EQ_POINTS_2, KEY_HAS_BBOX, KEY_HAS_POINT, KEY_HAS_POINTS = range(6)
 MAX_ELEMS = 4
@@ -51,6 +53,12 @@ _VALID_ESCAPES = np.zeros(256, bool)
 _VALID_ESCAPES[[ord(c) for c in '"\\/bfnrt']] = True
 _HEX = np.zeros(256, bool)
 _HEX[[ord(c) for c in "0123456789abcdefABCDEF"]] = True
+_HEX_VALUE = np.zeros(256, np.int32)
+for _c in "0123456789abcdefABCDEF":
+    _HEX_VALUE[ord(_c)] = int(_c, 16)
+_ESCAPED_BYTE = np.zeros(256, np.int32)  # the byte a simple escape \x stands for
+for _c, _v in zip('"\\/bfnrt', (34, 92, 47, 8, 12, 10, 13, 9)):
+    _ESCAPED_BYTE[ord(_c)] = _v
 
 
 def _contains_dfa(pattern: str, n_states: int) -> np.ndarray:
@@ -115,7 +123,8 @@ def _init_carry(max_keys: int) -> dict:
     z = lambda shape, dt: jnp.zeros(shape, dt)  # noqa: E731
     return dict(
         st=jnp.int32(OBJ_OPEN), depth=jnp.int32(0), slot=jnp.int32(-1), overflow=z((), bool),
-        key_esc=z((), bool), dfa=z((6,), jnp.int32), h=jnp.array([2166136261, 0], jnp.uint32),
+        key_exotic=z((), bool), cp=jnp.int32(0), u8_rem=jnp.int32(0), u8_lo=jnp.int32(0x80),
+        u8_hi=jnp.int32(0xBF), dfa=z((6,), jnp.int32), h=jnp.array([2166136261, 0], jnp.uint32),
         ucount=jnp.int32(0), lit=jnp.int32(0), lit_pos=jnp.int32(0), lit_neg=z((), bool),
         neg=z((), bool), m=jnp.float32(0), sig=jnp.int32(0), frac=jnp.int32(0),
         e_val=jnp.int32(0), e_neg=z((), bool), at_elem=z((), bool), cur_elem=jnp.int32(0),
@@ -180,7 +189,10 @@ def _step(old: dict, b8: jax.Array) -> dict:
         [st == ERR, st == DONE,
          (st == OBJ_OPEN) & ws, (st == OBJ_OPEN) & (b == 125), key_start,
          (st == OBJ_COMMA) & ws,
-         key_end, (st == KEY) & (b == 92), (st == KEY) & (b >= 32), st == KEY_ESC,
+         key_end, (st == KEY) & (b == 92), (st == KEY) & (b >= 32),
+         (st == KEY_ESC) & (b == ord("u")), (st == KEY_ESC) & jnp.asarray(_VALID_ESCAPES)[b],
+         (st == KEY_U) & jnp.asarray(_HEX)[b] & (c["ucount"] == 3),
+         (st == KEY_U) & jnp.asarray(_HEX)[b],
          (st == AFTER_KEY) & ws, (st == AFTER_KEY) & (b == 58),
          expect_value & ws, (st == ARR_OPEN) & (b == 93),
          expect_value & (b == 34), expect_value & (b == 91), expect_value & (b == 45),
@@ -201,7 +213,10 @@ def _step(old: dict, b8: jax.Array) -> dict:
         [ERR, ERR,
          OBJ_OPEN, DONE, KEY,
          OBJ_COMMA,
-         AFTER_KEY, KEY_ESC, KEY, KEY,
+         AFTER_KEY, KEY_ESC, KEY,
+         KEY_U, KEY,
+         KEY,
+         KEY_U,
          AFTER_KEY, VALUE,
          st, AFTER_VAL,
          VSTR, ARR_OPEN, NUM_MINUS,
@@ -226,14 +241,44 @@ def _step(old: dict, b8: jax.Array) -> dict:
     c["overflow"] = c["overflow"] | (key_start & (slot >= k))
     c["dfa"] = jnp.where(key_start, 0, c["dfa"])
     c["h"] = jnp.where(key_start, jnp.array([2166136261, 0], jnp.uint32), c["h"])
-    c["key_esc"] = c["key_esc"] | ((st == KEY) & (b == 92))
-    feed = (st == KEY) & (b != 34) & (b != 92) | (st == KEY_ESC)
-    dfa_next = jnp.asarray(_KEY_DFAS)[jnp.arange(6), c["dfa"], b]
-    c["dfa"] = jnp.where(feed, dfa_next, c["dfa"])
-    bu = b.astype(jnp.uint32)
-    h_next = jnp.stack([(c["h"][0] ^ bu) * jnp.uint32(16777619),
-                        c["h"][1] * jnp.uint32(0x9E3779B1) + bu + jnp.uint32(1)])
-    c["h"] = jnp.where(feed, h_next, c["h"])
+    # Key characters as Python sees them: escapes decoded, \uXXXX fed as its UTF-8 bytes
+    # (so "bb\u006fx" is the key "bbox"); a surrogate escape makes the answer exotic.
+    hexv = jnp.asarray(_HEX_VALUE)[b]
+    cp = jnp.where(st == KEY_ESC, 0, jnp.where(st == KEY_U, c["cp"] * 16 + hexv, c["cp"]))
+    c["cp"] = cp
+    u_done = (st == KEY_U) & (nxt == KEY)
+    c["key_exotic"] = c["key_exotic"] | (u_done & (cp >= 0xD800) & (cp <= 0xDFFF))
+    plain = (st == KEY) & (nxt == KEY)
+    simple = (st == KEY_ESC) & (nxt == KEY)
+    # Raw key bytes must be valid UTF-8: the host's decode turns invalid bytes into U+FFFD,
+    # which would merge keys the device tells apart, so such answers are exotic.
+    rem, lo, hi = c["u8_rem"], c["u8_lo"], c["u8_hi"]
+    lead_rem = jnp.select([b < 0x80, (b >= 0xC2) & (b <= 0xDF), (b >= 0xE0) & (b <= 0xEF),
+                           (b >= 0xF0) & (b <= 0xF4)], [0, 1, 2, 3], -1)
+    bad_byte = jnp.where(rem > 0, (b < lo) | (b > hi), lead_rem < 0)
+    c["u8_rem"] = jnp.where(plain, jnp.where(rem > 0, rem - 1, jnp.maximum(lead_rem, 0)), rem)
+    c["u8_lo"] = jnp.where(plain, jnp.where((rem == 0) & (b == 0xE0), 0xA0, jnp.where(
+        (rem == 0) & (b == 0xF0), 0x90, 0x80)), lo)
+    c["u8_hi"] = jnp.where(plain, jnp.where((rem == 0) & (b == 0xED), 0x9F, jnp.where(
+        (rem == 0) & (b == 0xF4), 0x8F, 0xBF)), hi)
+    c["key_exotic"] = c["key_exotic"] | (plain & bad_byte) | (
+        (st == KEY) & ~plain & (rem > 0))
+    n_feed = jnp.where(plain | simple, 1, jnp.where(
+        u_done, jnp.where(cp < 0x80, 1, jnp.where(cp < 0x800, 2, 3)), 0))
+    utf8 = jnp.where(cp < 0x80, jnp.stack([cp, 0, 0]), jnp.where(
+        cp < 0x800, jnp.stack([0xC0 | (cp >> 6), 0x80 | (cp & 63), 0]),
+        jnp.stack([0xE0 | (cp >> 12), 0x80 | ((cp >> 6) & 63), 0x80 | (cp & 63)])))
+    first = jnp.where(plain, b, jnp.where(simple, jnp.asarray(_ESCAPED_BYTE)[b], utf8[0]))
+    fed = jnp.stack([first, utf8[1], utf8[2]])
+    for r in range(3):
+        byte = fed[r]
+        on = r < n_feed
+        dfa_next = jnp.asarray(_KEY_DFAS)[jnp.arange(6), c["dfa"], byte]
+        c["dfa"] = jnp.where(on, dfa_next, c["dfa"])
+        bu = byte.astype(jnp.uint32)
+        h_next = jnp.stack([(c["h"][0] ^ bu) * jnp.uint32(16777619),
+                            c["h"][1] * jnp.uint32(0x9E3779B1) + bu + jnp.uint32(1)])
+        c["h"] = jnp.where(on, h_next, c["h"])
     here = (jnp.arange(k) == slot) & key_end
     flags = c["dfa"] == jnp.asarray(_KEY_ACCEPT)
     c["key_flags"] = jnp.where(here[:, None], flags[None, :], c["key_flags"])
@@ -261,8 +306,9 @@ def _step(old: dict, b8: jax.Array) -> dict:
     c["str_len"] = jnp.where(this & counting, c["str_len"] + 1, c["str_len"])
     spoil = c["str_top"] & (((st == VSTR) & ((b == 92) | (b >= 128))))
     c["str_simple"] = jnp.where(this & spoil, False, c["str_simple"])
-    c["ucount"] = jnp.where(st == VSTR_ESC, 0, jnp.where(st == VSTR_U, c["ucount"] + 1,
-                                                         c["ucount"]))
+    c["ucount"] = jnp.where((st == VSTR_ESC) | (st == KEY_ESC), 0,
+                            jnp.where((st == VSTR_U) | (st == KEY_U), c["ucount"] + 1,
+                                      c["ucount"]))
 
     # Numbers: mantissa digits (exact below 10^8), fraction digits, exponent.
     num_start = starts & ((b == 45) | digit)
@@ -303,7 +349,7 @@ def scan_answer_json(window: jax.Array, n_valid: jax.Array, max_keys: int = 8) -
                               lambda ic: (ic[0] + 1, _step(ic[1], window[ic[0]])),
                               (jnp.int32(1), _init_carry(max_keys)))
     return ParsedAnswer(
-        ok=(c["st"] == DONE) & (n_valid > 1) & (window[0] == 123), exotic=c["key_esc"] | c["overflow"],
+        ok=(c["st"] == DONE) & (n_valid > 1) & (window[0] == 123), exotic=c["key_exotic"] | c["overflow"],
         key_flags=c["key_flags"], key_hash=c["key_hash"], kind=c["kind"], count=c["count"],
         elem=c["elem"], elem_num=c["elem_num"], str_len=c["str_len"],
         str_simple=c["str_simple"])

@@ -59,7 +59,16 @@ def test_fields_of_a_typical_answer():
     assert out.key_flags[0][3][0] and out.key_flags[0][1][1] and out.key_flags[0][2][2]
 
 
-@pytest.mark.parametrize("text", ['{"bb\\u006fx": 1}', '{"a":1,"b":2,"c":3,"d":4,"e":5}'])
+@pytest.mark.parametrize("text", ['{"\\ud83d\\ude00": 1}', '{"a":1,"b":2,"c":3,"d":4,"e":5}'])
 def test_exotic_objects_are_flagged(text):
     out = _scan([text])
     assert out.ok[0] and out.exotic[0]
+
+
+def test_escaped_keys_are_the_decoded_keys():
+    out = _scan(['{"bb\\u006fx": 1, "bbox": 2, "\\u540d\\u5b57": 3, "名字": 4}'])
+    assert out.ok[0] and not out.exotic[0]
+    flags, hashes = out.key_flags[0], out.key_hash[0]
+    assert flags[0][0] and flags[1][0]
+    assert (hashes[0] == hashes[1]).all() and (hashes[2] == hashes[3]).all()
+    assert not (hashes[0] == hashes[2]).all()

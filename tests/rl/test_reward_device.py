@@ -68,7 +68,8 @@ def documented_difference(text):
         json.loads(obj, object_pairs_hook=lambda kv: pairs.extend(kv) or {})
     except ValueError:
         return False
-    keys_escaped = any("\\" in k for k in re.findall(r'"((?:[^"\\]|\\.)*)"\s*:', obj))
+    keys_escaped = any(re.search(r"\\u[dD][89a-fA-F]", k)
+                       for k in re.findall(r'"((?:[^"\\]|\\.)*)"\s*:', obj))
     digits = [d.replace(".", "").lstrip("0") for d in re.findall(r"\d+(?:\.\d+)?", obj)]
     long_numbers = any(len(d) > 7 for d in digits)
     string_points = any("point" in k.lower() and isinstance(v, str) for k, v in pairs)
@@ -180,18 +181,19 @@ def test_arbitrary_tokenizer_and_multibyte_tokens():
 def test_documented_differences_never_exceed_host(scorers, tok):
     """Exotic JSON the device declines: it scores 0 where the host may score 1, never more."""
     cases = [
-        GOOD.replace('"bbox"', '"bb\\u006fx"'),           # escaped key: host reads "bbox"
+        GOOD.replace('"points_2"', '"\\ud83d\\ude00": 0, "points_2"'),  # surrogate escape
         ('<think>a</think><answer>{"bbox": [0,0,200,210], "points_1": [3,3], '
          '"points_2": "57"}</answer>'),                    # host: int("5"), int("7")
         GOOD.replace("[30,110]", "[30.00000001,110]"),     # > 7 significant digits
         GOOD.replace('"points_2"', '"a":1,"b":2,"c":3,"d":4,"e":5,"f":6,"points_2"'),  # > 8 keys
         GOOD.replace("the left dog", "a</think>b</think>c"),  # > 2 closings before the pair
+        GOOD.replace('"bbox"', '"bb\\u006fx"'),            # escaped key: exact, "bbox"
     ]
-    gts = [GT, ([0, 0, 200, 210], [[3, 3], [5, 7]]), GT, GT, GT]
+    gts = [GT, ([0, 0, 200, 210], [[3, 3], [5, 7]]), GT, GT, GT, GT]
     expected_host = [(1, 1, 1, 1, 1), (1, 0, 1, 1, 1), (1, 1, 1, 1, 1), (1, 1, 1, 1, 1),
-                     (1, 1, 1, 1, 1)]
+                     (1, 1, 1, 1, 1), (1, 1, 1, 1, 1)]
     expected_device = [(1, 0, 0, 0, 0), (1, 0, 1, 1, 0), (1, 1, 1, 1, 0), (1, 0, 0, 0, 0),
-                       (0, 1, 1, 1, 1)]
+                       (0, 1, 1, 1, 1), (1, 1, 1, 1, 1)]
     ids, lens, gb, gp, decoded = _batch(tok, cases + [""] * (B - len(cases)), gts + [GT] * B)
     out = jax.device_get(scorers["seg_strict"](ids, lens, gb, gp))
     for i, text in enumerate(cases):
