@@ -86,6 +86,12 @@ class Sam2Config:
         if self.fpn_interp_model not in ("nearest", "bilinear"):
             raise ValueError(f"Sam2Config.fpn_interp_model={self.fpn_interp_model!r} is not "
                              "'nearest' or 'bilinear'")
+        if any(not 0 <= b < sum(self.stages) for b in self.global_att_blocks):
+            raise ValueError(f"Sam2Config.global_att_blocks {self.global_att_blocks} must index the "
+                             f"{sum(self.stages)} trunk blocks")
+        if (self.image_size // 4) % self.window_spec[0]:
+            raise ValueError(f"Sam2Config: the {self.image_size // 4}-wide patch grid is not a multiple "
+                             f"of window_spec[0]={self.window_spec[0]} (the tiled window pos-embed)")
         if len(self.stages) - self.scalp < 3 and self.use_high_res_features:
             raise ValueError("Sam2Config: use_high_res_features needs 3 FPN levels after the scalp")
 

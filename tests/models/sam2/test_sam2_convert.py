@@ -133,3 +133,12 @@ def test_checkpoint_round_trip_with_save_helper(small_checkpoint):
     kernel = np.asarray(params["trunk"]["segment_4"]["attn"]["qkv_kernel"])  # blocks 4, 5 stacked
     w = sd["image_encoder.trunk.blocks.5.attn.qkv.weight"].numpy()
     np.testing.assert_array_equal(kernel[1], w.T.reshape(kernel.shape[1:]))
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(ValueError, match="global_att_blocks"):
+        get_preset("hiera_tiny", global_att_blocks=(99,))
+    with pytest.raises(ValueError, match="window_spec"):
+        get_preset("hiera_tiny", image_size=112)
+    with pytest.raises(ValueError, match="unknown SAM2 preset 'hiera_huge'"):
+        get_preset("hiera_huge")
