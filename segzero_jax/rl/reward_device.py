@@ -13,11 +13,14 @@ duplicate-key semantics) and the accuracy terms are computed in float32 as in
 `reward_host`. The scheme names are those of `reward_host.HOST_REWARDS`.
 
 Where the device cannot follow Python exactly it scores the affected components 0 (never
-above the reference): byte stream longer than `max_bytes` (all components), `{...}` span
-longer than `json_window` bytes, a key containing a backslash escape or more than
-`max_keys` keys (answer components), string-valued coordinates that Python would `int()`,
-numbers with more than 7 significant digits or a decimal exponent beyond +-10, and, for
-the soft format, string values with escapes or non-ASCII characters.
+above the reference): byte stream longer than `max_bytes` (all components); a response
+whose only `</think>` followed by `<answer>` is its third or later `</think>` (thinking); `{...}` span longer
+than `json_window` bytes, a key with a surrogate `\\uD800`-`\\uDFFF` escape or invalid UTF-8,
+or more than `max_keys` keys (answer components); string-valued coordinates that Python
+would `int()`; numbers with more than 7 significant digits or a decimal exponent beyond
++-10; for the soft format, string values with escapes or non-ASCII characters. Arithmetic
+is float32: exact for integer coordinates below 4096; a non-integer IoU, L1 or distance
+within about 1e-6 (relative) of its threshold may fall on the other side.
 """
 
 from __future__ import annotations

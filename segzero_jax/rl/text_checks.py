@@ -88,8 +88,8 @@ def thinking_format_bytes(stream: jax.Array, n: jax.Array,
 
     For each of the first `max_think_closings` `</think>` (at i >= 7) the first
     non-whitespace byte after it must start an `<answer>` ending at or before n - 9. Each
-    candidate costs two min-reductions; a response with more `</think>` than that scores 0
-    (never above the reference).
+    candidate costs two min-reductions; a response whose only matching `</think>` comes
+    later scores 0 (never above the reference).
     """
     size = stream.shape[0]
     pos = jnp.arange(size, dtype=jnp.int32)
@@ -114,8 +114,7 @@ def thinking_format_bytes(stream: jax.Array, n: jax.Array,
         k = jnp.min(jnp.where(solid & (pos >= i + 8), pos, big))
         found = found | ((i < big) & (k < big) & tags[jnp.minimum(k, size - 1)])
         last = i
-    more = jnp.any(closings & (pos > last))
-    return starts & ends & found & ~more
+    return starts & ends & found
 
 
 def first_brace_object(stream: jax.Array, n: jax.Array) -> tuple[jax.Array, jax.Array,
