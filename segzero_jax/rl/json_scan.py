@@ -35,7 +35,8 @@ import numpy as np
  VSTR_U, NUM_MINUS, NUM_ZERO, NUM_INT, NUM_DOT, NUM_FRAC, NUM_E, NUM_ESIGN, NUM_EXP, LIT,
  DONE, ERR, KEY_U) = range(23)
 KIND_NONE, KIND_ARRAY, KIND_STRING, KIND_OTHER = range(4)
-KEY_EQ_BBOX, KEY_EQ_POINTS_1, KEY_EQ_POINTS_2, KEY_HAS_BBOX, KEY_HAS_POINT, KEY_HAS_POINTS = range(6)
+(KEY_EQ_BBOX, KEY_EQ_POINTS_1, KEY_EQ_POINTS_2, KEY_HAS_BBOX, KEY_HAS_POINT,
+ KEY_HAS_POINTS) = range(6)
 MAX_ELEMS = 4
 MAX_SIG_DIGITS = 7
 MAX_ABS_EXP10 = 10
@@ -208,7 +209,8 @@ def _step(old: dict, b8: jax.Array) -> dict:
          ((st == NUM_ZERO) | (st == NUM_INT)) & (b == 46), (st == NUM_INT) & digit,
          ((st == NUM_ZERO) | (st == NUM_INT) | (st == NUM_FRAC)) & is_e,
          ((st == NUM_DOT) | (st == NUM_FRAC)) & digit,
-         (st == NUM_E) & _is(b, "+-"), ((st == NUM_E) | (st == NUM_ESIGN) | (st == NUM_EXP)) & digit,
+         (st == NUM_E) & _is(b, "+-"),
+         ((st == NUM_E) | (st == NUM_ESIGN) | (st == NUM_EXP)) & digit,
          lit_done, (st == LIT) & (b == lit_char)],
         [ERR, ERR,
          OBJ_OPEN, DONE, KEY,
@@ -349,7 +351,8 @@ def scan_answer_json(window: jax.Array, n_valid: jax.Array, max_keys: int = 8) -
                               lambda ic: (ic[0] + 1, _step(ic[1], window[ic[0]])),
                               (jnp.int32(1), _init_carry(max_keys)))
     return ParsedAnswer(
-        ok=(c["st"] == DONE) & (n_valid > 1) & (window[0] == 123), exotic=c["key_exotic"] | c["overflow"],
+        ok=(c["st"] == DONE) & (n_valid > 1) & (window[0] == 123),
+        exotic=c["key_exotic"] | c["overflow"],
         key_flags=c["key_flags"], key_hash=c["key_hash"], kind=c["kind"], count=c["count"],
         elem=c["elem"], elem_num=c["elem_num"], str_len=c["str_len"],
         str_simple=c["str_simple"])
