@@ -5,7 +5,7 @@ rules, kept in the config, map them onto the physical mesh axes ("data", "fsdp",
 
 Logical names used by the models:
   params:      embed, mlp, heads, kv_heads, head_dim, vocab, layers, norm,
-               conv_in, conv_out, conv_spatial (vision/SAM convolutions)
+               conv_in, conv_out, conv_spatial, conv_height, conv_width (convolutions)
   activations: act_batch, act_length, act_embed, act_heads, act_mlp, act_vocab
 """
 
@@ -37,6 +37,8 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("conv_in", None),
     ("conv_out", None),
     ("conv_spatial", None),
+    ("conv_height", None),
+    ("conv_width", None),
 )
 
 

@@ -25,7 +25,7 @@ def main(port: int, process_id: int) -> None:
     global_x = jax.make_array_from_process_local_data(sharding, local, (8,))
     total = jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, PartitionSpec()))(global_x)
     rows = {d.process_index for d in mesh.devices[jax.process_index()].flat}
-    print(json.dumps({"process": jax.process_index(), "devices": jax.device_count(),
+    print("RESULT " + json.dumps({"process": jax.process_index(), "devices": jax.device_count(),
                       "total": float(total), "row_processes": sorted(rows)}), flush=True)
     jax.distributed.shutdown()
 

@@ -23,7 +23,9 @@ def test_two_process_cluster_reduces_across_hosts():
     for proc in procs:
         out, err = proc.communicate(timeout=240)
         assert proc.returncode == 0, err[-3000:]
-        results.append(json.loads(out.strip().splitlines()[-1]))
+        lines = [l for l in out.splitlines() if l.startswith("RESULT ")]
+        assert len(lines) == 1, out[-3000:]
+        results.append(json.loads(lines[0][len("RESULT "):]))
     assert sorted(r["process"] for r in results) == [0, 1]
     for r in results:
         assert r["devices"] == 8
