@@ -29,6 +29,7 @@ flags.DEFINE_string("reward", "seg_strict", "Reward scheme (seg_strict, seg, *_s
 flags.DEFINE_integer("batch_size", 64, "Responses per device call.")
 flags.DEFINE_integer("json_window", 256, "Static byte budget of the answer object on device.")
 flags.DEFINE_integer("max_keys", 8, "Static number of answer keys tracked on device.")
+flags.DEFINE_integer("show", 50, "Print a table of the first N scored lines (0: summary only).")
 
 
 def read_records(path: str) -> list[dict[str, Any]]:
@@ -116,10 +117,26 @@ def device_scores(records, tokenizer, scheme: str, batch_size: int, json_window:
     return out
 
 
+def format_table(rows: list[dict[str, Any]], limit: int) -> str:
+    """A fixed-width table: id, the host components, host and device totals."""
+    short = {"thinking_format": "think", "segmentation_format": "format", "bbox_iou": "iou",
+             "bbox_l1": "box_l1", "points_l1": "pts_l1"}
+    head = f"{'line':>4}  {'id':<28}" + "".join(f"{v:>7}" for v in short.values())
+    lines = [head + f"{'host':>7}{'device':>7}", "-" * (len(head) + 14)]
+    for row in rows[:limit]:
+        h, d = row["host"], row["device"]
+        ident = str(row["id"])[:28]
+        lines.append(f"{row['line']:>4}  {ident:<28}" + "".join(f"{h[k]:>7.2f}" for k in short)
+                     + f"{h['total']:>7.2f}{d['total']:>7.2f}" + ("  (unreadable)" if "error" in row else ""))
+    if len(rows) > limit:
+        lines.append(f"... {len(rows) - limit} more in the output file")
+    return "\n".join(lines)
+
+
 def score_file(input_path: str, output_path: str, tokenizer_path: Optional[str] = None,
                scheme: str = "seg_strict", batch_size: int = 64, json_window: int = 256,
-               max_keys: int = 8) -> dict[str, Any]:
-    """Scores every line of `input_path` into `output_path`; returns a summary."""
+               max_keys: int = 8) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Scores every line of `input_path` into `output_path`; returns (summary, rows)."""
     from segzero_jax.models.qwen2_5_vl.tokenizer import QwenTokenizer
 
     tokenizer = (QwenTokenizer.from_file(tokenizer_path) if tokenizer_path
@@ -128,6 +145,7 @@ def score_file(input_path: str, output_path: str, tokenizer_path: Optional[str] 
     host = host_scores(records, tokenizer, scheme)
     device = device_scores(records, tokenizer, scheme, batch_size, json_window, max_keys)
     errors = disagree = 0
+    rows = []
     with open(output_path, "w", encoding="utf-8") as f:
         for rec, h, d in zip(records, host, device):
             row = {"id": rec["id"], "line": rec["line"], "host": h, "device": d}
@@ -138,18 +156,22 @@ def score_file(input_path: str, output_path: str, tokenizer_path: Optional[str] 
             if any(abs(h[k] - d[k]) > 1e-4 for k in h):
                 disagree += 1
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            rows.append(row)
     n = max(len(records), 1)
-    return {"lines": len(records), "malformed": errors, "host_device_disagree": disagree,
-            "mean_total_host": sum(h["total"] for h in host) / n,
-            "mean_total_device": sum(d["total"] for d in device) / n}
+    summary = {"lines": len(records), "malformed": errors, "host_device_disagree": disagree,
+               "mean_total_host": sum(h["total"] for h in host) / n,
+               "mean_total_device": sum(d["total"] for d in device) / n}
+    return summary, rows
 
 
 def main(argv):
     del argv
     if not FLAGS.input or not FLAGS.output:
         raise app.UsageError("--input and --output are required")
-    summary = score_file(FLAGS.input, FLAGS.output, FLAGS.tokenizer, FLAGS.reward,
-                         FLAGS.batch_size, FLAGS.json_window, FLAGS.max_keys)
+    summary, rows = score_file(FLAGS.input, FLAGS.output, FLAGS.tokenizer, FLAGS.reward,
+                               FLAGS.batch_size, FLAGS.json_window, FLAGS.max_keys)
+    if FLAGS.show > 0:
+        print(format_table(rows, FLAGS.show))
     print(json.dumps(summary))
 
 

@@ -3,7 +3,7 @@
 import json
 import os
 
-from experiments.score_rewards import score_file
+from experiments.score_rewards import format_table, score_file
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "examples",
                        "model_outputs.jsonl")
@@ -16,8 +16,12 @@ EXPECTED_TOTALS = {"perfect": 5.0, "close-box-far-points": 4.0, "wrong-object": 
 
 def test_example_file(tmp_path):
     out = tmp_path / "out.jsonl"
-    summary = score_file(EXAMPLE, str(out), batch_size=8)
+    summary, returned = score_file(EXAMPLE, str(out), batch_size=8)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert returned == rows
+    table = format_table(rows, 5).splitlines()
+    assert len(table) == 2 + 5 + 1 and "perfect" in table[2] and table[2].rstrip().endswith("5.00")
+    assert table[-1] == "... 9 more in the output file"
     assert summary["lines"] == len(rows) == 14
     assert summary["malformed"] == 2 and summary["host_device_disagree"] == 0
     by_id = {r["id"]: r for r in rows if r["id"] is not None}
@@ -36,6 +40,6 @@ def test_garbage_lines_never_crash(tmp_path):
     src.write_bytes(b'[1, 2]\n{"id": 1, "response": 5, "solution": "x"}\n\xff\xfe{\n'
                     + b"[" * 5000 + b"\n")
     out = tmp_path / "out.jsonl"
-    summary = score_file(str(src), str(out), batch_size=8)
+    summary, _ = score_file(str(src), str(out), batch_size=8)
     assert summary["lines"] == 4 and summary["malformed"] == 4
     assert all(json.loads(line)["device"]["total"] == 0.0 for line in out.read_text().splitlines())
