@@ -33,7 +33,7 @@ def test_sharded_forward_matches_unsharded():
                                                          vision_layout=lay)
     host_params = jax.device_get(params)
     ref = jax.jit(fwd)(host_params, ids, pixels, mask, layout)
-    with mesh, nn.logical_axis_rules(DEFAULT_RULES):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
         out = jax.jit(fwd)(params, ids, pixels, mask, layout)
     assert len(out.sharding.device_set) == 8
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5, rtol=0)

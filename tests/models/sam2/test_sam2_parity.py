@@ -203,7 +203,7 @@ def test_sharded_params_give_the_same_masks(setup, batch_case):
     mesh = make_mesh((2, 2, 2))
     _, sharded = load_checkpoint(setup["path"], setup["cfg"], mesh=mesh)
     assert any(len(leaf.sharding.device_set) > 1 for leaf in jax.tree.leaves(sharded))
-    with mesh, nn.logical_axis_rules(DEFAULT_RULES):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
         got = predict_batch(sharded, *batch_case["args"], config=setup["cfg"])
     assert_close(got["low_res_logits"], batch_case["out"]["low_res_logits"], "sharded logits")
     assert_close(got["scores"], batch_case["out"]["scores"], "sharded scores")
