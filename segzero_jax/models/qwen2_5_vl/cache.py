@@ -17,6 +17,7 @@ from segzero_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 
 Cache = dict[str, jax.Array]
 
+
 def init_cache(config: Qwen2_5_VLConfig, batch: int, max_len: int, dtype: Any = None) -> Cache:
     """Empty KV cache: k/v `[layers, B, S, K, H]`, valid int32[B, S], index int32[], position int32[B]."""
     t = config.text
