@@ -17,7 +17,8 @@ from segzero_jax.parallel import initialize_distributed, make_mesh  # noqa: E402
 
 
 def main(port: int, process_id: int) -> None:
-    initialize_distributed(f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
+    initialize_distributed(f"127.0.0.1:{port}", num_processes=2, process_id=process_id,
+                           initialization_timeout=90)
     mesh = make_mesh((1, 2, 2), dcn_mesh_shape=(2, 1, 1))
     # Each process owns one "data" row of the mesh: its local batch rows.
     sharding = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))

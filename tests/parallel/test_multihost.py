@@ -5,6 +5,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import portpicker
 
@@ -12,20 +13,51 @@ WORKER = pathlib.Path(__file__).with_name("multihost_worker.py")
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def test_two_process_cluster_reduces_across_hosts():
+def _run_cluster(logs: pathlib.Path, timeout: float = 150.0) -> list[dict]:
+    """Starts both processes; if either fails or the pair overruns, kills both and reports.
+
+    Output goes to files, not pipes, so a chatty process can never block on a full pipe.
+    """
     port = portpicker.pick_unused_port()
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    files = [(open(logs / f"out{i}.txt", "w+"), open(logs / f"err{i}.txt", "w+")) for i in range(2)]
     procs = [subprocess.Popen([sys.executable, str(WORKER), str(port), str(i)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
+                              stdout=out, stderr=err, text=True)
+             for i, (out, err) in enumerate(files)]
+    deadline = time.monotonic() + timeout
+    try:
+        while any(p.poll() is None for p in procs):
+            failed = [p for p in procs if p.poll() not in (None, 0)]
+            if failed or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p in procs:
+        p.wait()
+    outputs = []
+    for out, err in files:
+        out.seek(0)
+        err.seek(0)
+        outputs.append((out.read(), err.read()))
+        out.close()
+        err.close()
+    report = "\n".join(f"process {i} (rc {p.returncode}):\n{err[-2000:]}"
+                       for i, (p, (_, err)) in enumerate(zip(procs, outputs)))
+    assert all(p.returncode == 0 for p in procs), report
     results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=240)
-        assert proc.returncode == 0, err[-3000:]
-        lines = [l for l in out.splitlines() if l.startswith("RESULT ")]
-        assert len(lines) == 1, out[-3000:]
+    for out, _ in outputs:
+        lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
+        assert len(lines) == 1, report
         results.append(json.loads(lines[0][len("RESULT "):]))
+    return results
+
+
+def test_two_process_cluster_reduces_across_hosts(tmp_path):
+    results = _run_cluster(tmp_path)
     assert sorted(r["process"] for r in results) == [0, 1]
     for r in results:
         assert r["devices"] == 8
