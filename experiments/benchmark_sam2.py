@@ -146,22 +146,10 @@ def bench_transformers(cfg, batch: int) -> dict:
     from transformers import Sam2Config as HfSam2Config
     from transformers import Sam2Model
 
-    dims = [cfg.embed_dim * 2 ** i for i in range(len(cfg.stages))]
-    heads = [cfg.num_heads * 2 ** i for i in range(len(cfg.stages))]
-    backbone = dict(model_type="sam2_hiera_det_model", hidden_size=cfg.embed_dim,
-                    num_attention_heads=cfg.num_heads, blocks_per_stage=list(cfg.stages),
-                    embed_dim_per_stage=dims, num_attention_heads_per_stage=heads,
-                    window_size_per_stage=list(cfg.window_spec),
-                    global_attention_blocks=list(cfg.global_att_blocks),
-                    window_positional_embedding_background_size=list(cfg.window_pos_embed_bkg_spatial_size),
-                    image_size=cfg.image_size)
+    from segzero_jax.models.sam2.config import transformers_config_kwargs
+
     s = cfg.image_size
-    n = s // 16
-    hf_cfg = HfSam2Config(vision_config=dict(backbone_config=backbone, backbone_channel_list=dims[::-1],
-                                             fpn_hidden_size=cfg.d_model,
-                                             backbone_feature_sizes=[[4 * n, 4 * n], [2 * n, 2 * n], [n, n]]),
-                          prompt_encoder_config=dict(hidden_size=cfg.d_model, image_size=s),
-                          mask_decoder_config=dict(hidden_size=cfg.d_model))
+    hf_cfg = HfSam2Config(**transformers_config_kwargs(cfg))
     with torch.device(dev):
         model = Sam2Model(hf_cfg).to(dt).eval()
     boxes, points, labels = (torch.as_tensor(a, device=dev) for a in _prompts(batch, s))

@@ -11,6 +11,7 @@ Logical names used by the models:
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
@@ -42,10 +43,28 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
+def _fit_to_shape(sharding: NamedSharding, shape: tuple[int, ...]) -> NamedSharding:
+    """Drops the mesh axes of any dim they do not divide (e.g. 2 kv heads over tensor=4, a
+    1-wide head): that dim is replicated instead of failing at placement time."""
+    mesh = sharding.mesh
+    spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
+    fitted = []
+    for dim, axes in zip(shape, spec):
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        size = math.prod(mesh.shape[a] for a in names)
+        fitted.append(axes if dim % size == 0 else None)
+    return NamedSharding(mesh, PartitionSpec(*fitted))
+
+
 def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> Any:
-    """NamedShardings for a tree of (possibly `nn.Partitioned`-boxed) abstract values."""
+    """NamedShardings for a tree of (possibly `nn.Partitioned`-boxed) abstract values.
+
+    Dims that their mesh axes do not divide are replicated (see `_fit_to_shape`).
+    """
     specs = nn.get_partition_spec(abstract_tree)
-    return nn.logical_to_mesh_sharding(specs, mesh, tuple(rules))
+    shardings = nn.logical_to_mesh_sharding(specs, mesh, tuple(rules))
+    return jax.tree.map(lambda sh, leaf: _fit_to_shape(sh, leaf.shape), shardings,
+                        nn.meta.unbox(abstract_tree))
 
 
 def with_sharding_constraint(x: jax.Array, logical_axes: Sequence[Optional[str]]) -> jax.Array:

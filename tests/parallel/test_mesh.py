@@ -70,3 +70,16 @@ def test_attention_backends_resolve_on_cpu():
     assert layers.resolve_attention_implementation("auto", q) == "xla"
     with pytest.raises(ValueError, match="attention implementation"):
         layers.resolve_attention_implementation("flash", q)
+
+
+def test_indivisible_dims_are_replicated():
+    from segzero_jax.parallel import logical_shardings
+    mesh = make_mesh((1, 2, 4))
+    boxed = {"kv": nn.Partitioned(jax.ShapeDtypeStruct((16, 2, 8), jnp.float32),
+                                  names=("embed", "kv_heads", "head_dim")),
+             "q": nn.Partitioned(jax.ShapeDtypeStruct((16, 8, 8), jnp.float32),
+                                 names=("embed", "heads", "head_dim"))}
+    shardings = logical_shardings(boxed, mesh)
+    # 2 kv heads cannot split over tensor=4: replicated there, still fsdp-sharded on embed.
+    assert shardings["kv"].spec == jax.sharding.PartitionSpec("fsdp", None, None)
+    assert shardings["q"].spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)

@@ -216,6 +216,28 @@ def meta_hydra_overrides(cfg: Sam2Config) -> list[str]:
     ]
 
 
+def transformers_config_kwargs(cfg: Sam2Config) -> dict:
+    """Keyword arguments of transformers' `Sam2Config` for `cfg`'s image-path architecture
+    (used to build `Sam2Model` peers and references; no transformers import here)."""
+    stages = range(len(cfg.stages))
+    dims = [cfg.embed_dim * 2 ** i for i in stages]
+    n = cfg.image_embedding_size
+    backbone = dict(model_type="sam2_hiera_det_model", hidden_size=cfg.embed_dim,
+                    num_attention_heads=cfg.num_heads, blocks_per_stage=list(cfg.stages),
+                    embed_dim_per_stage=dims,
+                    num_attention_heads_per_stage=[cfg.num_heads * 2 ** i for i in stages],
+                    window_size_per_stage=list(cfg.window_spec),
+                    global_attention_blocks=list(cfg.global_att_blocks),
+                    window_positional_embedding_background_size=list(cfg.window_pos_embed_bkg_spatial_size),
+                    image_size=cfg.image_size)
+    return dict(
+        vision_config=dict(backbone_config=backbone, backbone_channel_list=dims[::-1],
+                           fpn_hidden_size=cfg.d_model,
+                           backbone_feature_sizes=[[4 * n, 4 * n], [2 * n, 2 * n], [n, n]]),
+        prompt_encoder_config=dict(hidden_size=cfg.d_model, image_size=cfg.image_size),
+        mask_decoder_config=dict(hidden_size=cfg.d_model))
+
+
 def get_preset(name: str, **overrides: Any) -> Sam2Config:
     """Looks up a preset by name (see `PRESETS`) and applies field overrides."""
     if name not in PRESETS:

@@ -405,21 +405,7 @@ def load_checkpoint(path: str, config: Union[Sam2Config, str, None] = None,
 
 
 def param_shardings(config: Sam2Config, mesh: jax.sharding.Mesh, rules: Any = None) -> dict:
-    """NamedShardings for the params from their logical axes. A dim that its mesh axes do not
-    divide (one attention head, a 1-wide score head) is replicated instead."""
-    from jax.sharding import NamedSharding, PartitionSpec
-
+    """NamedShardings for the params from their logical axes (indivisible dims replicated)."""
     from segzero_jax.parallel import DEFAULT_RULES, logical_shardings
 
-    abstract = abstract_params(config)
-    shardings = logical_shardings(abstract, mesh, rules or DEFAULT_RULES)
-
-    def fit(sharding, leaf):
-        spec = []
-        for dim, axes in zip(leaf.shape, tuple(sharding.spec) + (None,) * len(leaf.shape)):
-            names = (axes,) if isinstance(axes, str) else tuple(axes or ())
-            size = int(np.prod([mesh.shape[a] for a in names])) if names else 1
-            spec.append(axes if dim % size == 0 else None)
-        return NamedSharding(mesh, PartitionSpec(*spec))
-
-    return jax.tree.map(fit, shardings, nn.meta.unbox(abstract))
+    return logical_shardings(abstract_params(config), mesh, rules or DEFAULT_RULES)

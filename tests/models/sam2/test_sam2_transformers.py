@@ -11,6 +11,7 @@ import torch
 from tests.models.sam2.reference import assert_close
 
 from segzero_jax.models.sam2 import Sam2, get_preset, load_checkpoint
+from segzero_jax.models.sam2.config import transformers_config_kwargs
 from segzero_jax.models.sam2.mask_decoder import select_masks
 from segzero_jax.models.sam2.predictor import concat_prompts
 
@@ -19,22 +20,7 @@ def build_hf_model(cfg, seed):
     from transformers import Sam2Config as HfSam2Config
     from transformers import Sam2Model
 
-    dims = [cfg.embed_dim * 2 ** i for i in range(len(cfg.stages))]
-    heads = [cfg.num_heads * 2 ** i for i in range(len(cfg.stages))]
-    s, n = cfg.image_size, cfg.image_embedding_size
-    backbone = dict(model_type="sam2_hiera_det_model", hidden_size=cfg.embed_dim,
-                    num_attention_heads=cfg.num_heads, blocks_per_stage=list(cfg.stages),
-                    embed_dim_per_stage=dims, num_attention_heads_per_stage=heads,
-                    window_size_per_stage=list(cfg.window_spec),
-                    global_attention_blocks=list(cfg.global_att_blocks),
-                    window_positional_embedding_background_size=list(cfg.window_pos_embed_bkg_spatial_size),
-                    image_size=s)
-    hf_cfg = HfSam2Config(
-        vision_config=dict(backbone_config=backbone, backbone_channel_list=dims[::-1],
-                           fpn_hidden_size=cfg.d_model,
-                           backbone_feature_sizes=[[4 * n, 4 * n], [2 * n, 2 * n], [n, n]]),
-        prompt_encoder_config=dict(hidden_size=cfg.d_model, image_size=s),
-        mask_decoder_config=dict(hidden_size=cfg.d_model))
+    hf_cfg = HfSam2Config(**transformers_config_kwargs(cfg))
     torch.manual_seed(seed)
     model = Sam2Model(hf_cfg).eval()
     gen = torch.Generator().manual_seed(seed)
