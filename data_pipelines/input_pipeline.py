@@ -58,7 +58,8 @@ _DEFAULTS = {
 }
 
 
-def _settings(config: Any) -> dict[str, Any]:
+def resolve_settings(config: Any) -> dict[str, Any]:
+    """The pipeline's settings: `config` over the defaults, validated (ValueError names the field)."""
     given = dict(config.items()) if hasattr(config, "items") else dict(config)
     unknown = sorted(set(given) - set(_DEFAULTS) - {"dataset"})
     if unknown:
@@ -103,7 +104,7 @@ def make_builder(dataset: str, data_dir: str | None, builder_config: Mapping[str
 
 def load_data_source(config: Any):
     """Random-access TFDS source of ``config.split``; builds synthetic data when it is missing."""
-    cfg = _settings(config)
+    cfg = resolve_settings(config)
     builder = make_builder(cfg["dataset"], cfg["data_dir"], cfg["builder_config"])
     build = cfg["build_if_missing"]
     build = cfg["dataset"] == "synthetic" if build is None else build
@@ -214,7 +215,7 @@ def make_input_pipeline(config: Any, tokenizer=None, data_source=None) -> grain.
     ``tokenizer`` (anything with ``encode`` and ``pad_id``) overrides ``config.tokenizer_path``;
     ``data_source`` (random access, TFDS records) overrides the dataset lookup.
     """
-    cfg = _settings(config)
+    cfg = resolve_settings(config)
     source = load_data_source(cfg) if data_source is None else data_source
     tokenizer = _load_tokenizer(cfg["tokenizer_path"]) if tokenizer is None else tokenizer
     per_process = int(cfg["batch_size"]) // int(cfg["process_count"])

@@ -106,8 +106,12 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _choice(c, "model.attention_impl", layers.ATTENTION_IMPLEMENTATIONS)
     _choice(c, "model.sam2_preset", sam2.PRESETS)
     _choice(c, "data.dataset", ("synthetic", "refcocog", "reasonseg"))
-    for field in ("data.batch_size", "data.max_prompt_length", "data.image_size",
-                  "rl.group_size", "rl.max_response_length", "rl.micro_batch_size",
+    from data_pipelines import input_pipeline
+    try:
+        input_pipeline.resolve_settings(c.data.to_dict())
+    except ValueError as e:
+        _fail("data", str(e))
+    for field in ("rl.group_size", "rl.max_response_length", "rl.micro_batch_size",
                   "rl.ppo_epochs", "train.num_steps", "train.log_every", "train.checkpoint_every",
                   "train.max_checkpoints"):
         _positive_int(c, field)
