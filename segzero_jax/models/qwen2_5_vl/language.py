@@ -6,13 +6,12 @@ D model width, N query heads, K kv heads, H head dim, F mlp width, V vocab.
   h = x + o(attn(rope(q(norm(x))), rope(k(norm(x))), v(norm(x))))
   y = h + down(silu(gate(norm(h))) * up(norm(h)))
 
-Attention masks (see layers.dot_product_attention for the backends):
-  * `attention_mask is None`        -> is_causal only (cuDNN-capable);
-  * right padding (`right_padded`)  -> is_causal + kv_lengths (cuDNN-capable);
-  * any padding, e.g. left padding  -> dense boolean `[B, 1, T, S]` causal & key-valid mask
-    (XLA backend only);
-  * decode: one query over the cache with a dense key-valid mask (XLA backend).
-Rows of fully padded queries produce finite garbage; callers ignore them.
+Attention takes no dense mask, only the forms the cuDNN kernel (and XLA everywhere) accepts
+(see layers.dot_product_attention for the backends):
+  * prompt / full sequence: is_causal, plus kv_lengths int32[B] when rows are padded on the
+    right (the model packs any other padding to the right first);
+  * decode: one query per row over its cache row, kv_lengths = keys held + 1.
+Query positions past a row's length produce finite garbage; callers ignore them.
 """
 
 from __future__ import annotations
@@ -31,15 +30,16 @@ from segzero_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 class DecoderLayer(nn.Module):
     """One decoder layer. Returns (y `[B, T, D]`, (k, v) `[B, T, K, H]` rotated keys/values).
 
-    With `cache_k`/`cache_v` (`[B, S, K, H]`) and `cache_index` the new k/v are written at
-    `cache_index` and attention runs over the whole cache (decode); the updated cache
-    slices are returned instead of the fresh k/v.
+    With `cache_k`/`cache_v` (`[B, S, K, H]`) and `cache_index` int32[B] (one new token per
+    row, T = 1) row b's new k/v are written at slot `cache_index[b]` (dropped when that is S)
+    and attention runs over the cache row's first `kv_lengths[b]` keys (decode); the updated
+    cache slices are returned instead of the fresh k/v.
     """
 
     config: Qwen2_5_VLConfig
 
     @nn.compact
-    def __call__(self, x, cos, sin, mask, kv_lengths, is_causal: bool,
+    def __call__(self, x, cos, sin, kv_lengths, is_causal: bool,
                  cache_k=None, cache_v=None, cache_index=None):
         c, t = self.config, self.config.text
         kw = dict(dtype=c.compute_dtype, param_dtype=c.weight_dtype)
@@ -54,15 +54,18 @@ class DecoderLayer(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q = nn.with_logical_constraint(q, ("act_batch", "act_length", "act_heads", None))
         if cache_k is not None:
-            k_all = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), cache_index, 1)
-            v_all = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), cache_index, 1)
+            if k.shape[1] != 1:
+                raise ValueError(f"decoding with a cache takes one token per row, got {k.shape[1]}")
+            rows = jnp.arange(k.shape[0])
+            k_all = cache_k.at[rows, cache_index].set(k[:, 0].astype(cache_k.dtype), mode="drop")
+            v_all = cache_v.at[rows, cache_index].set(v[:, 0].astype(cache_v.dtype), mode="drop")
             new_kv = (k_all, v_all)
             k_att, v_att = k_all.astype(q.dtype), v_all.astype(q.dtype)
         else:
             new_kv = (k, v)
             k_att, v_att = k, v
-        o = dot_product_attention(q, k_att, v_att, is_causal=is_causal, mask=mask,
-                                  kv_lengths=kv_lengths, implementation=c.attention_impl)
+        o = dot_product_attention(q, k_att, v_att, is_causal=is_causal, kv_lengths=kv_lengths,
+                                  implementation=c.attention_impl)
         o = nn.with_logical_constraint(o, ("act_batch", "act_length", "act_heads", None))
         x = x + Einsum("BTNH,NHD->BTD", (n, h, d), ("heads", "head_dim", "embed"), name="o", **kw)(o)
         x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
@@ -72,16 +75,16 @@ class DecoderLayer(nn.Module):
 
 
 class _ScanBody(nn.Module):
-    """Scan adapter: carry x; broadcast rotary/masks; per-layer cache slices as scanned inputs."""
+    """Scan adapter: carry x; broadcast rotary/lengths; per-layer cache slices as scanned inputs."""
 
     config: Qwen2_5_VLConfig
     is_causal: bool = True
 
     @nn.compact
-    def __call__(self, x, layer_cache, cos, sin, mask, kv_lengths, cache_index):
-        layer = maybe_remat(DecoderLayer, self.config.remat_policy, static_argnums=(6,))
+    def __call__(self, x, layer_cache, cos, sin, kv_lengths, cache_index):
+        layer = maybe_remat(DecoderLayer, self.config.remat_policy, static_argnums=(5,))
         ck, cv = (None, None) if layer_cache is None else layer_cache
-        x, kv = layer(self.config, name="layer")(x, cos, sin, mask, kv_lengths, self.is_causal,
+        x, kv = layer(self.config, name="layer")(x, cos, sin, kv_lengths, self.is_causal,
                                                  ck, cv, cache_index)
         return x, kv
 
@@ -117,15 +120,14 @@ class LanguageModel(nn.Module):
             out = jnp.einsum("BTD,DV->BTV", x, self.lm_head.astype(dt), preferred_element_type=jnp.float32)
         return nn.with_logical_constraint(out.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
 
-    def __call__(self, x, cos, sin, *, mask: Optional[jax.Array] = None,
-                 kv_lengths: Optional[jax.Array] = None, is_causal: bool = True,
+    def __call__(self, x, cos, sin, *, kv_lengths: Optional[jax.Array] = None, is_causal: bool = True,
                  cache: Optional[tuple[jax.Array, jax.Array]] = None,
                  cache_index: Optional[jax.Array] = None):
         """Decoder stack on embeddings `[B, T, D]`; returns (hidden `[B, T, D]`, stacked (k, v)).
 
         k/v come back as `[layers, B, T, K, H]` (or the updated `[layers, B, S, K, H]` cache).
         """
-        return self.decoder(x, cos, sin, mask, kv_lengths, is_causal, cache, cache_index)
+        return self.decoder(x, cos, sin, kv_lengths, is_causal, cache, cache_index)
 
 
 class DecoderStack(nn.Module):
@@ -134,11 +136,9 @@ class DecoderStack(nn.Module):
     config: Qwen2_5_VLConfig
 
     @nn.compact
-    def __call__(self, x, cos, sin, mask, kv_lengths, is_causal: bool, cache, cache_index):
+    def __call__(self, x, cos, sin, kv_lengths, is_causal: bool, cache, cache_index):
         stack = nn.scan(_ScanBody, variable_axes={"params": 0}, split_rngs={"params": True},
-                        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast,
-                                 nn.broadcast),
+                        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                         out_axes=0, length=self.config.text.num_layers,
                         metadata_params={nn.PARTITION_NAME: "layers"})
-        return stack(self.config, is_causal, name="layers")(x, cache, cos, sin, mask, kv_lengths,
-                                                           cache_index)
+        return stack(self.config, is_causal, name="layers")(x, cache, cos, sin, kv_lengths, cache_index)

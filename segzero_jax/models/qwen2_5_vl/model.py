@@ -10,13 +10,15 @@ Static shapes under jit. The vision tower needs the grids on the host: either pa
 computed inside jit from input_ids/attention_mask/image_grid_thw (rope.get_rope_index,
 `image_grid_thw` may be traced there), or taken precomputed as `position_ids` int32[3, B, T].
 
-Attention masks: no attention_mask -> causal only; `right_padded=True` -> causal + lengths
-(both cuDNN-capable); otherwise (left padding) a dense causal & key-valid mask on the XLA
-backend ("auto" picks it). Vision attention always uses per-segment lengths.
+Padding: `attention_mask` may pad anywhere (left-padded prompts, a prompt + response with
+padding on both sides). Inside, each row's valid tokens are packed to the front, attention runs
+in the causal + kv_lengths form (cuDNN on GPU, XLA elsewhere, never a dense mask), and outputs
+are put back in the input's order. `right_padded=True` declares that no packing is needed.
+Vision attention always uses per-segment lengths.
 
-KV cache (pure pytree, `init_cache`): prefill writes the prompt's rotated k/v and key-valid
-flags, and remembers each row's next rotary position (`n_valid + rope_deltas`); `decode`
-appends one token per row. Left-padded prompts are aligned at the same cache index.
+KV cache (pure pytree, `init_cache`): prefill writes the packed prompt's rotated k/v at the
+front of each cache row, with its length and next rotary position (`n_valid + rope_deltas`);
+`decode` appends one token per row at that row's length.
 """
 
 from __future__ import annotations
@@ -100,10 +102,10 @@ class Qwen2_5_VL(nn.Module):
     # -- full forward ---------------------------------------------------------------------
     def __call__(self, input_ids, pixel_values=None, image_grid_thw=None, attention_mask=None,
                  position_ids=None, vision_layout=None, right_padded: bool = False):
-        """float32 logits `[B, T, V]`.
+        """float32 logits `[B, T, V]` (garbage at padded positions).
 
-        `right_padded=True` declares that attention_mask only pads on the right, so the
-        cuDNN-capable (is_causal + kv_lengths) form is used instead of a dense mask.
+        `right_padded=True` declares that attention_mask only pads on the right, which skips
+        packing the rows (a gather of ids and one of hidden states).
         """
         hidden = self.hidden_states(input_ids, pixel_values, image_grid_thw, attention_mask,
                                     position_ids, vision_layout, right_padded)
@@ -111,17 +113,23 @@ class Qwen2_5_VL(nn.Module):
 
     def hidden_states(self, input_ids, pixel_values=None, image_grid_thw=None, attention_mask=None,
                       position_ids=None, vision_layout=None, right_padded: bool = False):
-        """Decoder output before the final norm, `[B, T, D]`."""
-        x, _ = self._prompt_pass(input_ids, pixel_values, image_grid_thw, attention_mask,
-                                 position_ids, vision_layout, right_padded)[:2]
-        return x
+        """Decoder output before the final norm, `[B, T, D]`, in the input's order."""
+        out = self._prompt_pass(input_ids, pixel_values, image_grid_thw, attention_mask,
+                                position_ids, vision_layout, right_padded)
+        return self._unpack(out[0], out[4])
 
     def _prompt_pass(self, input_ids, pixel_values, image_grid_thw, attention_mask, position_ids,
                      vision_layout, right_padded):
+        """Decoder over a (packed) prompt.
+
+        Returns (hidden `[B, T, D]` in packed order, stacked k/v `[L, B, T, K, H]` in packed
+        order, position_ids int32[3, B, T], rope_deltas int32[B, 1] or None,
+        dest int32[B, T] mapping input slots to packed slots (None when nothing was packed),
+        lengths int32[B] of valid tokens (None without an attention_mask)).
+        """
         input_ids = jnp.asarray(input_ids, jnp.int32)
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be int32[B, T], got shape {input_ids.shape}")
-        x = self.embed_inputs(input_ids, pixel_values, image_grid_thw, vision_layout)
         if position_ids is None:
             position_ids, rope_deltas = self.rope_positions(input_ids, attention_mask, image_grid_thw)
         else:
@@ -129,18 +137,26 @@ class Qwen2_5_VL(nn.Module):
         if position_ids.shape != (3,) + input_ids.shape:
             raise ValueError(f"position_ids must be int32[3, B, T] = {(3,) + input_ids.shape}, "
                              f"got {position_ids.shape}")
-        cos, sin = self._cos_sin(position_ids)
-        mask, kv_lengths, causal = None, None, True
+        dest, lengths, packed_ids, packed_pos = None, None, input_ids, position_ids
         if attention_mask is not None:
             valid = jnp.asarray(attention_mask) > 0
-            if right_padded:
-                kv_lengths = jnp.sum(valid, axis=1).astype(jnp.int32)
-            else:
-                t = input_ids.shape[1]
-                tri = jnp.tril(jnp.ones((t, t), bool))
-                mask, causal = tri[None, None] & valid[:, None, None, :], False
-        x, kv = self.language_model(x, cos, sin, mask=mask, kv_lengths=kv_lengths, is_causal=causal)
-        return x, kv, position_ids, rope_deltas
+            lengths = jnp.sum(valid, axis=1).astype(jnp.int32)
+            if not right_padded:
+                dest = packing_destinations(valid)
+                order = inverse_permutation(dest)
+                packed_ids = jnp.take_along_axis(input_ids, order, axis=1)
+                packed_pos = jnp.take_along_axis(position_ids, order[None], axis=2)
+        # Image features follow the image tokens in batch-major order, which packing keeps.
+        x = self.embed_inputs(packed_ids, pixel_values, image_grid_thw, vision_layout)
+        cos, sin = self._cos_sin(packed_pos)
+        # A row with no valid token attends to its first slot: finite garbage, never NaN.
+        kv_lengths = None if lengths is None else jnp.maximum(lengths, 1)
+        x, kv = self.language_model(x, cos, sin, kv_lengths=kv_lengths, is_causal=True)
+        return x, kv, position_ids, rope_deltas, dest, lengths
+
+    @staticmethod
+    def _unpack(x, dest):
+        return x if dest is None else jnp.take_along_axis(x, dest[..., None], axis=1)
 
     # -- KV cache -------------------------------------------------------------------------
     def prefill(self, input_ids, cache: Cache, pixel_values=None, image_grid_thw=None,
@@ -148,28 +164,27 @@ class Qwen2_5_VL(nn.Module):
                 all_logits: bool = False):
         """Runs the prompt `[B, T]` (T <= cache capacity) and fills the cache.
 
-        Returns (logits float32[B, V] of the last position, or `[B, T, V]` with all_logits,
-        cache). With precomputed `position_ids`, pass their `rope_deltas` int32[B, 1] too.
+        Returns (logits float32[B, V] of each row's last valid token, or `[B, T, V]` in the
+        input's order with all_logits, cache). With precomputed `position_ids`, pass their
+        `rope_deltas` int32[B, 1] too.
         """
         b, t = input_ids.shape
         if t > cache["k"].shape[2]:
             raise ValueError(f"prompt length {t} exceeds the cache capacity {cache['k'].shape[2]}")
         if position_ids is not None and rope_deltas is None:
             raise ValueError("prefill with precomputed position_ids also needs rope_deltas")
-        x, kv, position_ids, deltas = self._prompt_pass(input_ids, pixel_values, image_grid_thw,
-                                                        attention_mask, position_ids, vision_layout, False)
+        x, kv, position_ids, deltas, dest, lengths = self._prompt_pass(
+            input_ids, pixel_values, image_grid_thw, attention_mask, position_ids, vision_layout, False)
         deltas = deltas if rope_deltas is None else jnp.asarray(rope_deltas, jnp.int32)
-        valid = (jnp.ones((b, t), jnp.int32) if attention_mask is None
-                 else (jnp.asarray(attention_mask) > 0).astype(jnp.int32))
+        lengths = jnp.full((b,), t, jnp.int32) if lengths is None else lengths
         k = jax.lax.dynamic_update_slice(cache["k"], kv[0].astype(cache["k"].dtype), (0,) * 5)
         v = jax.lax.dynamic_update_slice(cache["v"], kv[1].astype(cache["v"].dtype), (0,) * 5)
-        new = {"k": k, "v": v,
-               "valid": jax.lax.dynamic_update_slice(cache["valid"], valid, (0, 0)),
-               "index": jnp.asarray(t, jnp.int32),
-               "position": (jnp.sum(valid, axis=1) + deltas[:, 0]).astype(jnp.int32)}
-        hidden = x if all_logits else x[:, -1:]
-        logits = self.language_model.logits(hidden)
-        return (logits if all_logits else logits[:, 0]), new
+        new = {"k": k, "v": v, "lengths": lengths,
+               "position": (lengths + deltas[:, 0]).astype(jnp.int32)}
+        if all_logits:
+            return self.language_model.logits(self._unpack(x, dest)), new
+        last = jnp.take_along_axis(x, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)
+        return self.language_model.logits(last)[:, 0], new
 
     def decode(self, token_ids, cache: Cache):
         """One token per row, int32[B] -> (logits float32[B, V], cache advanced by one)."""
@@ -177,14 +192,29 @@ class Qwen2_5_VL(nn.Module):
         x = self.language_model.embed(ids)
         pos = jnp.broadcast_to(cache["position"][None, :, None], (3, ids.shape[0], 1))
         cos, sin = self._cos_sin(pos)
-        index = cache["index"]
-        valid = jax.lax.dynamic_update_slice(cache["valid"], jnp.ones((ids.shape[0], 1), jnp.int32),
-                                             (0, index))
-        mask = (valid > 0)[:, None, None, :]
-        x, (k, v) = self.language_model(x, cos, sin, mask=mask, is_causal=False,
-                                        cache=(cache["k"], cache["v"]), cache_index=index)
-        new = {"k": k, "v": v, "valid": valid, "index": index + 1, "position": cache["position"] + 1}
+        capacity = cache["k"].shape[2]
+        lengths = cache["lengths"]
+        x, (k, v) = self.language_model(x, cos, sin, kv_lengths=jnp.minimum(lengths + 1, capacity),
+                                        is_causal=False, cache=(cache["k"], cache["v"]),
+                                        cache_index=lengths)
+        new = {"k": k, "v": v, "lengths": jnp.minimum(lengths + 1, capacity),
+               "position": cache["position"] + 1}
         return self.language_model.logits(x)[:, 0], new
+
+
+def packing_destinations(valid: jax.Array) -> jax.Array:
+    """bool[B, T] -> int32[B, T]: the slot each token takes when a row's valid tokens move to
+    the front in order and its padding follows (a permutation of 0..T-1 per row)."""
+    v = valid.astype(jnp.int32)
+    n_valid = jnp.sum(v, axis=1, keepdims=True)
+    return jnp.where(valid, jnp.cumsum(v, axis=1) - 1, n_valid + jnp.cumsum(1 - v, axis=1) - 1)
+
+
+def inverse_permutation(perm: jax.Array) -> jax.Array:
+    """int32[B, T] row-wise permutations -> their inverses."""
+    b, t = perm.shape
+    rows = jnp.arange(b)[:, None]
+    return jnp.zeros_like(perm).at[rows, perm].set(jnp.broadcast_to(jnp.arange(t, dtype=perm.dtype), (b, t)))
 
 
 def init_params(config: Qwen2_5_VLConfig, rng: jax.Array) -> dict:

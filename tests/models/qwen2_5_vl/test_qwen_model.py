@@ -10,7 +10,7 @@ import pytest
 
 from segzero_jax.models.qwen2_5_vl import (Qwen2_5_VL, cache_logical_axes, get_rope_index, init_cache,
                                           vision_layout)
-from segzero_jax.models.qwen2_5_vl.model import init_params
+from segzero_jax.models.qwen2_5_vl.model import init_params, inverse_permutation, packing_destinations
 from tests.models.qwen2_5_vl.hf_reference import IMG, image_row, left_pad
 
 
@@ -71,17 +71,84 @@ def test_traced_vision_layout_equals_host_grid(ours_tied, batch, ref_logits):
     assert len(calls) == 1
 
 
-def test_right_padded_lengths_form_equals_dense_mask(ours_tied):
+def test_right_padded_declaration_skips_packing_with_same_logits(ours_tied):
     cfg, params = ours_tied
     rs = np.random.RandomState(32)
     ids = rs.randint(0, 150000, (2, 10)).astype(np.int32)
     mask = np.ones((2, 10), np.int32)
     mask[1, 6:] = 0
     model = Qwen2_5_VL(cfg)
-    dense = jax.jit(lambda p: model.apply({"params": p}, ids, attention_mask=mask))(params)
-    lengths = jax.jit(lambda p: model.apply({"params": p}, ids, attention_mask=mask, right_padded=True))(params)
+    packed = jax.jit(lambda p: model.apply({"params": p}, ids, attention_mask=mask))(params)
+    declared = jax.jit(lambda p: model.apply({"params": p}, ids, attention_mask=mask, right_padded=True))(params)
     valid = mask.astype(bool)
-    np.testing.assert_allclose(np.asarray(lengths)[valid], np.asarray(dense)[valid], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(np.asarray(declared)[valid], np.asarray(packed)[valid], atol=1e-5, rtol=0)
+
+
+def test_packing_permutations():
+    valid = jnp.asarray([[0, 0, 1, 1, 0, 1], [1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 0]], bool)
+    dest = np.asarray(packing_destinations(valid))
+    np.testing.assert_array_equal(dest[0], [3, 4, 0, 1, 5, 2])
+    np.testing.assert_array_equal(dest[1], np.arange(6))
+    np.testing.assert_array_equal(dest[2], np.arange(6))
+    order = np.asarray(inverse_permutation(jnp.asarray(dest)))
+    np.testing.assert_array_equal(np.take_along_axis(dest, order, 1), np.tile(np.arange(6), (3, 1)))
+
+
+def test_attention_never_gets_a_dense_mask(ours_tied, batch, monkeypatch):
+    """Prompt pass, prefill and decode all use the causal/lengths forms the cuDNN kernel takes."""
+    from segzero_jax.models.qwen2_5_vl import language
+    cfg, params = ours_tied
+    ids, mask, pixels, grid = batch
+    calls = []
+    real = language.dot_product_attention
+
+    def spy(q, k, v, **kw):
+        calls.append(kw)
+        return real(q, k, v, **kw)
+
+    monkeypatch.setattr(language, "dot_product_attention", spy)
+    model = Qwen2_5_VL(cfg)
+    cache = init_cache(cfg, 2, ids.shape[1] + 2)
+    phases = {
+        "forward": lambda: model.apply({"params": params}, ids, pixels, grid, mask),
+        "prefill": lambda: model.apply({"params": params}, ids, cache, pixels, grid, mask,
+                                       method=Qwen2_5_VL.prefill),
+        "decode": lambda: model.apply({"params": params}, jnp.asarray([1, 2]), cache,
+                                      method=Qwen2_5_VL.decode)}
+    for name, run in phases.items():
+        calls.clear()
+        run()
+        assert calls, name
+        for c in calls:
+            assert c.get("mask") is None and c["kv_lengths"] is not None, name
+            assert c["is_causal"] == (name != "decode"), name
+
+
+def test_rows_of_different_lengths_decode_independently(ours_tied):
+    """Row b's next key goes to slot lengths[b]; each row's logits equal that row decoded alone."""
+    cfg, params = ours_tied
+    model = Qwen2_5_VL(cfg)
+    rs = np.random.RandomState(33)
+    rows = [list(rs.randint(0, 150000, 9)), list(rs.randint(0, 150000, 3))]
+    ids, mask = left_pad(rows)
+    step = jax.jit(lambda p, t, c: model.apply({"params": p}, t, c, method=Qwen2_5_VL.decode))
+    prefill = jax.jit(lambda p, i, m, c: model.apply({"params": p}, i, c, attention_mask=m,
+                                                     method=Qwen2_5_VL.prefill))
+    logits, cache = prefill(params, jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32),
+                            init_cache(cfg, 2, 12))
+    np.testing.assert_array_equal(np.asarray(cache["lengths"]), [9, 3])
+    new = jnp.asarray([5, 7], jnp.int32)
+    logits, cache = step(params, new, cache)
+    np.testing.assert_array_equal(np.asarray(cache["lengths"]), [10, 4])
+    for b, row in enumerate(rows):
+        alone_ids = jnp.asarray([row + [int(new[b])]], jnp.int32)
+        alone = model.apply({"params": params}, alone_ids)
+        np.testing.assert_allclose(np.asarray(logits[b]), np.asarray(alone[0, -1]), atol=1e-4, rtol=0)
+    # A full row keeps its keys: the step's key is dropped, the length stays at capacity.
+    _, full = prefill(params, jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32), init_cache(cfg, 2, 9))
+    _, after = step(params, new, full)
+    np.testing.assert_array_equal(np.asarray(after["lengths"]), [9, 4])
+    np.testing.assert_array_equal(np.asarray(after["k"])[:, 0], np.asarray(full["k"])[:, 0])
 
 
 def test_remat_policies_same_values_and_grads(ours_tied, batch):
@@ -129,8 +196,7 @@ def test_precomputed_positions(ours_tied, batch, ref_logits):
     valid = mask.astype(bool)
     np.testing.assert_allclose(np.asarray(logits)[valid], ref_logits[valid], atol=1e-5, rtol=0)
     np.testing.assert_array_equal(np.asarray(cache["position"]), mask.sum(1) + np.asarray(deltas)[:, 0])
-    np.testing.assert_array_equal(np.asarray(cache["valid"])[:, :ids.shape[1]], mask)
-    assert int(cache["index"]) == ids.shape[1]
+    np.testing.assert_array_equal(np.asarray(cache["lengths"]), mask.sum(1))
     flat = jnp.broadcast_to(pos[:1], pos.shape)       # positions really are taken from the input
     shifted, _ = prefill(params, flat, deltas)
     assert np.abs(np.asarray(shifted)[valid] - ref_logits[valid]).max() > 1e-3

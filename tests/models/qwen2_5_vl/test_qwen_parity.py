@@ -100,6 +100,27 @@ def test_logits_two_images_left_padding(hf_tied, ours_tied, batch):
     np.testing.assert_allclose(ours[valid], ref[valid], atol=ATOL, rtol=0)
 
 
+def test_logits_padding_on_both_sides(hf_tied, ours_tied):
+    """The trainer's layout: left-padded prompts with images, then responses padded on the right."""
+    model, _ = hf_tied
+    cfg, params = ours_tied
+    rs = np.random.RandomState(4)
+    grid = np.array([[1, 4, 6], [1, 6, 8]])
+    prompts, _ = left_pad([image_row(rs, 6, 2, 3), image_row(rs, 12, 4, 2)])
+    prompt_mask = (prompts != 0).astype(np.int64)
+    responses = rs.randint(1, 2000, (2, 7))
+    response_mask = np.array([[1] * 7, [1] * 3 + [0] * 4])
+    ids = np.concatenate([prompts, responses * response_mask], 1)
+    mask = np.concatenate([prompt_mask, response_mask], 1)
+    assert mask[:, 0].min() == 0 and mask[:, -1].min() == 0          # holes at both ends
+    pixels = rs.randn(24 + 48, 1176).astype(np.float32)
+    ref = _hf(model, input_ids=ids, attention_mask=mask, pixel_values=pixels, image_grid_thw=grid,
+              mm_token_type_ids=(ids == IMG).astype(np.int64))
+    ours = _forward(cfg, params, ids, pixels, grid, mask)
+    valid = mask.astype(bool)
+    np.testing.assert_allclose(ours[valid], ref[valid], atol=ATOL, rtol=0)
+
+
 def test_logits_text_only(hf_tied, ours_tied):
     model, _ = hf_tied
     cfg, params = ours_tied
