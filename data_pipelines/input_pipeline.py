@@ -31,7 +31,7 @@ from typing import Any, Mapping
 
 import grain.python as grain
 import numpy as np
-from absl import logging
+from absl import flags, logging
 from PIL import Image
 
 from data_pipelines import common
@@ -230,5 +230,10 @@ def make_input_pipeline(config: Any, tokenizer=None, data_source=None) -> grain.
         grain.Batch(batch_size=per_process, drop_remainder=True),
         _FlattenPatches(),
     ]
+    workers = int(cfg["worker_count"])
+    if workers > 0 and not flags.FLAGS.is_parsed():
+        # Grain's worker processes read its absl flags; outside an absl app (a notebook, a
+        # test) nothing has parsed them, so take their defaults instead of failing in a worker.
+        flags.FLAGS.mark_as_parsed()
     return grain.DataLoader(data_source=source, sampler=sampler, operations=operations,
-                            worker_count=int(cfg["worker_count"]))
+                            worker_count=workers)

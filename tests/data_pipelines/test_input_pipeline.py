@@ -83,6 +83,26 @@ def test_iterator_state_resumes_exactly(data_dir, tokenizer):
     assert first != other
 
 
+def test_worker_processes_cover_the_epoch_and_resume(data_dir, tokenizer):
+    """worker_count > 0 (outside an absl app): same examples per epoch, exact resume with workers."""
+    def ids(batches):
+        return [str(x) for b in batches for x in b["image_id"]]
+
+    single = ids(IP.make_input_pipeline(_config(data_dir, num_epochs=1), tokenizer=tokenizer))
+    cfg = _config(data_dir, num_epochs=1, worker_count=2)
+    it = iter(IP.make_input_pipeline(cfg, tokenizer=tokenizer))
+    first = next(it)
+    state = it.get_state()
+    rest = list(it)
+    workers = ids([first] + rest)
+    assert len(workers) == 24 and sorted(workers) == sorted(single)
+    resumed = iter(IP.make_input_pipeline(cfg, tokenizer=tokenizer))
+    resumed.set_state(state)
+    again = list(resumed)
+    assert ids(again) == ids(rest)
+    np.testing.assert_array_equal(again[-1]["pixel_values"], rest[-1]["pixel_values"])
+
+
 def test_two_processes_see_disjoint_shards(data_dir, tokenizer):
     seen = []
     for index in range(2):
