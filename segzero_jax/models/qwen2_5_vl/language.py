@@ -120,6 +120,44 @@ class LanguageModel(nn.Module):
             out = jnp.einsum("BTD,DV->BTV", x, self.lm_head.astype(dt), preferred_element_type=jnp.float32)
         return nn.with_logical_constraint(out.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
 
+    def token_log_probs(self, x: jax.Array, targets: jax.Array, temperature: float = 1.0,
+                        chunk_size: int = 256) -> tuple[jax.Array, jax.Array]:
+        """Log-probability of `targets` int32[B, R] and entropy, both float32[B, R], from hidden
+        states `[B, R, D]` (before the final norm), at `temperature`.
+
+        The float32 logits exist one chunk of `chunk_size` positions at a time, in the forward
+        and (recomputed) in the backward pass, never as a whole `[B, R, V]` array.
+        """
+        c = self.config
+        dt = c.compute_dtype
+        b, r, _ = x.shape
+        x = self.norm(x).astype(dt)
+        if c.tie_word_embeddings:
+            w, eq = self.embedding.astype(dt), "BCD,VD->BCV"
+        else:
+            w, eq = self.lm_head.astype(dt), "BCD,DV->BCV"
+        size = max(1, min(chunk_size, r))
+        n = -(-r // size)
+        pad = n * size - r
+        x = jnp.pad(x, ((0, 0), (0, pad), (0, 0)))
+        t = jnp.pad(jnp.asarray(targets, jnp.int32), ((0, 0), (0, pad)))
+        xs = jnp.moveaxis(x.reshape(b, n, size, -1), 1, 0)
+        ts = jnp.moveaxis(t.reshape(b, n, size), 1, 0)
+
+        @jax.checkpoint
+        def chunk(args):
+            xc, tc = args
+            z = jnp.einsum(eq, xc, w, preferred_element_type=jnp.float32) / temperature
+            z = nn.with_logical_constraint(z, ("act_batch", "act_length", "act_vocab"))
+            lse = jax.nn.logsumexp(z, axis=-1)
+            logp = jnp.take_along_axis(z, tc[..., None], axis=-1)[..., 0] - lse
+            entropy = lse - jnp.sum(jax.nn.softmax(z, axis=-1) * z, axis=-1)
+            return logp, entropy
+
+        logp, entropy = jax.lax.map(chunk, (xs, ts))
+        unchunk = lambda a: jnp.moveaxis(a, 0, 1).reshape(b, n * size)[:, :r]
+        return unchunk(logp), unchunk(entropy)
+
     def __call__(self, x, cos, sin, *, kv_lengths: Optional[jax.Array] = None, is_causal: bool = True,
                  cache: Optional[tuple[jax.Array, jax.Array]] = None,
                  cache_index: Optional[jax.Array] = None):

@@ -118,6 +118,26 @@ class Qwen2_5_VL(nn.Module):
                                 position_ids, vision_layout, right_padded)
         return self._unpack(out[0], out[4])
 
+    def response_log_probs(self, input_ids, pixel_values=None, image_grid_thw=None, attention_mask=None,
+                           position_ids=None, vision_layout=None, right_padded: bool = False, *,
+                           num_targets: int, temperature: float = 1.0, chunk_size: int = 256):
+        """Log-probabilities and entropies of the last `num_targets` tokens, float32[B, R] each.
+
+        The GRPO layout: `input_ids` = prompt (left-padded) + response (R tokens, right-padded);
+        position t of the response is scored by the logits at the token before it, divided
+        by `temperature`. Logits are made `chunk_size` positions at a time (see
+        `LanguageModel.token_log_probs`), so no float32 `[B, T, V]` array is ever held.
+        Values at padded response positions are garbage; mask them.
+        """
+        t = input_ids.shape[1]
+        if not 0 < num_targets < t:
+            raise ValueError(f"num_targets={num_targets} must be in [1, {t - 1}] for sequences of {t} tokens")
+        hidden = self.hidden_states(input_ids, pixel_values, image_grid_thw, attention_mask,
+                                    position_ids, vision_layout, right_padded)
+        targets = jnp.asarray(input_ids, jnp.int32)[:, t - num_targets:]
+        return self.language_model.token_log_probs(hidden[:, t - num_targets - 1:t - 1], targets,
+                                                   temperature, chunk_size)
+
     def _prompt_pass(self, input_ids, pixel_values, image_grid_thw, attention_mask, position_ids,
                      vision_layout, right_padded):
         """Decoder over a (packed) prompt.

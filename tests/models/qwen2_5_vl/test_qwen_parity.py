@@ -100,10 +100,9 @@ def test_logits_two_images_left_padding(hf_tied, ours_tied, batch):
     np.testing.assert_allclose(ours[valid], ref[valid], atol=ATOL, rtol=0)
 
 
-def test_logits_padding_on_both_sides(hf_tied, ours_tied):
-    """The trainer's layout: left-padded prompts with images, then responses padded on the right."""
-    model, _ = hf_tied
-    cfg, params = ours_tied
+@pytest.fixture(scope="module")
+def prompt_response():
+    """The trainer's layout: left-padded prompts with images, then 7 response tokens padded on the right."""
     rs = np.random.RandomState(4)
     grid = np.array([[1, 4, 6], [1, 6, 8]])
     prompts, _ = left_pad([image_row(rs, 6, 2, 3), image_row(rs, 12, 4, 2)])
@@ -114,11 +113,40 @@ def test_logits_padding_on_both_sides(hf_tied, ours_tied):
     mask = np.concatenate([prompt_mask, response_mask], 1)
     assert mask[:, 0].min() == 0 and mask[:, -1].min() == 0          # holes at both ends
     pixels = rs.randn(24 + 48, 1176).astype(np.float32)
+    return ids, mask, pixels, grid
+
+
+def test_logits_padding_on_both_sides(hf_tied, ours_tied, prompt_response):
+    model, _ = hf_tied
+    cfg, params = ours_tied
+    ids, mask, pixels, grid = prompt_response
     ref = _hf(model, input_ids=ids, attention_mask=mask, pixel_values=pixels, image_grid_thw=grid,
               mm_token_type_ids=(ids == IMG).astype(np.int64))
     ours = _forward(cfg, params, ids, pixels, grid, mask)
     valid = mask.astype(bool)
     np.testing.assert_allclose(ours[valid], ref[valid], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("temperature,chunk", [(1.0, 3), (0.7, 64)])
+def test_response_log_probs_and_entropy(hf_tied, ours_tied, prompt_response, temperature, chunk):
+    """Chunked log p(response token) and entropy equal torch's log_softmax of transformers' logits."""
+    model, _ = hf_tied
+    cfg, params = ours_tied
+    ids, mask, pixels, grid = prompt_response
+    r = 7
+    ref_logits = _hf(model, input_ids=ids, attention_mask=mask, pixel_values=pixels, image_grid_thw=grid,
+                     mm_token_type_ids=(ids == IMG).astype(np.int64))
+    z = torch.tensor(ref_logits[:, -r - 1:-1]) / temperature
+    ref_lp = torch.log_softmax(z, -1).gather(-1, torch.tensor(ids[:, -r:])[..., None])[..., 0].numpy()
+    ref_ent = (torch.logsumexp(z, -1) - (torch.softmax(z, -1) * z).sum(-1)).numpy()
+    fn = jax.jit(lambda p, i, pv, m: Qwen2_5_VL(cfg).apply(
+        {"params": p}, i, pv, grid, m, num_targets=r, temperature=temperature, chunk_size=chunk,
+        method=Qwen2_5_VL.response_log_probs))
+    lp, ent = fn(params, jnp.asarray(ids, jnp.int32), jnp.asarray(pixels), jnp.asarray(mask, jnp.int32))
+    assert lp.shape == ent.shape == (2, r) and lp.dtype == jnp.float32
+    valid = mask[:, -r:].astype(bool)
+    np.testing.assert_allclose(np.asarray(lp)[valid], ref_lp[valid], atol=ATOL, rtol=0)
+    np.testing.assert_allclose(np.asarray(ent)[valid], ref_ent[valid], atol=ATOL, rtol=0)
 
 
 def test_logits_text_only(hf_tied, ours_tied):
