@@ -1,11 +1,16 @@
-"""Forward throughput and peak memory of the Qwen2.5-VL policy, against transformers on the same config.
+"""Throughput and peak memory of the Qwen2.5-VL policy, against transformers on the same config.
 
   python -m experiments.benchmark_qwen --preset=tiny --batch=4 --seq=256 [--image_px=224]
+  python -m experiments.benchmark_qwen --mode=train --preset=tiny --batch=2 --seq=256 --new_tokens=64
 
-Times the jitted forward (logits for `batch x seq` tokens, optionally with one image per row
-whose placeholder tokens are part of `seq`), then the same forward of
+`--mode=forward` times the jitted forward (logits for `batch x seq` tokens, optionally with one
+image per row whose placeholder tokens are part of `seq`), then the same forward of
 `Qwen2_5_VLForConditionalGeneration` with the same weights (exported through `export_hf`,
-which also gives a logits check). Peak memory: on accelerators the allocator's peak
+which also gives a logits check). `--mode=train` times the GRPO update's work: forward +
+backward of the mean log-probability of the last `new_tokens` tokens (ours:
+`response_log_probs`, logits a chunk at a time; transformers: log_softmax of its logits over
+those positions, as in the peer baseline), with `--remat` (ours: the named policy; transformers:
+gradient checkpointing unless "none"); the check compares the two losses. Peak memory: on accelerators the allocator's peak
 (`memory_stats` / `torch.cuda.max_memory_allocated`); on CPU the peak resident-set growth
 sampled over the warm-up and timed calls, starting with params and inputs resident (and,
 for JAX, the executable compiled) - the same method for both - plus XLA's buffer sizes. Prints a table and one JSON line.
@@ -31,6 +36,10 @@ flags.DEFINE_string("attention_impl", "auto", "auto | xla | cudnn")
 flags.DEFINE_integer("warmup", 2, "untimed calls after compilation")
 flags.DEFINE_integer("iters", 5, "timed calls")
 flags.DEFINE_bool("compare_hf", True, "also run transformers on the same config and weights")
+flags.DEFINE_enum("mode", "forward", ["forward", "train"], "forward logits, or forward + backward of log-probs")
+flags.DEFINE_integer("new_tokens", 256, "train mode: response tokens scored at the end of each row")
+flags.DEFINE_string("remat", "none", "train mode: remat policy (none, full, dots, dots_no_batch, everything)")
+flags.DEFINE_integer("chunk_size", 256, "train mode: positions per logits chunk (ours)")
 
 
 class RssPeak:
@@ -84,6 +93,23 @@ def make_inputs(cfg, batch, seq, image_px, rng):
     return ids, pixels, grid
 
 
+def _jax_objective(model, mode):
+    """The jitted work: (params, ids, pixels, layout) -> logits (forward) or (loss, grads) (train)."""
+    import jax
+    import jax.numpy as jnp
+    from segzero_jax.models.qwen2_5_vl import Qwen2_5_VL
+
+    if mode == "forward":
+        return lambda p, i, pv, g, lay: model.apply({"params": p}, i, pv, g, vision_layout=lay)
+
+    def loss(p, i, pv, g, lay):
+        lp, _ = model.apply({"params": p}, i, pv, g, vision_layout=lay, num_targets=FLAGS.new_tokens,
+                            chunk_size=FLAGS.chunk_size, method=Qwen2_5_VL.response_log_probs)
+        return jnp.mean(lp)
+
+    return jax.value_and_grad(loss)
+
+
 def bench_ours(cfg, params, ids, pixels, grid):
     import jax
     import jax.numpy as jnp
@@ -91,29 +117,28 @@ def bench_ours(cfg, params, ids, pixels, grid):
     model = Qwen2_5_VL(cfg)
     layout = None if grid is None else vision_layout(grid, cfg.vision)
     gridj = None if grid is None else jnp.asarray(grid)
-
-    def fwd(p, i, pv, lay):
-        return model.apply({"params": p}, i, pv, gridj, vision_layout=lay)
-
+    work = _jax_objective(model, FLAGS.mode)
+    fn = lambda p, i, pv, lay: work(p, i, pv, gridj, lay)
     args = (params, jnp.asarray(ids), None if pixels is None else jnp.asarray(pixels), layout)
     t0 = time.perf_counter()
-    compiled = jax.jit(fwd).lower(*args).compile()
+    compiled = jax.jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - t0
     dev = jax.devices()[0]
     with RssPeak() as rss:
         for _ in range(FLAGS.warmup):
-            compiled(*args).block_until_ready()
+            jax.block_until_ready(compiled(*args))
         t0 = time.perf_counter()
         for _ in range(FLAGS.iters):
             out = compiled(*args)
-        out.block_until_ready()
+        jax.block_until_ready(out)
         dt = (time.perf_counter() - t0) / FLAGS.iters
     stats = dev.memory_stats() or {}
     mem = compiled.memory_analysis()
     peak = stats.get("peak_bytes_in_use") or rss.growth
-    return {"s_per_forward": dt, "compile_s": compile_s, "peak_bytes": int(peak),
+    check = out if FLAGS.mode == "forward" else out[0]
+    return {"s_per_call": dt, "compile_s": compile_s, "peak_bytes": int(peak),
             "xla_temp_bytes": int(getattr(mem, "temp_size_in_bytes", 0) or 0),
-            "xla_argument_bytes": int(getattr(mem, "argument_size_in_bytes", 0) or 0)}, out
+            "xla_argument_bytes": int(getattr(mem, "argument_size_in_bytes", 0) or 0)}, check
 
 
 def bench_hf(cfg, params, ids, pixels, grid):
@@ -131,22 +156,39 @@ def bench_hf(cfg, params, ids, pixels, grid):
     if pixels is not None:
         kw.update(pixel_values=torch.tensor(pixels, device=dev), image_grid_thw=torch.tensor(grid, device=dev),
                   mm_token_type_ids=(kw["input_ids"] == cfg.image_token_id).long())
+    r = FLAGS.new_tokens
+
+    def call():
+        if FLAGS.mode == "forward":
+            with torch.no_grad():
+                return model(**kw).logits
+        out = model(**kw)
+        loss = torch.log_softmax(out.logits[:, -r - 1:-1].float(), -1).gather(
+            -1, kw["input_ids"][:, -r:, None]).mean()
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    if FLAGS.mode == "train":
+        model.train()
+        if FLAGS.remat != "none":
+            model.gradient_checkpointing_enable()
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    with torch.no_grad(), RssPeak() as rss:
+    with RssPeak() as rss:
         for _ in range(FLAGS.warmup):
-            model(**kw)
+            call()
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(FLAGS.iters):
-            out = model(**kw).logits
+            out = call()
         if cuda:
             torch.cuda.synchronize()
         dt = (time.perf_counter() - t0) / FLAGS.iters
     peak = torch.cuda.max_memory_allocated() if cuda else rss.growth
-    return {"s_per_forward": dt, "peak_bytes": int(peak)}, out.float().cpu().numpy()
+    return {"s_per_call": dt, "peak_bytes": int(peak)}, out.float().cpu().numpy()
 
 
 def main(argv):
@@ -156,28 +198,34 @@ def main(argv):
     from segzero_jax.models.qwen2_5_vl import preset
     from segzero_jax.models.qwen2_5_vl.model import init_params
     import flax.linen as nn
-    cfg = preset(FLAGS.preset, dtype=FLAGS.dtype, param_dtype=FLAGS.dtype, attention_impl=FLAGS.attention_impl)
+    if FLAGS.mode == "train" and not 0 < FLAGS.new_tokens < FLAGS.seq:
+        raise app.UsageError(f"--new_tokens={FLAGS.new_tokens} must be in [1, --seq)")
+    cfg = preset(FLAGS.preset, dtype=FLAGS.dtype, param_dtype=FLAGS.dtype, attention_impl=FLAGS.attention_impl,
+                 remat_policy=FLAGS.remat)
     params = nn.unbox(init_params(cfg, jax.random.key(0)))
     ids, pixels, grid = make_inputs(cfg, FLAGS.batch, FLAGS.seq, FLAGS.image_px, np.random.RandomState(0))
     tokens = FLAGS.batch * FLAGS.seq
     ours, logits = bench_ours(cfg, params, ids, pixels, grid)
-    row = {"preset": FLAGS.preset, "batch": FLAGS.batch, "seq": FLAGS.seq, "image_px": FLAGS.image_px,
-           "dtype": FLAGS.dtype, "device": str(jax.devices()[0].device_kind),
-           "ours_tokens_per_s": tokens / ours["s_per_forward"], "ours_peak_bytes": ours["peak_bytes"],
+    row = {"mode": FLAGS.mode, "preset": FLAGS.preset, "batch": FLAGS.batch, "seq": FLAGS.seq,
+           "image_px": FLAGS.image_px, "dtype": FLAGS.dtype, "device": str(jax.devices()[0].device_kind),
+           **({"new_tokens": FLAGS.new_tokens, "remat": FLAGS.remat} if FLAGS.mode == "train" else {}),
+           "ours_tokens_per_s": tokens / ours["s_per_call"], "ours_peak_bytes": ours["peak_bytes"],
            "ours_compile_s": ours["compile_s"], "ours_xla_temp_bytes": ours["xla_temp_bytes"],
            "ours_xla_argument_bytes": ours["xla_argument_bytes"]}
     if FLAGS.compare_hf:
         hf, hf_logits = bench_hf(cfg, jax.device_get(params), ids, pixels, grid)
-        row.update(hf_tokens_per_s=tokens / hf["s_per_forward"], hf_peak_bytes=hf["peak_bytes"],
-                   ratio_tokens_per_s=hf["s_per_forward"] / ours["s_per_forward"],
-                   max_abs_logit_diff=float(np.abs(np.asarray(logits, np.float32) - hf_logits).max()))
+        row.update(hf_tokens_per_s=tokens / hf["s_per_call"], hf_peak_bytes=hf["peak_bytes"],
+                   ratio_tokens_per_s=hf["s_per_call"] / ours["s_per_call"],
+                   max_abs_diff=float(np.abs(np.asarray(logits, np.float32) - hf_logits).max()))
+    print(f"{FLAGS.mode}: {FLAGS.preset}, {FLAGS.batch} x {FLAGS.seq} tokens, {FLAGS.dtype}")
     print(f"{'':>22} {'ours (jax)':>14} {'transformers':>14}")
     print(f"{'tokens/s':>22} {row['ours_tokens_per_s']:>14.1f} {row.get('hf_tokens_per_s', float('nan')):>14.1f}")
     print(f"{'peak memory (MiB)':>22} {row['ours_peak_bytes'] / 2**20:>14.1f} "
           f"{row.get('hf_peak_bytes', float('nan')) / 2**20:>14.1f}")
     if FLAGS.compare_hf:
         print(f"{'speed ratio ours/hf':>22} {row['ratio_tokens_per_s']:>14.2f}")
-        print(f"{'max |logit diff|':>22} {row['max_abs_logit_diff']:>14.2e}")
+        what = "logit" if FLAGS.mode == "forward" else "loss"
+        print(f"{f'max |{what} diff|':>22} {row['max_abs_diff']:>14.2e}")
     print(json.dumps(row))
 
 
