@@ -1,11 +1,12 @@
 """Qwen2.5-VL vision tower: patch embedding, window/full attention blocks (scanned), 2x2 merger.
 
-Einsum alphabet: L patch tokens (all images concatenated), P patch pixels
+Einsum alphabet: I image slots (a batch of equal-grid images, or 1 slot holding all images
+concatenated; see vision_layout.py), L patch tokens per slot, P patch pixels
 (C*Tp*patch*patch = 1176), D vision width, C the three projections q/k/v, N heads, H head
 dim, F mlp width, G attention segments (windows or frames), S tokens per segment, E merged
 width (merge^2 * D), O output width (= LM width).
 
-  x = patch_embed(pixels) [L, D] -> window order -> depth x block -> merger -> [L/4, O]
+  x = patch_embed(pixels) [I, L, D] -> window order -> depth x block -> merger -> [I * L/4, O]
   block: x += proj(attn(rope(qkv(norm1(x))))); x += mlp(norm2(x))   (RMSNorm eps 1e-6)
 Blocks listed in `fullatt_block_indexes` attend within a whole frame, the others within
 their window; both are computed on a padded `[G, S]` segment layout with per-segment
@@ -29,11 +30,12 @@ Layout = dict[str, jax.Array]
 
 
 def segment_attention(q, k, v, gather, lengths, scatter, impl: str):
-    """Attention inside segments: q/k/v `[L, N, H]`, gather `[G, S]` -> `[L, N, H]`."""
-    g, s = gather.shape
-    out = dot_product_attention(q[gather], k[gather], v[gather], kv_lengths=lengths,
+    """Attention inside segments: q/k/v `[I, L, N, H]`, gather `[G, S]` -> `[I, L, N, H]`."""
+    i, (g, s) = q.shape[0], gather.shape
+    seg = lambda t: t[:, gather].reshape(i * g, s, *t.shape[2:])
+    out = dot_product_attention(seg(q), seg(k), seg(v), kv_lengths=jnp.tile(lengths, i),
                                 implementation=impl)
-    return out.reshape(g * s, *out.shape[2:])[scatter]
+    return out.reshape(i, g * s, *out.shape[2:])[:, scatter]
 
 
 class VisionBlock(nn.Module):
@@ -47,9 +49,9 @@ class VisionBlock(nn.Module):
         kw = dict(dtype=c.compute_dtype, param_dtype=c.weight_dtype)
         n, h, d = v.num_heads, v.head_dim, v.hidden_size
         y = RMSNorm(v.rms_norm_eps, c.weight_dtype, name="norm1")(x)
-        qkv = Einsum("LD,DCNH->LCNH", (d, 3, n, h), ("embed", None, "heads", "head_dim"),
+        qkv = Einsum("ILD,DCNH->ILCNH", (d, 3, n, h), ("embed", None, "heads", "head_dim"),
                      (3, n, h), (None, "heads", "head_dim"), name="qkv", **kw)(y)
-        q, k, val = qkv[:, 0], qkv[:, 1], qkv[:, 2]
+        q, k, val = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         impl = c.attention_impl
 
@@ -62,13 +64,13 @@ class VisionBlock(nn.Module):
                                      layout["window_scatter"], impl)
 
         o = jax.lax.cond(is_full, full, window, (q, k, val))
-        o = nn.with_logical_constraint(o, ("act_length", "act_heads", None))
-        x = x + Einsum("LNH,NHD->LD", (n, h, d), ("heads", "head_dim", "embed"), (d,), ("embed",),
+        o = nn.with_logical_constraint(o, ("act_batch", "act_length", "act_heads", None))
+        x = x + Einsum("ILNH,NHD->ILD", (n, h, d), ("heads", "head_dim", "embed"), (d,), ("embed",),
                        name="proj", **kw)(o)
         y = RMSNorm(v.rms_norm_eps, c.weight_dtype, name="norm2")(x)
         x = x + GatedMLP(d, v.intermediate_size, v.hidden_act, use_bias=True,
-                         act_axes=("act_length", "act_mlp"), name="mlp", **kw)(y)
-        return nn.with_logical_constraint(x, ("act_length", "act_embed"))
+                         act_axes=("act_batch", "act_length", "act_mlp"), name="mlp", **kw)(y)
+        return nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
 
 
 class _ScanBody(nn.Module):
@@ -81,7 +83,7 @@ class _ScanBody(nn.Module):
 
 
 class PatchMerger(nn.Module):
-    """RMSNorm, group merge^2 neighbours `[L, D] -> [L/4, E]`, Linear-GELU-Linear to `[L/4, O]`."""
+    """RMSNorm, group merge^2 neighbours `[I, L, D] -> [I, L/4, E]`, Linear-GELU-Linear to `[I, L/4, O]`."""
 
     config: Qwen2_5_VLConfig
 
@@ -90,10 +92,10 @@ class PatchMerger(nn.Module):
         c, v = self.config, self.config.vision
         kw = dict(dtype=c.compute_dtype, param_dtype=c.weight_dtype)
         e = v.hidden_size * v.spatial_merge_size ** 2
-        x = RMSNorm(v.rms_norm_eps, c.weight_dtype, name="norm")(x).reshape(-1, e)
-        x = Einsum("LE,EF->LF", (e, e), ("mlp", "embed"), (e,), ("embed",), name="fc1", **kw)(x)
+        x = RMSNorm(v.rms_norm_eps, c.weight_dtype, name="norm")(x).reshape(x.shape[0], -1, e)
+        x = Einsum("ILE,EF->ILF", (e, e), ("mlp", "embed"), (e,), ("embed",), name="fc1", **kw)(x)
         x = activation("gelu")(x)
-        return Einsum("LE,EO->LO", (e, v.out_hidden_size), ("mlp", "embed"), (v.out_hidden_size,),
+        return Einsum("ILE,EO->ILO", (e, v.out_hidden_size), ("mlp", "embed"), (v.out_hidden_size,),
                       ("embed",), name="fc2", **kw)(x)
 
 
@@ -111,20 +113,23 @@ class VisionTower(nn.Module):
         c, v = self.config, self.config.vision
         if pixel_values.ndim != 2 or pixel_values.shape[1] != v.patch_dim:
             raise ValueError(f"pixel_values must be [num_patches, {v.patch_dim}], got {pixel_values.shape}")
-        if pixel_values.shape[0] != layout["patch_perm"].shape[0]:
+        slots, per_slot = layout["image_slots"].shape[0], layout["patch_perm"].shape[0]
+        if pixel_values.shape[0] != slots * per_slot:
             raise ValueError(f"pixel_values has {pixel_values.shape[0]} patches but image_grid_thw "
-                             f"describes {layout['patch_perm'].shape[0]}")
-        x = Einsum("LP,PD->LD", (v.patch_dim, v.hidden_size), ("conv_in", "embed"),
-                   name="patch_embed", dtype=c.compute_dtype, param_dtype=c.weight_dtype)(pixel_values)
-        x = nn.with_logical_constraint(x[layout["patch_perm"]], ("act_length", "act_embed"))
+                             f"describes {slots * per_slot}")
+        pixels = nn.with_logical_constraint(pixel_values.reshape(slots, per_slot, v.patch_dim),
+                                            ("act_batch", "act_length", None))
+        x = Einsum("ILP,PD->ILD", (v.patch_dim, v.hidden_size), ("conv_in", "embed"),
+                   name="patch_embed", dtype=c.compute_dtype, param_dtype=c.weight_dtype)(pixels)
+        x = nn.with_logical_constraint(x[:, layout["patch_perm"]], ("act_batch", "act_length", "act_embed"))
         cos, sin = vision_cos_sin(layout["pos_hw"], v.head_dim, v.rope_theta)
         is_full = jnp.asarray([i in v.fullatt_block_indexes for i in range(v.depth)])
         blocks = nn.scan(_ScanBody, variable_axes={"params": 0}, split_rngs={"params": True},
                          in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=v.depth,
                          metadata_params={nn.PARTITION_NAME: "layers"})
         x, _ = blocks(c, name="blocks")(x, is_full, cos, sin, layout)
-        x = PatchMerger(c, name="merger")(x)
-        return x[layout["merge_inverse"]]
+        x = PatchMerger(c, name="merger")(x)[:, layout["merge_inverse"]]
+        return x.reshape(-1, x.shape[-1])
 
 
 def layout_arrays(layout: dict[str, Any]) -> Layout:

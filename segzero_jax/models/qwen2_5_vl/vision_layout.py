@@ -10,7 +10,13 @@ The tower works in *window order*: merge blocks grouped into windows of
 `window_size / patch_size / spatial_merge_size` blocks per side (the last row/column of
 windows may be partial when the grid is not a multiple), windows row-major per frame.
 
-Arrays (L patches, M = L / merge^2 merged tokens, G segments, S segment capacity):
+When every image has the same grid (Seg-Zero's fixed 840x840 frame), the arrays describe one
+image and the tower runs the images as a batch `[I, L, D]` that shards over the data axes like
+any other batch; otherwise they describe all images concatenated (I = 1).
+
+Arrays (I image slots, L patches per slot, M = L / merge^2 merged tokens, G segments, S
+segment capacity):
+  image_slots     int32[I]      0..I-1; only its shape is used (the batch of the tower)
   patch_perm      int32[L]      window order <- processor order (x_win = x[patch_perm])
   pos_hw          int32[L, 2]   (row, col) patch coordinates in window order (2-D rotary)
   window_gather   int32[Gw, Sw] window-ordered token index per (window, slot); padding -> 0
@@ -28,7 +34,7 @@ import numpy as np
 
 from segzero_jax.models.qwen2_5_vl.config import VisionConfig
 
-LAYOUT_KEYS = ("patch_perm", "pos_hw", "window_gather", "window_lengths", "window_scatter",
+LAYOUT_KEYS = ("image_slots", "patch_perm", "pos_hw", "window_gather", "window_lengths", "window_scatter",
                "full_gather", "full_lengths", "full_scatter", "merge_inverse")
 
 
@@ -58,6 +64,9 @@ def _segments(lengths: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarra
 def vision_layout(grid_thw, cfg: VisionConfig) -> dict[str, np.ndarray]:
     """Index arrays for the vision tower (see the module docstring)."""
     grids = grid_tuple(grid_thw)
+    slots = 1
+    if len(grids) > 1 and len(set(grids)) == 1:
+        grids, slots = grids[:1], len(grids)
     m = cfg.spatial_merge_size
     unit = m * m
     win = cfg.window_size // m // cfg.patch_size
@@ -85,6 +94,7 @@ def vision_layout(grid_thw, cfg: VisionConfig) -> dict[str, np.ndarray]:
     wg, wl, ws = _segments(window_lens)
     fg, fl, fs = _segments(frame_lens)
     return {
+        "image_slots": np.arange(slots, dtype=np.int32),
         "patch_perm": patch_perm.astype(np.int32),
         "pos_hw": np.concatenate(pos)[patch_perm].astype(np.int32),
         "window_gather": wg, "window_lengths": wl, "window_scatter": ws,

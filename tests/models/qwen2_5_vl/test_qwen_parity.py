@@ -39,8 +39,9 @@ def batch():
     return ids, mask, pixels, grid
 
 
-@pytest.mark.parametrize("grid", [[[1, 10, 14]], [[1, 10, 14], [1, 16, 20], [2, 4, 6]]],
-                         ids=["odd_grid", "three_images"])
+@pytest.mark.parametrize("grid", [[[1, 10, 14]], [[1, 10, 14], [1, 16, 20], [2, 4, 6]],
+                                  [[1, 10, 14]] * 3],
+                         ids=["odd_grid", "three_images", "three_equal_images_batched"])
 def test_vision_tower(hf_tied, ours_tied, grid):
     model, _ = hf_tied
     cfg, params = ours_tied

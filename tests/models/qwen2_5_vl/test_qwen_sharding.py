@@ -37,3 +37,23 @@ def test_sharded_forward_matches_unsharded():
         out = jax.jit(fwd)(params, ids, pixels, mask, layout)
     assert len(out.sharding.device_set) == 8
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5, rtol=0)
+
+
+def test_equal_grids_run_as_an_image_batch_sharded_over_data_axes():
+    """Equal grids give a one-image layout with I slots; sharded over (data, fsdp) it equals unsharded."""
+    cfg = preset("tiny")
+    grid = np.array([[1, 6, 8]] * 4)
+    layout = vision_layout(grid, cfg.vision)
+    assert layout["image_slots"].shape == (4,) and layout["patch_perm"].shape == (48,)
+    assert vision_layout(np.array([[1, 6, 8], [1, 4, 6]]), cfg.vision)["image_slots"].shape == (1,)
+    mesh = make_mesh((2, 2, 2))
+    init = lambda rng: Qwen2_5_VL(cfg).init(rng, **dummy_inputs(cfg))["params"]
+    boxed, _ = sharded_init(init, mesh, DEFAULT_RULES, jax.random.key(1))
+    params = nn.unbox(boxed)
+    pixels = jnp.asarray(np.random.RandomState(42).randn(4 * 48, 1176).astype(np.float32))
+    enc = lambda p, pv, lay: Qwen2_5_VL(cfg).apply({"params": p}, pv, vision_layout=lay,
+                                                   method=Qwen2_5_VL.encode_images)
+    ref = jax.jit(enc)(jax.device_get(params), pixels, layout)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        out = jax.jit(enc)(params, pixels, layout)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5, rtol=0)

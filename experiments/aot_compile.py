@@ -1,0 +1,298 @@
+"""Compiles the models' jitted work ahead of time for a device topology and reports per-device
+memory: will this shape fit, on this mesh, before a pod is ever booked?
+
+  python -m experiments.aot_compile --work=train --preset=3b --topology=v5p:2x2x1 --mesh=1,-1,1
+  python -m experiments.aot_compile --work=decode --preset=7b --topology=v5p:2x2x1 --mesh=1,1,4
+  python -m experiments.aot_compile --work=sam2 --sam2_preset=hiera_large --topology=v5e:2x2
+  python -m experiments.aot_compile --work=train --preset=tiny --mesh=2,2,2      (this host's devices)
+
+`--topology` names a TPU slice (`v5p:2x2x1`, `v5e:2x2`, `v4:2x2x1`, `v6e:2x2`; needs `libtpu`,
+no TPU) with `--num_slices` for multi-slice (then `--dcn_mesh` spreads mesh axes over slices);
+empty compiles for this host's devices. Params and inputs are abstract (shapes + shardings from
+the logical-axis rules), so nothing is allocated; XLA's memory analysis of the compiled program
+gives the per-device figures.
+
+Work (global batch `--batch`, split over the data and fsdp axes):
+  train    one policy update on a micro-batch: forward + backward of the mean log-probability
+           of `--new_tokens` response tokens after a `--prompt_len` prompt holding one
+           `--image_px`^2 image (`response_log_probs`), then AdamW on `--param_dtype` params
+           with float32 moments; params and optimizer state donated
+  forward  the policy's logits for prompt + response (no gradient)
+  prefill  the prompt into a KV cache of capacity prompt + new tokens
+  decode   one token per row against a full cache (the sampler's inner step)
+  sam2     SAM2 image encoder + mask decoder, a box + 2 points per image, low-res masks
+
+Prints a table and one JSON line; `--out` also writes the JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("work", "train", ["train", "forward", "prefill", "decode", "sam2"], "what to compile")
+flags.DEFINE_string("preset", "3b", "Qwen2.5-VL preset (3b, 7b, tiny)")
+flags.DEFINE_string("sam2_preset", "hiera_large", "SAM2 preset for --work=sam2")
+flags.DEFINE_string("topology", "", "TPU topology, e.g. v5p:2x2x1 (empty: this host's devices)")
+flags.DEFINE_integer("num_slices", 1, "TPU slices joined over DCN")
+flags.DEFINE_string("mesh", "1,-1,1", "ICI mesh sizes for (data, fsdp, tensor); one -1 takes the rest")
+flags.DEFINE_string("dcn_mesh", "", "DCN mesh sizes over slices for (data, fsdp, tensor), e.g. 2,1,1")
+flags.DEFINE_integer("batch", 8, "global rows (images for sam2)")
+flags.DEFINE_integer("prompt_len", 1024, "prompt tokens per row, image placeholders included")
+flags.DEFINE_integer("new_tokens", 256, "response tokens (train/forward) or cache room (prefill/decode)")
+flags.DEFINE_integer("image_px", 840, "side of the square image per row (multiple of 28); 0 = text only")
+flags.DEFINE_string("dtype", "bfloat16", "compute dtype")
+flags.DEFINE_string("param_dtype", "", "param dtype (default: float32 for train, else the compute dtype)")
+flags.DEFINE_string("remat", "full", "remat policy for train (none, full, dots, dots_no_batch, everything)")
+flags.DEFINE_integer("chunk_size", 256, "positions per logits chunk in train")
+flags.DEFINE_string("attention_impl", "auto", "auto | xla | cudnn")
+flags.DEFINE_string("out", "", "also write the JSON result here")
+
+# HBM per chip by JAX device_kind, for the "fits" column (public TPU specifications).
+HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v5p": 95, "TPU v6 lite": 32, "TPU7x": 192}
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise app.UsageError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def target_devices() -> list:
+    import jax
+    if not FLAGS.topology:
+        return list(jax.devices())
+    from jax.experimental import topologies
+    try:
+        topo = topologies.get_topology_desc(platform="tpu", topology_name=FLAGS.topology,
+                                            num_slices=FLAGS.num_slices)
+    except Exception as e:  # no libtpu, or a name libtpu does not know
+        raise app.UsageError(f"--topology={FLAGS.topology!r}: cannot describe this TPU topology "
+                             f"({type(e).__name__}: {e}); it needs the libtpu package") from None
+    return list(topo.devices)
+
+
+def _sharded(abstract_tree: Any, shardings: Any) -> Any:
+    import jax
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree, shardings)
+
+
+def _batch_sharding(mesh, ndim: int):
+    from jax.sharding import NamedSharding, PartitionSpec
+    return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))
+
+
+def _fit(sharding, shape):
+    from segzero_jax.parallel.sharding import _fit_to_shape
+    return _fit_to_shape(sharding, tuple(shape))
+
+
+def _policy_inputs(cfg, mesh, batch: int, seq: int):
+    """Abstract ids/mask `[B, T]`, patches, host grid and vision layout for one image per row."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from segzero_jax.models.qwen2_5_vl import vision_layout
+
+    rows = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=_fit(_batch_sharding(mesh, len(shape)), shape))
+    ids, mask = rows((batch, seq), jnp.int32), rows((batch, seq), jnp.int32)
+    if not FLAGS.image_px:
+        return ids, mask, None, None, None
+    v = cfg.vision
+    unit = v.patch_size * v.spatial_merge_size
+    if FLAGS.image_px % unit:
+        raise app.UsageError(f"--image_px={FLAGS.image_px} must be a multiple of {unit}")
+    side = FLAGS.image_px // v.patch_size
+    n_tokens = (side // v.spatial_merge_size) ** 2
+    if n_tokens + 3 > FLAGS.prompt_len:
+        raise app.UsageError(f"--prompt_len={FLAGS.prompt_len} cannot hold the {n_tokens} image tokens")
+    grid = np.array([[1, side, side]] * batch, np.int32)
+    pixels = rows((batch * side * side, v.patch_dim), jnp.float32)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    layout = {k: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated)
+              for k, a in vision_layout(grid, cfg.vision).items()}
+    return ids, mask, pixels, grid, layout
+
+
+def build_policy_work(mesh, rules):
+    """(jitted function, abstract args, description) for the policy works."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from segzero_jax.models.qwen2_5_vl import Qwen2_5_VL, cache_logical_axes, init_cache, preset
+    from segzero_jax.models.qwen2_5_vl.model import init_params
+    from segzero_jax.parallel import logical_shardings
+
+    work = FLAGS.work
+    param_dtype = FLAGS.param_dtype or ("float32" if work == "train" else FLAGS.dtype)
+    cfg = preset(FLAGS.preset, dtype=FLAGS.dtype, param_dtype=param_dtype, attention_impl=FLAGS.attention_impl,
+                 remat_policy=FLAGS.remat if work == "train" else "none")
+    model = Qwen2_5_VL(cfg)
+    boxed = jax.eval_shape(lambda r: init_params(cfg, r), jax.random.key(0))
+    p_shardings = logical_shardings(boxed, mesh, rules)
+    params = _sharded(nn.unbox(boxed), p_shardings)
+    b, p_len, r = FLAGS.batch, FLAGS.prompt_len, FLAGS.new_tokens
+    desc = {"preset": FLAGS.preset, "param_dtype": param_dtype, "dtype": FLAGS.dtype}
+
+    if work in ("train", "forward"):
+        ids, mask, pixels, grid, layout = _policy_inputs(cfg, mesh, b, p_len + r)
+        gridj = None if grid is None else jnp.asarray(grid)
+        desc.update(tokens_per_row=p_len + r, response_tokens=r, image_px=FLAGS.image_px)
+        if work == "forward":
+            def forward(p, i, m, pv, lay):
+                return model.apply({"params": p}, i, pv, gridj, m, vision_layout=lay)
+            return jax.jit(forward), (params, ids, mask, pixels, layout), desc
+
+        tx = optax.adamw(1e-6, weight_decay=1e-2, mu_dtype=jnp.float32)
+        f32_params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, jnp.float32), params)
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        # Moments (float32) take their param's sharding; step counts are replicated.
+        opt_state = optax.tree_map_params(
+            tx, lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+            jax.eval_shape(tx.init, f32_params), p_shardings,
+            transform_non_params=lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated))
+        desc.update(remat=FLAGS.remat, optimizer="adamw (float32 moments)")
+
+        def update(p, state, i, m, pv, lay):
+            def loss_fn(q):
+                lp, _ = model.apply({"params": q}, i, pv, gridj, m, vision_layout=lay, num_targets=r,
+                                    chunk_size=FLAGS.chunk_size, method=Qwen2_5_VL.response_log_probs)
+                w = m[:, -r:].astype(jnp.float32)
+                return -jnp.sum(lp * w) / jnp.maximum(jnp.sum(w), 1.0)
+
+            loss, grads = jax.value_and_grad(loss_fn)(p)
+            updates, state = tx.update(grads, state, p)
+            return optax.apply_updates(p, updates), state, loss
+
+        return (jax.jit(update, donate_argnums=(0, 1)), (params, opt_state, ids, mask, pixels, layout), desc)
+
+    capacity = p_len + r
+    cache = jax.eval_shape(lambda: init_cache(cfg, b, capacity))
+    axes = cache_logical_axes(cfg)
+    c_shardings = {k: _fit(nn.logical_to_mesh_sharding(jax.sharding.PartitionSpec(*axes[k]), mesh, tuple(rules)),
+                           cache[k].shape) for k in cache}
+    cache = _sharded(cache, c_shardings)
+    desc.update(cache_capacity=capacity, kv_cache_bytes_global=int(sum(
+        math.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(cache))))
+    if work == "prefill":
+        ids, mask, pixels, grid, layout = _policy_inputs(cfg, mesh, b, p_len)
+        gridj = None if grid is None else jnp.asarray(grid)
+        desc.update(prompt_len=p_len, image_px=FLAGS.image_px)
+
+        def prefill(p, c, i, m, pv, lay):
+            return model.apply({"params": p}, i, c, pv, gridj, m, vision_layout=lay, method=Qwen2_5_VL.prefill)
+
+        return jax.jit(prefill, donate_argnums=(1,)), (params, cache, ids, mask, pixels, layout), desc
+
+    tokens = jax.ShapeDtypeStruct((b,), jnp.int32, sharding=_fit(_batch_sharding(mesh, 1), (b,)))
+
+    def decode(p, c, t):
+        return model.apply({"params": p}, t, c, method=Qwen2_5_VL.decode)
+
+    return jax.jit(decode, donate_argnums=(1,)), (params, cache, tokens), desc
+
+
+def build_sam2_work(mesh, rules):
+    import jax
+    import jax.numpy as jnp
+
+    from segzero_jax.models.sam2 import Sam2, get_preset
+    from segzero_jax.models.sam2.convert import param_shardings
+    from segzero_jax.models.sam2.mask_decoder import select_masks
+    from segzero_jax.models.sam2.model import abstract_params
+    from segzero_jax.models.sam2.predictor import concat_prompts
+    import flax.linen as nn
+
+    param_dtype = FLAGS.param_dtype or FLAGS.dtype
+    cfg = get_preset(FLAGS.sam2_preset, dtype=getattr(jnp, FLAGS.dtype), param_dtype=getattr(jnp, param_dtype),
+                     attention_implementation=FLAGS.attention_impl)
+    params = _sharded(nn.unbox(abstract_params(cfg)), param_shardings(cfg, mesh, rules))
+    b, s = FLAGS.batch, cfg.image_size
+    rows = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=_fit(_batch_sharding(mesh, len(shape)), shape))
+    images = rows((b, s, s, 3), jnp.float32)
+    boxes, points, labels = rows((b, 1, 4), jnp.float32), rows((b, 1, 2, 2), jnp.float32), rows((b, 1, 2), jnp.int32)
+    model = Sam2(cfg)
+
+    def segment(p, im, bx, pt, lb):
+        enc = model.apply({"params": p}, im, method=Sam2.encode_image)
+        coords, labs = concat_prompts(bx, pt, lb)
+        masks, iou, _ = model.apply({"params": p}, enc["image_embed"], enc["high_res_feats"], coords[:, 0],
+                                    labs[:, 0], method=Sam2.decode)
+        return select_masks(cfg, masks, iou, True)
+
+    desc = {"sam2_preset": FLAGS.sam2_preset, "image_size": s, "param_dtype": param_dtype, "dtype": FLAGS.dtype}
+    return jax.jit(segment), (params, images, boxes, points, labels), desc
+
+
+def memory_row(compiled, devices) -> dict:
+    mem = compiled.memory_analysis()
+    get = lambda name: int(getattr(mem, name, 0) or 0)
+    row = {"argument_bytes": get("argument_size_in_bytes"), "output_bytes": get("output_size_in_bytes"),
+           "alias_bytes": get("alias_size_in_bytes"), "temp_bytes": get("temp_size_in_bytes"),
+           "code_bytes": get("generated_code_size_in_bytes")}
+    row["peak_bytes"] = (row["argument_bytes"] + row["output_bytes"] - row["alias_bytes"] + row["temp_bytes"]
+                         + row["code_bytes"])
+    kind = str(getattr(devices[0], "device_kind", ""))
+    hbm = HBM_GIB.get(kind)
+    if hbm is None and not FLAGS.topology:
+        stats = devices[0].memory_stats() or {}
+        hbm = stats.get("bytes_limit", 0) / 2**30 or None
+    row["device_memory_gib"] = hbm
+    row["fits"] = None if hbm is None else row["peak_bytes"] <= hbm * 2**30
+    # (XLA's cost analysis counts a scanned layer's body once, so it is no FLOP count here.)
+    return row
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    import flax.linen as nn
+    import jax
+
+    from segzero_jax.parallel import DEFAULT_RULES, make_mesh
+
+    if FLAGS.batch < 1 or FLAGS.new_tokens < 1 or FLAGS.prompt_len < 1:
+        raise app.UsageError("--batch, --prompt_len and --new_tokens must be positive")
+    devices = target_devices()
+    dcn = _ints(FLAGS.dcn_mesh) if FLAGS.dcn_mesh else None
+    try:
+        mesh = make_mesh(_ints(FLAGS.mesh), dcn_mesh_shape=dcn, devices=devices)
+    except ValueError as e:
+        raise app.UsageError(f"--mesh={FLAGS.mesh!r}: {e}") from None
+    rules = DEFAULT_RULES
+    t0 = time.perf_counter()
+    fn, args, desc = (build_sam2_work if FLAGS.work == "sam2" else build_policy_work)(mesh, rules)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(tuple(rules)):
+        lowered = fn.lower(*args)
+        compiled = lowered.compile()
+    compile_s = time.perf_counter() - t0
+    row = {"work": FLAGS.work, "topology": FLAGS.topology or "local", "num_slices": FLAGS.num_slices,
+           "device_kind": str(getattr(devices[0], "device_kind", "")), "devices": len(devices),
+           "mesh": dict(zip(mesh.axis_names, (int(x) for x in mesh.devices.shape))), "batch": FLAGS.batch,
+           **desc, "compile_s": round(compile_s, 1), **memory_row(compiled, devices)}
+    gib = lambda x: f"{x / 2**30:.2f} GiB"
+    print(f"{FLAGS.work} on {row['topology']} ({row['device_kind']}, {len(devices)} devices), mesh {row['mesh']}, "
+          f"batch {FLAGS.batch}; compiled in {compile_s:.1f} s")
+    print(f"{'per device':>22}")
+    for key in ("argument_bytes", "output_bytes", "alias_bytes", "temp_bytes", "peak_bytes"):
+        print(f"{key.replace('_bytes', ''):>22} {gib(row[key]):>12}")
+    if row["device_memory_gib"]:
+        print(f"{'device memory':>22} {row['device_memory_gib']:>8.1f} GiB  fits: {row['fits']}")
+    print(json.dumps(row))
+    if FLAGS.out:
+        with open(FLAGS.out, "w") as f:
+            json.dump(row, f, indent=1)
+
+
+if __name__ == "__main__":
+    app.run(main)
