@@ -39,6 +39,8 @@ TEST = [
     "hydra-core>=1.3",
     "iopath>=0.1.10",
     "pycocotools>=2.0.8",  # reference COCO mask decoder for the RefCOCOg builder's tests
+    # TPU compiler (no TPU needed): the ahead-of-time compile tests build for a v5p topology.
+    "jax[tpu]",
 ]
 
 setuptools.setup(
