@@ -50,7 +50,8 @@ flags.DEFINE_string("dtype", "bfloat16", "compute dtype")
 flags.DEFINE_string("param_dtype", "", "param dtype (default: float32 for train, else the compute dtype)")
 flags.DEFINE_string("remat", "full", "remat policy for train (none, full, dots, dots_no_batch, everything)")
 flags.DEFINE_integer("chunk_size", 256, "positions per logits chunk in train")
-flags.DEFINE_string("attention_impl", "auto", "auto | xla | cudnn")
+flags.DEFINE_string("attention_impl", "auto",
+                    "auto | xla | cudnn | tpu_flash (auto: tpu_flash for a --topology, else by backend)")
 flags.DEFINE_string("out", "", "also write the JSON result here")
 
 # HBM per chip by JAX device_kind, for the "fits" column (public TPU specifications).
@@ -122,6 +123,12 @@ def _policy_inputs(cfg, mesh, batch: int, seq: int):
     return ids, mask, pixels, grid, layout
 
 
+def attention_impl() -> str:
+    """"auto" resolves by the backend at trace time, which is this host's; for a TPU target it
+    means the TPU kernel."""
+    return "tpu_flash" if FLAGS.attention_impl == "auto" and FLAGS.topology else FLAGS.attention_impl
+
+
 def build_policy_work(mesh, rules):
     """(jitted function, abstract args, description) for the policy works."""
     import flax.linen as nn
@@ -135,14 +142,15 @@ def build_policy_work(mesh, rules):
 
     work = FLAGS.work
     param_dtype = FLAGS.param_dtype or ("float32" if work == "train" else FLAGS.dtype)
-    cfg = preset(FLAGS.preset, dtype=FLAGS.dtype, param_dtype=param_dtype, attention_impl=FLAGS.attention_impl,
+    cfg = preset(FLAGS.preset, dtype=FLAGS.dtype, param_dtype=param_dtype, attention_impl=attention_impl(),
                  remat_policy=FLAGS.remat if work == "train" else "none")
     model = Qwen2_5_VL(cfg)
     boxed = jax.eval_shape(lambda r: init_params(cfg, r), jax.random.key(0))
     p_shardings = logical_shardings(boxed, mesh, rules)
     params = _sharded(nn.unbox(boxed), p_shardings)
     b, p_len, r = FLAGS.batch, FLAGS.prompt_len, FLAGS.new_tokens
-    desc = {"preset": FLAGS.preset, "param_dtype": param_dtype, "dtype": FLAGS.dtype}
+    desc = {"preset": FLAGS.preset, "param_dtype": param_dtype, "dtype": FLAGS.dtype,
+            "attention": attention_impl()}
 
     if work in ("train", "forward"):
         ids, mask, pixels, grid, layout = _policy_inputs(cfg, mesh, b, p_len + r)
@@ -215,7 +223,7 @@ def build_sam2_work(mesh, rules):
 
     param_dtype = FLAGS.param_dtype or FLAGS.dtype
     cfg = get_preset(FLAGS.sam2_preset, dtype=getattr(jnp, FLAGS.dtype), param_dtype=getattr(jnp, param_dtype),
-                     attention_implementation=FLAGS.attention_impl)
+                     attention_implementation=attention_impl())
     params = _sharded(nn.unbox(abstract_params(cfg)), param_shardings(cfg, mesh, rules))
     b, s = FLAGS.batch, cfg.image_size
     rows = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=_fit(_batch_sharding(mesh, len(shape)), shape))
@@ -230,7 +238,8 @@ def build_sam2_work(mesh, rules):
                                     labs[:, 0], method=Sam2.decode)
         return select_masks(cfg, masks, iou, True)
 
-    desc = {"sam2_preset": FLAGS.sam2_preset, "image_size": s, "param_dtype": param_dtype, "dtype": FLAGS.dtype}
+    desc = {"sam2_preset": FLAGS.sam2_preset, "image_size": s, "param_dtype": param_dtype, "dtype": FLAGS.dtype,
+            "attention": attention_impl()}
     return jax.jit(segment), (params, images, boxes, points, labels), desc
 
 

@@ -7,23 +7,31 @@ Attention core. `dot_product_attention` takes `[B, T, N, H]` queries and `[B, S,
 keys/values (grouped-query attention when K < N) and routes to one backend:
   * "xla"   - XLA's lowering; runs everywhere (the CPU tests use it);
   * "cudnn" - cuDNN flash attention (GPU, bf16/fp16, head dim <= 128 and a multiple of 8);
-  * "auto"  - cuDNN when the backend is a GPU and the inputs qualify, else XLA.
+  * "tpu_flash" - the Pallas TPU flash-attention kernel (head dim <= 128 or a multiple of
+    128): sequences padded to multiples of 128, lengths as segment ids, kv heads repeated
+    for grouped queries; runs on CPU under `pltpu.force_tpu_interpret_mode()` for tests;
+  * "auto"  - cuDNN on a GPU and tpu_flash on a TPU when the inputs qualify, else XLA.
 Masks: `is_causal`, per-sequence valid lengths (`query_lengths`, `kv_lengths`, right padding)
-and an optional boolean `mask` broadcastable to `[B, N, T, S]` (XLA only).
+and an optional boolean `mask` broadcastable to `[B, N, T, S]` (XLA only). Queries past their
+length produce finite garbage in every backend.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Optional, Sequence
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 
 Dtype = Any
 Initializer = Callable[..., jax.Array]
 
-ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "tpu_flash")
+TPU_BLOCK = 128  # the Pallas TPU kernel's sequence block (keys: a multiple of the 128 lanes)
 
 
 def logical_param(module: nn.Module, name: str, init: Initializer, shape: Sequence[int],
@@ -63,9 +71,79 @@ def resolve_attention_implementation(implementation: str, q: jax.Array,
         raise ValueError(f"attention implementation {implementation!r} is not one of "
                          f"{ATTENTION_IMPLEMENTATIONS}")
     if implementation == "auto":
-        on_gpu = jax.default_backend() == "gpu"
-        return "cudnn" if on_gpu and _cudnn_qualifies(q, mask) else "xla"
+        backend = jax.default_backend()
+        if backend == "gpu" and _cudnn_qualifies(q, mask):
+            return "cudnn"
+        if backend == "tpu" and _tpu_flash_qualifies(q, mask):
+            return "tpu_flash"
+        return "xla"
     return implementation
+
+
+def _tpu_flash_qualifies(q: jax.Array, mask: Optional[jax.Array]) -> bool:
+    head_dim = q.shape[-1]
+    return mask is None and (head_dim <= 128 or head_dim % 128 == 0)
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def tpu_flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, is_causal: bool,
+                        query_lengths: Optional[jax.Array], kv_lengths: Optional[jax.Array],
+                        scale: Optional[float]) -> jax.Array:
+    """The Pallas TPU flash kernel in this module's conventions (see the module docstring)."""
+    from jax.experimental.pallas.ops.tpu import flash_attention as tpu_fa
+
+    b, t, n, h = q.shape
+    s, kh = k.shape[1], k.shape[2]
+    if n % kh:
+        raise ValueError(f"{n} query heads do not group over {kh} kv heads")
+    tp, sp = _round_up(t, TPU_BLOCK), _round_up(s, TPU_BLOCK)
+    if is_causal and t != s:
+        raise ValueError(f"causal tpu_flash attention needs equal query and key lengths, got {t} and {s}")
+    to_bnth = lambda x, length: jnp.pad(x, ((0, 0), (0, length - x.shape[1]), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
+    qp = to_bnth(q, tp)
+    kp = to_bnth(jnp.repeat(k, n // kh, axis=2), sp)
+    vp = to_bnth(jnp.repeat(v, n // kh, axis=2), sp)
+    # Segment ids: real keys 1, padding 0; queries 1, so a query sees exactly the real keys.
+    kv_len = jnp.full((b,), s, jnp.int32) if kv_lengths is None else kv_lengths.astype(jnp.int32)
+    kv_seg = (jnp.arange(sp)[None, :] < kv_len[:, None]).astype(jnp.int32)
+    q_seg = jnp.ones((b, tp), jnp.int32)
+    del query_lengths  # queries past their length are garbage in every backend
+    block = lambda size: min(TPU_BLOCK, size)
+    sizes = tpu_fa.BlockSizes(block_q=block(tp), block_k_major=block(sp), block_k=block(sp), block_b=1,
+                              block_q_major_dkv=block(tp), block_k_major_dkv=block(sp),
+                              block_k_dkv=block(sp), block_q_dkv=block(tp), block_k_major_dq=block(sp),
+                              block_k_dq=block(sp), block_q_dq=block(tp))
+    sm_scale = float(h ** -0.5 if scale is None else scale)
+
+    def kernel(qp, kp, vp, q_seg, kv_seg):
+        return tpu_fa.flash_attention(qp, kp, vp, segment_ids=tpu_fa.SegmentIds(q=q_seg, kv=kv_seg),
+                                      causal=is_causal, sm_scale=sm_scale, block_sizes=sizes)
+
+    out = _shard_over_batch_and_heads(kernel, b, n)(qp, kp, vp, q_seg, kv_seg)
+    return out.transpose(0, 2, 1, 3)[:, :t].astype(q.dtype)
+
+
+def _shard_over_batch_and_heads(kernel: Callable[..., jax.Array], batch: int, heads: int):
+    """Runs a Pallas kernel on `[B, N, T, H]` q/k/v + `[B, T]` ids per device under the current
+    mesh: Mosaic kernels are not partitioned by XLA, so the kernel goes inside a shard_map over
+    the mesh axes of "act_batch" and "act_heads" (the logical rules in context; axes that do
+    not divide a dim are left out of it). Without a mesh the kernel runs as it is."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return kernel
+
+    def fit(logical: str, size: int):
+        axes = nn.logical_to_mesh_axes((logical,))[0]
+        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        names = tuple(a for a in names if a in mesh.axis_names)
+        return names if names and size % math.prod(mesh.shape[a] for a in names) == 0 else None
+
+    bx, hx = fit("act_batch", batch), fit("act_heads", heads)
+    qkv, ids = PartitionSpec(bx, hx, None, None), PartitionSpec(bx, None)
+    return jax.shard_map(kernel, mesh=mesh, in_specs=(qkv, qkv, qkv, ids, ids), out_specs=qkv, check_vma=False)
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
@@ -80,8 +158,11 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     Softmax is accumulated in float32 by both backends.
     """
     impl = resolve_attention_implementation(implementation, q, mask)
-    if impl == "cudnn" and mask is not None:
-        raise ValueError("the cudnn attention backend takes lengths and is_causal, not a dense mask")
+    if impl in ("cudnn", "tpu_flash") and mask is not None:
+        raise ValueError(f"the {impl} attention backend takes lengths and is_causal, not a dense mask")
+    if impl == "tpu_flash":
+        return tpu_flash_attention(q, k, v, is_causal=is_causal, query_lengths=query_lengths,
+                                   kv_lengths=kv_lengths, scale=scale)
     return jax.nn.dot_product_attention(
         q, k, v, mask=mask, scale=scale, is_causal=is_causal,
         query_seq_lengths=query_lengths, key_value_seq_lengths=kv_lengths,

@@ -124,6 +124,25 @@ def test_attention_never_gets_a_dense_mask(ours_tied, batch, monkeypatch):
             assert c["is_causal"] == (name != "decode"), name
 
 
+def test_tpu_flash_backend_equals_xla(ours_tied, batch, ref_logits):
+    """The whole policy (vision segments, packed prompt, decode) on the Pallas TPU kernel, interpreted."""
+    from jax.experimental.pallas import tpu as pltpu
+    cfg, params = ours_tied
+    ids, mask, pixels, grid = batch
+    flash = Qwen2_5_VL(cfg.replace(attention_impl="tpu_flash"))
+    xla = Qwen2_5_VL(cfg.replace(attention_impl="xla"))
+    cache = init_cache(cfg, 2, ids.shape[1] + 1)
+    with pltpu.force_tpu_interpret_mode():
+        logits = flash.apply({"params": params}, ids, pixels, grid, mask)
+        _, filled = flash.apply({"params": params}, ids, cache, pixels, grid, mask, method=Qwen2_5_VL.prefill)
+        step, _ = flash.apply({"params": params}, jnp.asarray([3, 4]), filled, method=Qwen2_5_VL.decode)
+    valid = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(logits)[valid], ref_logits[valid], atol=1e-4, rtol=0)
+    _, ref_filled = xla.apply({"params": params}, ids, cache, pixels, grid, mask, method=Qwen2_5_VL.prefill)
+    ref_step, _ = xla.apply({"params": params}, jnp.asarray([3, 4]), ref_filled, method=Qwen2_5_VL.decode)
+    np.testing.assert_allclose(np.asarray(step), np.asarray(ref_step), atol=1e-4, rtol=0)
+
+
 def test_rows_of_different_lengths_decode_independently(ours_tied):
     """Row b's next key goes to slot lengths[b]; each row's logits equal that row decoded alone."""
     cfg, params = ours_tied
