@@ -7,27 +7,16 @@ Every param carries logical axis names; matmuls run in `dtype`, norms in float32
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from segzero_jax.models.layers import activation as activation_fn
 from segzero_jax.models.layers import logical_param
 
 Dtype = Any
-
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": jax.nn.relu,
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # torch.nn.GELU() is the erf form
-}
-
-REMAT_POLICIES: dict[str, Any] = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-}
 
 
 def constrain(x: jax.Array, axes: Sequence[Optional[str]]) -> jax.Array:
@@ -89,7 +78,7 @@ class Mlp(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        act = ACTIVATIONS[self.activation]
+        act = activation_fn(self.activation)
         for i in range(self.num_layers):
             last = i == self.num_layers - 1
             in_axis = "embed" if i == 0 else ("mlp" if last else None)
@@ -118,7 +107,7 @@ class StackedMlp(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         m = x.shape[-2]
-        act = ACTIVATIONS[self.activation]
+        act = activation_fn(self.activation)
         for i in range(self.num_layers):
             last = i == self.num_layers - 1
             f = self.output_dim if last else self.hidden_dim

@@ -75,10 +75,12 @@ class Sam2Config:
     remat_policy: str = "none"
 
     def __post_init__(self):
-        from segzero_jax.models.layers import ATTENTION_IMPLEMENTATIONS
+        from segzero_jax.models.layers import ATTENTION_IMPLEMENTATIONS, REMAT_POLICIES
         if self.attention_implementation not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"Sam2Config.attention_implementation={self.attention_implementation!r} is not "
                              f"one of {ATTENTION_IMPLEMENTATIONS}")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"Sam2Config.remat_policy={self.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}")
         if len(self.stages) != len(self.window_spec):
             raise ValueError(f"Sam2Config.window_spec {self.window_spec} needs one size per stage "
                              f"{self.stages}")

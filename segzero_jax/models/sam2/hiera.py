@@ -26,8 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segzero_jax.models.layers import dot_product_attention, logical_param
-from segzero_jax.models.sam2.common import REMAT_POLICIES, Dense, LayerNorm, Mlp, constrain
+from segzero_jax.models.layers import dot_product_attention, logical_param, maybe_remat
+from segzero_jax.models.sam2.common import Dense, LayerNorm, Mlp, constrain
 from segzero_jax.models.sam2.config import BlockSpec, Sam2Config
 from segzero_jax.models.sam2.resize import resize_hwc
 
@@ -181,20 +181,15 @@ class Hiera(nn.Module):
         x = (x + self._pos_embed(x.shape[1], x.shape[2])).astype(cfg.dtype)
         x = constrain(x, ACT)
 
-        policy = REMAT_POLICIES[cfg.remat_policy]
         outputs = []
         for j, (start, count, spec) in enumerate(block_segments(cfg)):
             if is_scanned(spec):
-                block_cls = _ScannedBlock
-                if cfg.remat_policy != "none":
-                    block_cls = nn.remat(block_cls, policy=policy, prevent_cse=False)
+                block_cls = maybe_remat(_ScannedBlock, cfg.remat_policy)
                 stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                                 length=count, metadata_params={nn.PARTITION_NAME: "layers"})
                 x, _ = stack(spec, cfg, name=f"segment_{j}")(x, None)
             else:
-                block_cls = MultiScaleBlock
-                if cfg.remat_policy != "none":
-                    block_cls = nn.remat(block_cls, policy=policy, prevent_cse=False)
+                block_cls = maybe_remat(MultiScaleBlock, cfg.remat_policy)
                 x = block_cls(spec, cfg, name=f"segment_{j}")(x)
             if start + count - 1 in cfg.stage_ends:
                 outputs.append(x)
