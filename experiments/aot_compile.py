@@ -51,7 +51,7 @@ flags.DEFINE_string("param_dtype", "", "param dtype (default: float32 for train,
 flags.DEFINE_string("remat", "full", "remat policy for train (none, full, dots, dots_no_batch, everything)")
 flags.DEFINE_integer("chunk_size", 256, "positions per logits chunk in train")
 flags.DEFINE_string("attention_impl", "auto",
-                    "auto | xla | cudnn | tpu_flash (auto: tpu_flash for a --topology, else by backend)")
+                    "auto | xla | cudnn | tpu_flash (auto: what a TPU would pick for a --topology)")
 flags.DEFINE_string("out", "", "also write the JSON result here")
 
 # HBM per chip by JAX device_kind, for the "fits" column (public TPU specifications).
@@ -125,8 +125,8 @@ def _policy_inputs(cfg, mesh, batch: int, seq: int):
 
 def attention_impl() -> str:
     """"auto" resolves by the backend at trace time, which is this host's; for a TPU target it
-    means the TPU kernel."""
-    return "tpu_flash" if FLAGS.attention_impl == "auto" and FLAGS.topology else FLAGS.attention_impl
+    means what a TPU backend picks (`tpu_auto`: the TPU kernel for long queries, else XLA)."""
+    return "tpu_auto" if FLAGS.attention_impl == "auto" and FLAGS.topology else FLAGS.attention_impl
 
 
 def build_policy_work(mesh, rules):

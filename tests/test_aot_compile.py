@@ -33,7 +33,7 @@ def test_policy_work_on_local_mesh(work):
 def test_tpu_topology_train_and_sam2():
     train = _compile("--work=train", "--topology=v5p:2x2x1", "--mesh=1,-1,1", *POLICY)
     assert train["device_kind"].startswith("TPU v5") and train["devices"] == 4
-    assert train["device_memory_gib"] == 95 and train["fits"] is True
+    assert train["device_memory_gib"] == 95 and train["fits"] is True and train["attention"] == "tpu_auto"
     sam2 = _compile("--work=sam2", "--sam2_preset=test_tiny", "--topology=v5p:2x2x1", "--mesh=-1,1,1",
                     "--batch=4")
     assert sam2["fits"] is True and sam2["peak_bytes"] > 0

@@ -10,7 +10,9 @@ keys/values (grouped-query attention when K < N) and routes to one backend:
   * "tpu_flash" - the Pallas TPU flash-attention kernel (head dim <= 128 or a multiple of
     128): sequences padded to multiples of 128, lengths as segment ids, kv heads repeated
     for grouped queries; runs on CPU under `pltpu.force_tpu_interpret_mode()` for tests;
-  * "auto"  - cuDNN on a GPU and tpu_flash on a TPU when the inputs qualify, else XLA.
+  * "auto"  - cuDNN on a GPU, tpu_flash on a TPU for queries of >= 128 positions, else XLA;
+  * "tpu_auto" - the TPU's "auto" choice on any backend (ahead-of-time compiles for a TPU
+    from another host).
 Masks: `is_causal`, per-sequence valid lengths (`query_lengths`, `kv_lengths`, right padding)
 and an optional boolean `mask` broadcastable to `[B, N, T, S]` (XLA only). Queries past their
 length produce finite garbage in every backend.
@@ -30,7 +32,7 @@ from jax.sharding import PartitionSpec
 Dtype = Any
 Initializer = Callable[..., jax.Array]
 
-ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "tpu_flash")
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "tpu_flash", "tpu_auto")
 TPU_BLOCK = 128  # the Pallas TPU kernel's sequence block (keys: a multiple of the 128 lanes)
 
 
@@ -66,7 +68,7 @@ def _cudnn_qualifies(q: jax.Array, mask: Optional[jax.Array]) -> bool:
 
 def resolve_attention_implementation(implementation: str, q: jax.Array,
                                      mask: Optional[jax.Array] = None) -> str:
-    """Picks the concrete backend ("xla" or "cudnn") for `implementation`."""
+    """Picks the concrete backend ("xla", "cudnn" or "tpu_flash") for `implementation`."""
     if implementation not in ATTENTION_IMPLEMENTATIONS:
         raise ValueError(f"attention implementation {implementation!r} is not one of "
                          f"{ATTENTION_IMPLEMENTATIONS}")
@@ -77,12 +79,16 @@ def resolve_attention_implementation(implementation: str, q: jax.Array,
         if backend == "tpu" and _tpu_flash_qualifies(q, mask):
             return "tpu_flash"
         return "xla"
+    if implementation == "tpu_auto":
+        return "tpu_flash" if _tpu_flash_qualifies(q, mask) else "xla"
     return implementation
 
 
 def _tpu_flash_qualifies(q: jax.Array, mask: Optional[jax.Array]) -> bool:
+    """Long queries only: below one 128-row block the padding and the repeated kv heads cost
+    more than XLA's small score matrix (decode steps, SAM2's small windows and prompt tokens)."""
     head_dim = q.shape[-1]
-    return mask is None and (head_dim <= 128 or head_dim % 128 == 0)
+    return mask is None and q.shape[1] >= TPU_BLOCK and (head_dim <= 128 or head_dim % 128 == 0)
 
 
 def _round_up(n: int, m: int) -> int:

@@ -101,6 +101,10 @@ def test_registries_and_errors():
     with pytest.raises(ValueError, match="attention implementation 'flash'"):
         layers.resolve_attention_implementation("flash", jnp.zeros((1, 1, 1, 8)))
     assert layers.resolve_attention_implementation("auto", jnp.zeros((1, 1, 1, 8))) == "xla"
+    # The TPU rule: the kernel for long queries only (decode steps and small windows stay on XLA).
+    assert layers.resolve_attention_implementation("tpu_auto", jnp.zeros((2, 128, 4, 80))) == "tpu_flash"
+    assert layers.resolve_attention_implementation("tpu_auto", jnp.zeros((2, 1, 4, 128))) == "xla"
+    assert layers.resolve_attention_implementation("tpu_auto", jnp.zeros((2, 256, 4, 192))) == "xla"
     with pytest.raises(ValueError, match="tpu_flash attention backend takes lengths"):
         layers.dot_product_attention(jnp.zeros((1, 2, 1, 8)), jnp.zeros((1, 2, 1, 8)), jnp.zeros((1, 2, 1, 8)),
                                      mask=jnp.ones((1, 1, 2, 2), bool), implementation="tpu_flash")
