@@ -188,3 +188,48 @@ def test_iterator_state_round_trips_through_orbax(data_dir, tokenizer, tmp_path)
         got = next(restored)
         assert list(got["image_id"]) == list(batch["image_id"])
         np.testing.assert_array_equal(got["input_ids"], batch["input_ids"])
+
+
+def test_batches_feed_the_policy(data_dir, tokenizer):
+    """A pipeline batch goes straight into the policy: image tokens match the features, the
+    equal-size images run as a vision batch, prefill + decode and the response log-probs run."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from segzero_jax.models.qwen2_5_vl import Qwen2_5_VL, init_cache, preset, vision_layout
+    from segzero_jax.models.qwen2_5_vl.model import init_params
+
+    batch = next(iter(IP.make_input_pipeline(_config(data_dir), tokenizer=tokenizer)))
+    cfg = preset("tiny")
+    params = nn.unbox(init_params(cfg, jax.random.key(0)))
+    model = Qwen2_5_VL(cfg)
+    layout = vision_layout(batch["image_grid_thw"], cfg.vision)
+    assert layout["image_slots"].shape == (4,)
+    ids, mask = jnp.asarray(batch["input_ids"]), jnp.asarray(batch["attention_mask"])
+    pixels = jnp.asarray(batch["pixel_values"])
+    # Eager call: the image-token count is checked against the vision features.
+    logits = model.apply({"params": params}, ids, pixels, batch["image_grid_thw"], mask)
+    assert logits.shape == (4, 200, cfg.text.vocab_size) and bool(jnp.isfinite(logits[mask > 0]).all())
+
+    grid = jnp.asarray(batch["image_grid_thw"])
+    with pytest.raises(ValueError, match="image_grid_thw is needed for the 3-D rotary positions"):
+        model.apply({"params": params}, ids, pixels, None, mask, vision_layout=layout)
+
+    @jax.jit
+    def rollout_step(p, ids, pixels, mask, layout):
+        cache = init_cache(cfg, ids.shape[0], ids.shape[1] + 2)
+        last, cache = model.apply({"params": p}, ids, cache, pixels, grid, mask, vision_layout=layout,
+                                  method=Qwen2_5_VL.prefill)
+        nxt, cache = model.apply({"params": p}, jnp.argmax(last, -1), cache, method=Qwen2_5_VL.decode)
+        return last, nxt, cache["lengths"]
+
+    last, nxt, lengths = rollout_step(params, ids, pixels, mask, layout)
+    np.testing.assert_array_equal(np.asarray(lengths), batch["attention_mask"].sum(1) + 1)
+    np.testing.assert_allclose(np.asarray(last), np.asarray(logits[:, -1]), atol=1e-4, rtol=0)
+    response = jnp.concatenate([ids, jnp.argmax(last, -1)[:, None].astype(jnp.int32)], 1)
+    lp, ent = model.apply({"params": params}, response, pixels, grid,
+                          jnp.concatenate([mask, jnp.ones((4, 1), jnp.int32)], 1), vision_layout=layout,
+                          num_targets=1, method=Qwen2_5_VL.response_log_probs)
+    np.testing.assert_allclose(np.asarray(lp[:, 0]), np.asarray(jax.nn.log_softmax(last).max(-1)), atol=1e-4)
+    assert bool((ent > 0).all()) and nxt.shape == (4, cfg.text.vocab_size)

@@ -151,6 +151,9 @@ class Qwen2_5_VL(nn.Module):
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be int32[B, T], got shape {input_ids.shape}")
         if position_ids is None:
+            if pixel_values is not None and image_grid_thw is None:
+                raise ValueError("image_grid_thw is needed for the 3-D rotary positions of the image tokens "
+                                 "(pass it with vision_layout; it may be a traced array), or pass position_ids")
             position_ids, rope_deltas = self.rope_positions(input_ids, attention_mask, image_grid_thw)
         else:
             rope_deltas = None
