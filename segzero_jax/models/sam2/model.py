@@ -17,6 +17,7 @@ from typing import Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from segzero_jax.models.layers import logical_param
 from segzero_jax.models.sam2.common import Dense
@@ -96,15 +97,19 @@ def abstract_params(config: Sam2Config) -> dict:
 
 def random_params(config: Sam2Config, rng: jax.Array, scale: float = 0.02) -> dict:
     """Params of the right shapes filled with N(0, scale^2) noise (norm scales around 1), made
-    without tracing the model's forward: for benchmarks and smoke runs, not for training."""
+    without tracing the model's forward: for benchmarks and smoke runs, not for training.
+
+    One draw for the whole tree, cut into the leaves (one RNG op compiles in a moment; one
+    per leaf took most of a minute on a CPU)."""
     abstract = nn.meta.unbox(abstract_params(config))
     leaves, treedef = jax.tree.flatten_with_path(abstract)
-    keys = jax.random.split(rng, len(leaves))
-
-    def make(path, leaf, key):
-        noise = scale * jax.random.normal(key, leaf.shape, jnp.float32)
+    sizes = [int(np.prod(leaf.shape)) for _, leaf in leaves]
+    noise = scale * jax.random.normal(rng, (sum(sizes),), jnp.float32)
+    offsets = np.cumsum([0] + sizes)
+    out = []
+    for (path, leaf), start, size in zip(leaves, offsets, sizes):
+        value = jax.lax.dynamic_slice_in_dim(noise, int(start), size).reshape(leaf.shape)
         if getattr(path[-1], "key", "") == "scale":
-            noise = noise + 1.0
-        return noise.astype(leaf.dtype)
-
-    return jax.tree.unflatten(treedef, [make(p, l, k) for (p, l), k in zip(leaves, keys)])
+            value = value + 1.0
+        out.append(value.astype(leaf.dtype))
+    return jax.tree.unflatten(treedef, out)
