@@ -270,8 +270,14 @@ def main(argv):
 
     from segzero_jax.parallel import DEFAULT_RULES, make_mesh
 
+    from segzero_jax.models import qwen2_5_vl, sam2
+
     if FLAGS.batch < 1 or FLAGS.new_tokens < 1 or FLAGS.prompt_len < 1:
         raise app.UsageError("--batch, --prompt_len and --new_tokens must be positive")
+    if FLAGS.work == "sam2" and FLAGS.sam2_preset not in sam2.PRESETS:
+        raise app.UsageError(f"--sam2_preset={FLAGS.sam2_preset!r} is not one of {sorted(sam2.PRESETS)}")
+    if FLAGS.work != "sam2" and FLAGS.preset not in qwen2_5_vl.PRESETS:
+        raise app.UsageError(f"--preset={FLAGS.preset!r} is not one of {sorted(qwen2_5_vl.PRESETS)}")
     devices = target_devices()
     dcn = _ints(FLAGS.dcn_mesh) if FLAGS.dcn_mesh else None
     try:
