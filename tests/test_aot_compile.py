@@ -43,6 +43,6 @@ def test_bad_mesh_and_topology_are_named():
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
     for flag, words in (("--mesh=3,-1,1", "--mesh='3,-1,1'"), ("--topology=v9z:1x1", "--topology='v9z:1x1'"),
                         ("--preset=13b", "--preset='13b' is not one of")):
-        proc = subprocess.run([sys.executable, "-m", "experiments.aot_compile", flag, *POLICY], cwd=ROOT,
+        proc = subprocess.run([sys.executable, "-m", "experiments.aot_compile", *POLICY, flag], cwd=ROOT,
                               env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode != 0 and words in proc.stderr, proc.stderr[-2000:]
