@@ -84,17 +84,15 @@ def _sharded(abstract_tree: Any, shardings: Any) -> Any:
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_tree, shardings)
 
 
-def _batch_sharding(mesh, ndim: int):
-    from jax.sharding import NamedSharding, PartitionSpec
-    return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))
+def _rows(mesh, rules, shape, dtype):
+    """An abstract batch-major input: dim 0 over the mesh axes of "act_batch"."""
+    import jax
+    from segzero_jax.parallel import named_sharding
+    axes = ("act_batch",) + (None,) * (len(shape) - 1)
+    return jax.ShapeDtypeStruct(shape, dtype, sharding=named_sharding(axes, shape, mesh, rules))
 
 
-def _fit(sharding, shape):
-    from segzero_jax.parallel.sharding import _fit_to_shape
-    return _fit_to_shape(sharding, tuple(shape))
-
-
-def _policy_inputs(cfg, mesh, batch: int, seq: int):
+def _policy_inputs(cfg, mesh, rules, batch: int, seq: int):
     """Abstract ids/mask `[B, T]`, patches, host grid and vision layout for one image per row."""
     import jax
     import jax.numpy as jnp
@@ -103,7 +101,7 @@ def _policy_inputs(cfg, mesh, batch: int, seq: int):
 
     from segzero_jax.models.qwen2_5_vl import vision_layout
 
-    rows = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=_fit(_batch_sharding(mesh, len(shape)), shape))
+    rows = lambda shape, dt: _rows(mesh, rules, shape, dt)
     ids, mask = rows((batch, seq), jnp.int32), rows((batch, seq), jnp.int32)
     if not FLAGS.image_px:
         return ids, mask, None, None, None
@@ -138,7 +136,7 @@ def build_policy_work(mesh, rules):
 
     from segzero_jax.models.qwen2_5_vl import Qwen2_5_VL, cache_logical_axes, init_cache, preset
     from segzero_jax.models.qwen2_5_vl.model import init_params
-    from segzero_jax.parallel import logical_shardings
+    from segzero_jax.parallel import logical_shardings, named_sharding
 
     work = FLAGS.work
     param_dtype = FLAGS.param_dtype or ("float32" if work == "train" else FLAGS.dtype)
@@ -153,7 +151,7 @@ def build_policy_work(mesh, rules):
             "attention": attention_impl()}
 
     if work in ("train", "forward"):
-        ids, mask, pixels, grid, layout = _policy_inputs(cfg, mesh, b, p_len + r)
+        ids, mask, pixels, grid, layout = _policy_inputs(cfg, mesh, rules, b, p_len + r)
         gridj = None if grid is None else jnp.asarray(grid)
         desc.update(tokens_per_row=p_len + r, response_tokens=r, image_px=FLAGS.image_px)
         if work == "forward":
@@ -187,13 +185,12 @@ def build_policy_work(mesh, rules):
     capacity = p_len + r
     cache = jax.eval_shape(lambda: init_cache(cfg, b, capacity))
     axes = cache_logical_axes(cfg)
-    c_shardings = {k: _fit(nn.logical_to_mesh_sharding(jax.sharding.PartitionSpec(*axes[k]), mesh, tuple(rules)),
-                           cache[k].shape) for k in cache}
+    c_shardings = {k: named_sharding(axes[k], cache[k].shape, mesh, rules) for k in cache}
     cache = _sharded(cache, c_shardings)
     desc.update(cache_capacity=capacity, kv_cache_bytes_global=int(sum(
         math.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(cache))))
     if work == "prefill":
-        ids, mask, pixels, grid, layout = _policy_inputs(cfg, mesh, b, p_len)
+        ids, mask, pixels, grid, layout = _policy_inputs(cfg, mesh, rules, b, p_len)
         gridj = None if grid is None else jnp.asarray(grid)
         desc.update(prompt_len=p_len, image_px=FLAGS.image_px)
 
@@ -202,7 +199,7 @@ def build_policy_work(mesh, rules):
 
         return jax.jit(prefill, donate_argnums=(1,)), (params, cache, ids, mask, pixels, layout), desc
 
-    tokens = jax.ShapeDtypeStruct((b,), jnp.int32, sharding=_fit(_batch_sharding(mesh, 1), (b,)))
+    tokens = _rows(mesh, rules, (b,), jnp.int32)
 
     def decode(p, c, t):
         return model.apply({"params": p}, t, c, method=Qwen2_5_VL.decode)
@@ -226,7 +223,7 @@ def build_sam2_work(mesh, rules):
                      attention_implementation=attention_impl())
     params = _sharded(nn.unbox(abstract_params(cfg)), param_shardings(cfg, mesh, rules))
     b, s = FLAGS.batch, cfg.image_size
-    rows = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=_fit(_batch_sharding(mesh, len(shape)), shape))
+    rows = lambda shape, dt: _rows(mesh, rules, shape, dt)
     images = rows((b, s, s, 3), jnp.float32)
     boxes, points, labels = rows((b, 1, 4), jnp.float32), rows((b, 1, 2, 2), jnp.float32), rows((b, 1, 2), jnp.int32)
     model = Sam2(cfg)

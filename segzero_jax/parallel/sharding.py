@@ -67,6 +67,14 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: LogicalRules = DEFA
                         nn.meta.unbox(abstract_tree))
 
 
+def named_sharding(logical_axes: Sequence[Optional[str]], shape: Sequence[int], mesh: Mesh,
+                   rules: LogicalRules = DEFAULT_RULES) -> NamedSharding:
+    """The NamedSharding of one array from its logical axis names (e.g. ("act_batch", None) for
+    a batch of rows); dims their mesh axes do not divide are replicated."""
+    spec = nn.logical_to_mesh_axes(tuple(logical_axes), tuple(rules))
+    return _fit_to_shape(NamedSharding(mesh, spec), tuple(shape))
+
+
 def with_sharding_constraint(x: jax.Array, logical_axes: Sequence[Optional[str]]) -> jax.Array:
     """Activation constraint by logical names (a no-op outside a mesh/rules context)."""
     return nn.with_logical_constraint(x, tuple(logical_axes))

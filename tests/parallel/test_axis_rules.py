@@ -32,3 +32,14 @@ def test_cache_axes_have_rules():
     axes = qwen2_5_vl.cache_logical_axes(qwen2_5_vl.preset("tiny"))
     used = {n for spec in axes.values() for n in spec}
     assert used <= {name for name, _ in DEFAULT_RULES}
+
+
+def test_named_sharding_follows_rules_and_replicates_indivisible_dims():
+    from jax.sharding import PartitionSpec
+
+    from segzero_jax.parallel import make_mesh, named_sharding
+    mesh = make_mesh((2, 2, 2))
+    assert named_sharding(("act_batch", None), (8, 3), mesh).spec == PartitionSpec(("data", "fsdp"), None)
+    assert named_sharding(("act_batch", "act_heads"), (3, 4), mesh).spec == PartitionSpec(None, "tensor")
+    cache = named_sharding(qwen2_5_vl.cache_logical_axes(qwen2_5_vl.preset("tiny"))["k"], (2, 4, 16, 2, 16), mesh)
+    assert cache.spec == PartitionSpec(None, ("data", "fsdp"), None, "tensor", None)
