@@ -30,17 +30,18 @@ from segzero_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 class DecoderLayer(nn.Module):
     """One decoder layer. Returns (y `[B, T, D]`, (k, v) `[B, T, K, H]` rotated keys/values).
 
-    With `cache_k`/`cache_v` (`[B, S, K, H]`) and `cache_index` int32[B] (one new token per
-    row, T = 1) row b's new k/v are written at slot `cache_index[b]` (dropped when that is S)
-    and attention runs over the cache row's first `kv_lengths[b]` keys (decode); the updated
-    cache slices are returned instead of the fresh k/v.
+    With the whole cache `cache_k`/`cache_v` (`[L, B, S, K, H]`), `layer_index` and
+    `cache_index` int32[B] (one new token per row, T = 1), row b's new k/v are written at
+    `[layer_index, b, cache_index[b]]` (dropped when that is S) and attention runs over the
+    layer's first `kv_lengths[b]` keys (decode); the updated cache is returned instead of the
+    fresh k/v.
     """
 
     config: Qwen2_5_VLConfig
 
     @nn.compact
     def __call__(self, x, cos, sin, kv_lengths, is_causal: bool,
-                 cache_k=None, cache_v=None, cache_index=None):
+                 cache_k=None, cache_v=None, cache_index=None, layer_index=None):
         c, t = self.config, self.config.text
         kw = dict(dtype=c.compute_dtype, param_dtype=c.weight_dtype)
         d, n, kh, h = t.hidden_size, t.num_heads, t.num_kv_heads, t.head_dim
@@ -57,13 +58,14 @@ class DecoderLayer(nn.Module):
             if k.shape[1] != 1:
                 raise ValueError(f"decoding with a cache takes one token per row, got {k.shape[1]}")
             rows = jnp.arange(k.shape[0])
-            k_all = cache_k.at[rows, cache_index].set(k[:, 0].astype(cache_k.dtype), mode="drop")
-            v_all = cache_v.at[rows, cache_index].set(v[:, 0].astype(cache_v.dtype), mode="drop")
-            new_kv = (k_all, v_all)
-            k_att, v_att = k_all.astype(q.dtype), v_all.astype(q.dtype)
+            cache_k = cache_k.at[layer_index, rows, cache_index].set(k[:, 0].astype(cache_k.dtype), mode="drop")
+            cache_v = cache_v.at[layer_index, rows, cache_index].set(v[:, 0].astype(cache_v.dtype), mode="drop")
+            k_att = jax.lax.dynamic_index_in_dim(cache_k, layer_index, 0, keepdims=False).astype(q.dtype)
+            v_att = jax.lax.dynamic_index_in_dim(cache_v, layer_index, 0, keepdims=False).astype(q.dtype)
+            new_kv = (cache_k, cache_v)
         else:
-            new_kv = (k, v)
             k_att, v_att = k, v
+            new_kv = (k, v)
         o = dot_product_attention(q, k_att, v_att, is_causal=is_causal, kv_lengths=kv_lengths,
                                   implementation=c.attention_impl)
         o = nn.with_logical_constraint(o, ("act_batch", "act_length", "act_heads", None))
@@ -75,18 +77,30 @@ class DecoderLayer(nn.Module):
 
 
 class _ScanBody(nn.Module):
-    """Scan adapter: carry x; broadcast rotary/lengths; per-layer cache slices as scanned inputs."""
+    """Scan adapter over the prompt: carry x; broadcast rotary/lengths; k/v stacked as outputs."""
 
     config: Qwen2_5_VLConfig
     is_causal: bool = True
 
     @nn.compact
-    def __call__(self, x, layer_cache, cos, sin, kv_lengths, cache_index):
+    def __call__(self, x, cos, sin, kv_lengths):
         layer = maybe_remat(DecoderLayer, self.config.remat_policy, static_argnums=(5,))
-        ck, cv = (None, None) if layer_cache is None else layer_cache
-        x, kv = layer(self.config, name="layer")(x, cos, sin, kv_lengths, self.is_causal,
-                                                 ck, cv, cache_index)
-        return x, kv
+        return layer(self.config, name="layer")(x, cos, sin, kv_lengths, self.is_causal)
+
+
+class _DecodeScanBody(nn.Module):
+    """Scan adapter for one decode step: the whole cache `[L, B, S, K, H]` rides in the carry
+    with the layer number, and each layer writes only its new key/value into it. (As scanned
+    inputs and outputs the cache would exist twice and be rewritten in full every step.)"""
+
+    config: Qwen2_5_VLConfig
+
+    @nn.compact
+    def __call__(self, carry, cos, sin, kv_lengths, cache_index):
+        x, cache_k, cache_v, i = carry
+        x, (cache_k, cache_v) = DecoderLayer(self.config, name="layer")(x, cos, sin, kv_lengths, False,
+                                                                        cache_k, cache_v, cache_index, i)
+        return (x, cache_k, cache_v, i + 1), None
 
 
 class LanguageModel(nn.Module):
@@ -175,8 +189,12 @@ class DecoderStack(nn.Module):
 
     @nn.compact
     def __call__(self, x, cos, sin, kv_lengths, is_causal: bool, cache, cache_index):
-        stack = nn.scan(_ScanBody, variable_axes={"params": 0}, split_rngs={"params": True},
-                        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-                        out_axes=0, length=self.config.text.num_layers,
-                        metadata_params={nn.PARTITION_NAME: "layers"})
-        return stack(self.config, is_causal, name="layers")(x, cache, cos, sin, kv_lengths, cache_index)
+        scan = dict(variable_axes={"params": 0}, split_rngs={"params": True},
+                    length=self.config.text.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+        if cache is None:
+            stack = nn.scan(_ScanBody, in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), out_axes=0, **scan)
+            return stack(self.config, is_causal, name="layers")(x, cos, sin, kv_lengths)
+        stack = nn.scan(_DecodeScanBody, in_axes=(nn.broadcast,) * 4, **scan)
+        carry = (x, cache[0], cache[1], jnp.zeros((), jnp.int32))
+        (x, k, v, _), _ = stack(self.config, name="layers")(carry, cos, sin, kv_lengths, cache_index)
+        return x, (k, v)
