@@ -2,6 +2,7 @@
 
   python -m experiments.benchmark_qwen --preset=tiny --batch=4 --seq=256 [--image_px=224]
   python -m experiments.benchmark_qwen --mode=train --preset=tiny --batch=2 --seq=256 --new_tokens=64
+  python -m experiments.benchmark_qwen --mode=decode --preset=tiny --batch=16 --seq=1024
 
 `--mode=forward` times the jitted forward (logits for `batch x seq` tokens, optionally with one
 image per row whose placeholder tokens are part of `seq`), then the same forward of
@@ -10,7 +11,10 @@ which also gives a logits check). `--mode=train` times the GRPO update's work: f
 backward of the mean log-probability of the last `new_tokens` tokens (ours:
 `response_log_probs`, logits a chunk at a time; transformers: log_softmax of its logits over
 those positions, as in the peer baseline), with `--remat` (ours: the named policy; transformers:
-gradient checkpointing unless "none"); the check compares the two losses. Peak memory: on accelerators the allocator's peak
+gradient checkpointing unless "none"); the check compares the two losses. `--mode=decode`
+times one-token greedy decode steps after a `seq`-token prefill (ours: `Qwen2_5_VL.decode` on
+the donated KV cache; transformers: its forward with `past_key_values`); tokens/s counts the
+rows' new tokens and the check compares the first step's logits. Peak memory: on accelerators the allocator's peak
 (`memory_stats` / `torch.cuda.max_memory_allocated`); on CPU the peak resident-set growth
 sampled over the warm-up and timed calls, starting with params and inputs resident (and,
 for JAX, the executable compiled) - the same method for both - plus XLA's buffer sizes. Prints a table and one JSON line.
@@ -36,7 +40,8 @@ flags.DEFINE_string("attention_impl", "auto", "auto | xla | cudnn")
 flags.DEFINE_integer("warmup", 2, "untimed calls after compilation")
 flags.DEFINE_integer("iters", 5, "timed calls")
 flags.DEFINE_bool("compare_hf", True, "also run transformers on the same config and weights")
-flags.DEFINE_enum("mode", "forward", ["forward", "train"], "forward logits, or forward + backward of log-probs")
+flags.DEFINE_enum("mode", "forward", ["forward", "train", "decode"],
+                  "forward logits, forward + backward of log-probs, or cached decode steps")
 flags.DEFINE_integer("new_tokens", 256, "train mode: response tokens scored at the end of each row")
 flags.DEFINE_string("remat", "none", "train mode: remat policy (none, full, dots, dots_no_batch, everything)")
 flags.DEFINE_integer("chunk_size", 256, "train mode: positions per logits chunk (ours)")
@@ -141,6 +146,48 @@ def bench_ours(cfg, params, ids, pixels, grid):
             "xla_argument_bytes": int(getattr(mem, "argument_size_in_bytes", 0) or 0)}, check
 
 
+def bench_ours_decode(cfg, params, ids, pixels, grid):
+    import jax
+    import jax.numpy as jnp
+    from segzero_jax.models.qwen2_5_vl import Qwen2_5_VL, init_cache, vision_layout
+    model = Qwen2_5_VL(cfg)
+    b, t = ids.shape
+    capacity = t + FLAGS.warmup + FLAGS.iters + 1
+    layout = None if grid is None else vision_layout(grid, cfg.vision)
+    gridj = None if grid is None else jnp.asarray(grid)
+
+    @jax.jit
+    def prefill(p, i, pv, lay):
+        logits, cache = model.apply({"params": p}, i, init_cache(cfg, b, capacity), pv, gridj,
+                                    vision_layout=lay, method=Qwen2_5_VL.prefill)
+        return jnp.argmax(logits, -1).astype(jnp.int32), cache
+
+    def step(p, tok, cache):
+        logits, cache = model.apply({"params": p}, tok, cache, method=Qwen2_5_VL.decode)
+        return jnp.argmax(logits, -1).astype(jnp.int32), logits, cache
+
+    tok, cache = prefill(params, jnp.asarray(ids), None if pixels is None else jnp.asarray(pixels), layout)
+    t0 = time.perf_counter()
+    compiled = jax.jit(step, donate_argnums=(2,)).lower(params, tok, cache).compile()
+    compile_s = time.perf_counter() - t0
+    tok, first_logits, cache = compiled(params, tok, cache)
+    first_logits = jax.device_get(first_logits)
+    with RssPeak() as rss:
+        for _ in range(FLAGS.warmup):
+            tok, _, cache = compiled(params, tok, cache)
+        jax.block_until_ready(cache)
+        t0 = time.perf_counter()
+        for _ in range(FLAGS.iters):
+            tok, _, cache = compiled(params, tok, cache)
+        jax.block_until_ready(cache)
+        dt = (time.perf_counter() - t0) / FLAGS.iters
+    stats = jax.devices()[0].memory_stats() or {}
+    mem = compiled.memory_analysis()
+    return {"s_per_call": dt, "compile_s": compile_s, "peak_bytes": int(stats.get("peak_bytes_in_use") or rss.growth),
+            "xla_temp_bytes": int(getattr(mem, "temp_size_in_bytes", 0) or 0),
+            "xla_argument_bytes": int(getattr(mem, "argument_size_in_bytes", 0) or 0)}, first_logits
+
+
 def bench_hf(cfg, params, ids, pixels, grid):
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -157,6 +204,8 @@ def bench_hf(cfg, params, ids, pixels, grid):
         kw.update(pixel_values=torch.tensor(pixels, device=dev), image_grid_thw=torch.tensor(grid, device=dev),
                   mm_token_type_ids=(kw["input_ids"] == cfg.image_token_id).long())
     r = FLAGS.new_tokens
+    if FLAGS.mode == "decode":
+        return _hf_decode(model, kw, cuda)
 
     def call():
         if FLAGS.mode == "forward":
@@ -191,6 +240,32 @@ def bench_hf(cfg, params, ids, pixels, grid):
     return {"s_per_call": dt, "peak_bytes": int(peak)}, out.float().cpu().numpy()
 
 
+def _hf_decode(model, kw, cuda):
+    import torch
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    with torch.no_grad():
+        out = model(**kw, use_cache=True, logits_to_keep=1)
+        cache, tok = out.past_key_values, out.logits[:, -1].argmax(-1)
+        out = model(input_ids=tok[:, None], past_key_values=cache, use_cache=True)
+        first = out.logits[:, -1].float().cpu().numpy()
+        cache, tok = out.past_key_values, out.logits[:, -1].argmax(-1)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        with RssPeak() as rss:
+            for _ in range(FLAGS.warmup):
+                out = model(input_ids=tok[:, None], past_key_values=cache, use_cache=True)
+                cache, tok = out.past_key_values, out.logits[:, -1].argmax(-1)
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(FLAGS.iters):
+                out = model(input_ids=tok[:, None], past_key_values=cache, use_cache=True)
+                cache, tok = out.past_key_values, out.logits[:, -1].argmax(-1)
+            sync()
+            dt = (time.perf_counter() - t0) / FLAGS.iters
+    peak = torch.cuda.max_memory_allocated() if cuda else rss.growth
+    return {"s_per_call": dt, "peak_bytes": int(peak)}, first
+
+
 def main(argv):
     del argv
     import jax
@@ -204,8 +279,9 @@ def main(argv):
                  remat_policy=FLAGS.remat)
     params = nn.unbox(init_params(cfg, jax.random.key(0)))
     ids, pixels, grid = make_inputs(cfg, FLAGS.batch, FLAGS.seq, FLAGS.image_px, np.random.RandomState(0))
-    tokens = FLAGS.batch * FLAGS.seq
-    ours, logits = bench_ours(cfg, params, ids, pixels, grid)
+    tokens = FLAGS.batch if FLAGS.mode == "decode" else FLAGS.batch * FLAGS.seq
+    bench = bench_ours_decode if FLAGS.mode == "decode" else bench_ours
+    ours, logits = bench(cfg, params, ids, pixels, grid)
     row = {"mode": FLAGS.mode, "preset": FLAGS.preset, "batch": FLAGS.batch, "seq": FLAGS.seq,
            "image_px": FLAGS.image_px, "dtype": FLAGS.dtype, "device": str(jax.devices()[0].device_kind),
            **({"new_tokens": FLAGS.new_tokens, "remat": FLAGS.remat} if FLAGS.mode == "train" else {}),
@@ -217,14 +293,16 @@ def main(argv):
         row.update(hf_tokens_per_s=tokens / hf["s_per_call"], hf_peak_bytes=hf["peak_bytes"],
                    ratio_tokens_per_s=hf["s_per_call"] / ours["s_per_call"],
                    max_abs_diff=float(np.abs(np.asarray(logits, np.float32) - hf_logits).max()))
-    print(f"{FLAGS.mode}: {FLAGS.preset}, {FLAGS.batch} x {FLAGS.seq} tokens, {FLAGS.dtype}")
+    shape = (f"{FLAGS.batch} rows, one token per step after {FLAGS.seq}" if FLAGS.mode == "decode"
+             else f"{FLAGS.batch} x {FLAGS.seq} tokens")
+    print(f"{FLAGS.mode}: {FLAGS.preset}, {shape}, {FLAGS.dtype}")
     print(f"{'':>22} {'ours (jax)':>14} {'transformers':>14}")
     print(f"{'tokens/s':>22} {row['ours_tokens_per_s']:>14.1f} {row.get('hf_tokens_per_s', float('nan')):>14.1f}")
     print(f"{'peak memory (MiB)':>22} {row['ours_peak_bytes'] / 2**20:>14.1f} "
           f"{row.get('hf_peak_bytes', float('nan')) / 2**20:>14.1f}")
     if FLAGS.compare_hf:
         print(f"{'speed ratio ours/hf':>22} {row['ratio_tokens_per_s']:>14.2f}")
-        what = "logit" if FLAGS.mode == "forward" else "loss"
+        what = "loss" if FLAGS.mode == "train" else "logit"
         print(f"{f'max |{what} diff|':>22} {row['max_abs_diff']:>14.2e}")
     print(json.dumps(row))
 

@@ -28,7 +28,7 @@ def test_benchmark_rewards():
     assert row["responses"] == 32 and row["agreement"] == 1.0 and row["device_s"] > 0
 
 
-@pytest.mark.parametrize("mode", ["forward", "train"])
+@pytest.mark.parametrize("mode", ["forward", "train", "decode"])
 def test_benchmark_qwen(mode):
     row, _ = _run("experiments.benchmark_qwen", f"--mode={mode}", "--preset=tiny", "--batch=2", "--seq=48",
                   "--new_tokens=8", "--chunk_size=4", "--warmup=0", "--iters=1")
