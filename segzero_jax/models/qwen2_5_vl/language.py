@@ -30,11 +30,11 @@ from segzero_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 class DecoderLayer(nn.Module):
     """One decoder layer. Returns (y `[B, T, D]`, (k, v) `[B, T, K, H]` rotated keys/values).
 
-    With the whole cache `cache_k`/`cache_v` (`[L, B, S, K, H]`), `layer_index` and
-    `cache_index` int32[B] (one new token per row, T = 1), row b's new k/v are written at
-    `[layer_index, b, cache_index[b]]` (dropped when that is S) and attention runs over the
-    layer's first `kv_lengths[b]` keys (decode); the updated cache is returned instead of the
-    fresh k/v.
+    With the whole cache `cache_k`/`cache_v` (`[L, B, S, K, H]`) and `layer_index`: without
+    `cache_index` (prefill) the fresh k/v go to slots `[0, T)` of the layer and attention runs
+    over them; with `cache_index` int32[B] (decode, T = 1) row b's new k/v go to slot
+    `cache_index[b]` (dropped when that is S) and attention runs over the layer's first
+    `kv_lengths[b]` keys. Either way the updated cache is returned instead of the fresh k/v.
     """
 
     config: Qwen2_5_VLConfig
@@ -54,7 +54,13 @@ class DecoderLayer(nn.Module):
                    ("kv_heads", "head_dim"), name="v", **kw)(y)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q = nn.with_logical_constraint(q, ("act_batch", "act_length", "act_heads", None))
-        if cache_k is not None:
+        if cache_k is not None and cache_index is None:          # prefill: slots [0, T) of every row
+            start = (layer_index, 0, 0, 0, 0)
+            cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype), start)
+            cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), start)
+            k_att, v_att = k, v
+            new_kv = (cache_k, cache_v)
+        elif cache_k is not None:
             if k.shape[1] != 1:
                 raise ValueError(f"decoding with a cache takes one token per row, got {k.shape[1]}")
             rows = jnp.arange(k.shape[0])
@@ -88,18 +94,19 @@ class _ScanBody(nn.Module):
         return layer(self.config, name="layer")(x, cos, sin, kv_lengths, self.is_causal)
 
 
-class _DecodeScanBody(nn.Module):
-    """Scan adapter for one decode step: the whole cache `[L, B, S, K, H]` rides in the carry
-    with the layer number, and each layer writes only its new key/value into it. (As scanned
-    inputs and outputs the cache would exist twice and be rewritten in full every step.)"""
+class _CacheScanBody(nn.Module):
+    """Scan adapter for prefill and decode: the whole cache `[L, B, S, K, H]` rides in the carry
+    with the layer number, and each layer writes only its new keys/values into it. (As scanned
+    inputs and outputs the cache would exist twice, and decode would rewrite it every step.)"""
 
     config: Qwen2_5_VLConfig
+    is_causal: bool = True
 
     @nn.compact
     def __call__(self, carry, cos, sin, kv_lengths, cache_index):
         x, cache_k, cache_v, i = carry
-        x, (cache_k, cache_v) = DecoderLayer(self.config, name="layer")(x, cos, sin, kv_lengths, False,
-                                                                        cache_k, cache_v, cache_index, i)
+        x, (cache_k, cache_v) = DecoderLayer(self.config, name="layer")(
+            x, cos, sin, kv_lengths, self.is_causal, cache_k, cache_v, cache_index, i)
         return (x, cache_k, cache_v, i + 1), None
 
 
@@ -194,7 +201,7 @@ class DecoderStack(nn.Module):
         if cache is None:
             stack = nn.scan(_ScanBody, in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), out_axes=0, **scan)
             return stack(self.config, is_causal, name="layers")(x, cos, sin, kv_lengths)
-        stack = nn.scan(_DecodeScanBody, in_axes=(nn.broadcast,) * 4, **scan)
+        stack = nn.scan(_CacheScanBody, in_axes=(nn.broadcast,) * 4, **scan)
         carry = (x, cache[0], cache[1], jnp.zeros((), jnp.int32))
-        (x, k, v, _), _ = stack(self.config, name="layers")(carry, cos, sin, kv_lengths, cache_index)
+        (x, k, v, _), _ = stack(self.config, is_causal, name="layers")(carry, cos, sin, kv_lengths, cache_index)
         return x, (k, v)

@@ -16,9 +16,10 @@ in the causal + kv_lengths form (cuDNN on GPU, XLA elsewhere, never a dense mask
 are put back in the input's order. `right_padded=True` declares that no packing is needed.
 Vision attention always uses per-segment lengths.
 
-KV cache (pure pytree, `init_cache`): prefill writes the packed prompt's rotated k/v at the
-front of each cache row, with its length and next rotary position (`n_valid + rope_deltas`);
-`decode` appends one token per row at that row's length.
+KV cache (pure pytree, `init_cache`): prefill writes the packed prompt's rotated k/v, layer by
+layer, at the front of each cache row, with its length and next rotary position
+(`n_valid + rope_deltas`); `decode` appends one token per row at that row's length. The cache
+rides in the layer scan's carry, so a donated cache is updated in place.
 """
 
 from __future__ import annotations
@@ -139,11 +140,12 @@ class Qwen2_5_VL(nn.Module):
                                                    temperature, chunk_size)
 
     def _prompt_pass(self, input_ids, pixel_values, image_grid_thw, attention_mask, position_ids,
-                     vision_layout, right_padded):
+                     vision_layout, right_padded, cache_kv=None):
         """Decoder over a (packed) prompt.
 
         Returns (hidden `[B, T, D]` in packed order, stacked k/v `[L, B, T, K, H]` in packed
-        order, position_ids int32[3, B, T], rope_deltas int32[B, 1] or None,
+        order — or, given `cache_kv` (k, v) `[L, B, S, K, H]`, those with the prompt written
+        into slots `[0, T)` — position_ids int32[3, B, T], rope_deltas int32[B, 1] or None,
         dest int32[B, T] mapping input slots to packed slots (None when nothing was packed),
         lengths int32[B] of valid tokens (None without an attention_mask)).
         """
@@ -174,7 +176,7 @@ class Qwen2_5_VL(nn.Module):
         cos, sin = self._cos_sin(packed_pos)
         # A row with no valid token attends to its first slot: finite garbage, never NaN.
         kv_lengths = None if lengths is None else jnp.maximum(lengths, 1)
-        x, kv = self.language_model(x, cos, sin, kv_lengths=kv_lengths, is_causal=True)
+        x, kv = self.language_model(x, cos, sin, kv_lengths=kv_lengths, is_causal=True, cache=cache_kv)
         return x, kv, position_ids, rope_deltas, dest, lengths
 
     @staticmethod
@@ -196,12 +198,11 @@ class Qwen2_5_VL(nn.Module):
             raise ValueError(f"prompt length {t} exceeds the cache capacity {cache['k'].shape[2]}")
         if position_ids is not None and rope_deltas is None:
             raise ValueError("prefill with precomputed position_ids also needs rope_deltas")
-        x, kv, position_ids, deltas, dest, lengths = self._prompt_pass(
-            input_ids, pixel_values, image_grid_thw, attention_mask, position_ids, vision_layout, False)
+        x, (k, v), position_ids, deltas, dest, lengths = self._prompt_pass(
+            input_ids, pixel_values, image_grid_thw, attention_mask, position_ids, vision_layout, False,
+            cache_kv=(cache["k"], cache["v"]))
         deltas = deltas if rope_deltas is None else jnp.asarray(rope_deltas, jnp.int32)
         lengths = jnp.full((b,), t, jnp.int32) if lengths is None else lengths
-        k = jax.lax.dynamic_update_slice(cache["k"], kv[0].astype(cache["k"].dtype), (0,) * 5)
-        v = jax.lax.dynamic_update_slice(cache["v"], kv[1].astype(cache["v"].dtype), (0,) * 5)
         new = {"k": k, "v": v, "lengths": lengths,
                "position": (lengths + deltas[:, 0]).astype(jnp.int32)}
         if all_logits:
