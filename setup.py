@@ -39,8 +39,6 @@ TEST = [
     "hydra-core>=1.3",
     "iopath>=0.1.10",
     "pycocotools>=2.0.8",  # reference COCO mask decoder for the RefCOCOg builder's tests
-    # TPU compiler (no TPU needed): the ahead-of-time compile tests build for a v5p topology.
-    "jax[tpu]",
 ]
 
 setuptools.setup(
@@ -50,5 +48,7 @@ setuptools.setup(
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["segzero_jax*", "experiments*", "data_pipelines*"]),
     install_requires=CORE,
-    extras_require={"data": DATA, "test": DATA + TEST, "tfds-build": ["tensorflow-cpu>=2.16"]},
+    extras_require={"data": DATA, "test": DATA + TEST, "tfds-build": ["tensorflow-cpu>=2.16"],
+                    # libtpu: compiles for TPU topologies from any host (experiments.aot_compile).
+                    "aot": ["jax[tpu]"]},
 )

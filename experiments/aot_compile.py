@@ -7,7 +7,7 @@ memory: will this shape fit, on this mesh, before a pod is ever booked?
   python -m experiments.aot_compile --work=train --preset=tiny --mesh=2,2,2      (this host's devices)
 
 `--topology` names a TPU slice (`v5p:2x2x1`, `v5e:2x2`, `v4:2x2x1`, `v6e:2x2`; needs `libtpu`,
-no TPU) with `--num_slices` for multi-slice (then `--dcn_mesh` spreads mesh axes over slices);
+`pip install -e ".[aot]"`, no TPU) with `--num_slices` for multi-slice (then `--dcn_mesh` spreads mesh axes over slices);
 empty compiles for this host's devices. Params and inputs are abstract (shapes + shardings from
 the logical-axis rules), so nothing is allocated; XLA's memory analysis of the compiled program
 gives the per-device figures.
@@ -75,7 +75,7 @@ def target_devices() -> list:
                                             num_slices=FLAGS.num_slices)
     except Exception as e:  # no libtpu, or a name libtpu does not know
         raise app.UsageError(f"--topology={FLAGS.topology!r}: cannot describe this TPU topology "
-                             f"({type(e).__name__}: {e}); it needs the libtpu package") from None
+                             f"({type(e).__name__}: {e}); it needs libtpu: pip install -e \".[aot]\"") from None
     return list(topo.devices)
 
 

@@ -11,8 +11,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 POLICY = ["--preset=tiny", "--batch=4", "--prompt_len=40", "--new_tokens=8", "--image_px=112"]
 
 
+LIBTPU = os.path.join(ROOT, ".cache", "libtpu")   # installed by tests/run.sh
+
+
 def _compile(*flags):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    if any(f.startswith("--topology=") for f in flags):
+        assert os.path.isdir(LIBTPU), f"{LIBTPU} is missing: `bash tests/run.sh` installs libtpu there"
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (LIBTPU, env.get("PYTHONPATH")) if p)
     proc = subprocess.run([sys.executable, "-m", "experiments.aot_compile", *flags], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
