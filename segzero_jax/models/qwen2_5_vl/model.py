@@ -133,11 +133,14 @@ class Qwen2_5_VL(nn.Module):
         t = input_ids.shape[1]
         if not 0 < num_targets < t:
             raise ValueError(f"num_targets={num_targets} must be in [1, {t - 1}] for sequences of {t} tokens")
-        hidden = self.hidden_states(input_ids, pixel_values, image_grid_thw, attention_mask,
-                                    position_ids, vision_layout, right_padded)
+        out = self._prompt_pass(input_ids, pixel_values, image_grid_thw, attention_mask, position_ids,
+                                vision_layout, right_padded)
+        hidden, dest = out[0], out[4]
+        window = slice(t - num_targets - 1, t - 1)
+        # Only the scoring positions come back from the packed order (not all T).
+        hidden = hidden[:, window] if dest is None else self._unpack(hidden, dest[:, window])
         targets = jnp.asarray(input_ids, jnp.int32)[:, t - num_targets:]
-        return self.language_model.token_log_probs(hidden[:, t - num_targets - 1:t - 1], targets,
-                                                   temperature, chunk_size)
+        return self.language_model.token_log_probs(hidden, targets, temperature, chunk_size)
 
     def _prompt_pass(self, input_ids, pixel_values, image_grid_thw, attention_mask, position_ids,
                      vision_layout, right_padded, cache_kv=None):
