@@ -22,8 +22,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional, Sequence
 
-import math
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -137,17 +135,12 @@ def _shard_over_batch_and_heads(kernel: Callable[..., jax.Array], batch: int, he
     mesh: Mosaic kernels are not partitioned by XLA, so the kernel goes inside a shard_map over
     the mesh axes of "act_batch" and "act_heads" (the logical rules in context; axes that do
     not divide a dim are left out of it). Without a mesh the kernel runs as it is."""
+    from segzero_jax.parallel.sharding import fit_spec
+
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return kernel
-
-    def fit(logical: str, size: int):
-        axes = nn.logical_to_mesh_axes((logical,))[0]
-        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
-        names = tuple(a for a in names if a in mesh.axis_names)
-        return names if names and size % math.prod(mesh.shape[a] for a in names) == 0 else None
-
-    bx, hx = fit("act_batch", batch), fit("act_heads", heads)
+    bx, hx = fit_spec(nn.logical_to_mesh_axes(("act_batch", "act_heads")), (batch, heads), mesh)
     qkv, ids = PartitionSpec(bx, hx, None, None), PartitionSpec(bx, None)
     return jax.shard_map(kernel, mesh=mesh, in_specs=(qkv, qkv, qkv, ids, ids), out_specs=qkv, check_vma=False)
 

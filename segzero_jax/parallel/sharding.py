@@ -43,17 +43,23 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
-def _fit_to_shape(sharding: NamedSharding, shape: tuple[int, ...]) -> NamedSharding:
-    """Drops the mesh axes of any dim they do not divide (e.g. 2 kv heads over tensor=4, a
-    1-wide head): that dim is replicated instead of failing at placement time."""
-    mesh = sharding.mesh
-    spec = tuple(sharding.spec) + (None,) * (len(shape) - len(sharding.spec))
+def fit_spec(spec: PartitionSpec, shape: Sequence[int], mesh: Any) -> PartitionSpec:
+    """Drops from `spec` the mesh axes of any dim they do not divide (e.g. 2 kv heads over
+    tensor=4, a batch of 3 over data=2), and axes the mesh does not have: that dim is
+    replicated instead of failing at placement time. `mesh` may be abstract."""
+    spec = tuple(spec) + (None,) * (len(shape) - len(spec))
     fitted = []
     for dim, axes in zip(shape, spec):
-        names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        names = tuple(a for a in ((axes,) if isinstance(axes, str) else tuple(axes or ()))
+                      if a in mesh.axis_names)
         size = math.prod(mesh.shape[a] for a in names)
-        fitted.append(axes if dim % size == 0 else None)
-    return NamedSharding(mesh, PartitionSpec(*fitted))
+        keep = names and dim % size == 0
+        fitted.append((names[0] if len(names) == 1 else names) if keep else None)
+    return PartitionSpec(*fitted)
+
+
+def _fit_to_shape(sharding: NamedSharding, shape: tuple[int, ...]) -> NamedSharding:
+    return NamedSharding(sharding.mesh, fit_spec(sharding.spec, shape, sharding.mesh))
 
 
 def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: LogicalRules = DEFAULT_RULES) -> Any:
