@@ -1,8 +1,6 @@
 """experiments.convert: HF Qwen2.5-VL + Meta SAM2 -> Orbax model directories -> HF again."""
 
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -10,6 +8,7 @@ import pytest
 
 from experiments import convert
 from segzero_jax import checkpoint
+from tests.experiments.scripts import run_module
 from tests.models.qwen2_5_vl.hf_reference import build_hf_model
 
 
@@ -64,8 +63,7 @@ def test_sam2_import_matches_direct_conversion(tmp_path):
 
 
 def test_command_line_reports_missing_inputs(tmp_path):
-    run = lambda *args: subprocess.run([sys.executable, "-m", "experiments.convert", *args],
-                                       capture_output=True, text=True, timeout=120)
+    run = lambda *args: run_module("experiments.convert", *args, timeout=120)
     missing = run(f"--qwen_hf_dir={tmp_path}/absent", f"--out={tmp_path}/o")
     assert missing.returncode != 0 and "absent does not exist" in missing.stderr
     nothing = run(f"--out={tmp_path}/o")

@@ -4,23 +4,9 @@ They are what an accelerator session runs first; these keep them from rotting. T
 not asserted (speed is reported by the scripts, not tested).
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _run(module, *flags):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-    proc = subprocess.run([sys.executable, "-m", module, *flags], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    last = [line for line in proc.stdout.splitlines() if line.startswith("{")][-1]
-    return json.loads(last), proc.stdout
+from tests.experiments.scripts import run_json as _run
 
 
 def test_benchmark_rewards():

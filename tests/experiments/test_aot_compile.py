@@ -1,28 +1,21 @@
 """Ahead-of-time compiles for this host's 8 devices and for a TPU v5p topology (libtpu, no TPU)."""
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.experiments.scripts import ROOT, run_json, run_module
+
 POLICY = ["--preset=tiny", "--batch=4", "--prompt_len=40", "--new_tokens=8", "--image_px=112"]
-
-
 LIBTPU = os.path.join(ROOT, ".cache", "libtpu")   # installed by tests/run.sh
 
 
 def _compile(*flags):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    libtpu = ""
     if any(f.startswith("--topology=") for f in flags):
         assert os.path.isdir(LIBTPU), f"{LIBTPU} is missing: `bash tests/run.sh` installs libtpu there"
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (LIBTPU, env.get("PYTHONPATH")) if p)
-    proc = subprocess.run([sys.executable, "-m", "experiments.aot_compile", *flags], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+        libtpu = LIBTPU
+    return run_json("experiments.aot_compile", *flags, devices=8, pythonpath=libtpu)[0]
 
 
 @pytest.mark.parametrize("work", ["train", "prefill", "decode"])
@@ -46,9 +39,7 @@ def test_tpu_topology_train_and_sam2():
 
 
 def test_bad_mesh_and_topology_are_named():
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
     for flag, words in (("--mesh=3,-1,1", "--mesh='3,-1,1'"), ("--topology=v9z:1x1", "--topology='v9z:1x1'"),
                         ("--preset=13b", "--preset='13b' is not one of")):
-        proc = subprocess.run([sys.executable, "-m", "experiments.aot_compile", *POLICY, flag], cwd=ROOT,
-                              env=env, capture_output=True, text=True, timeout=300)
+        proc = run_module("experiments.aot_compile", *POLICY, flag, devices=8, timeout=300)
         assert proc.returncode != 0 and words in proc.stderr, proc.stderr[-2000:]
