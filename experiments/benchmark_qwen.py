@@ -98,6 +98,18 @@ def make_inputs(cfg, batch, seq, image_px, rng):
     return ids, pixels, grid
 
 
+def _jax_result(compiled, seconds: float, compile_s: float, rss: "RssPeak") -> dict:
+    """Timing + memory of one of our compiled calls: the allocator's peak on accelerators, the
+    resident-set growth on CPU, and XLA's buffer sizes."""
+    import jax
+    stats = jax.devices()[0].memory_stats() or {}
+    mem = compiled.memory_analysis()
+    return {"s_per_call": seconds, "compile_s": compile_s,
+            "peak_bytes": int(stats.get("peak_bytes_in_use") or rss.growth),
+            "xla_temp_bytes": int(getattr(mem, "temp_size_in_bytes", 0) or 0),
+            "xla_argument_bytes": int(getattr(mem, "argument_size_in_bytes", 0) or 0)}
+
+
 def _jax_objective(model, mode):
     """The jitted work: (params, ids, pixels, layout) -> logits (forward) or (loss, grads) (train)."""
     import jax
@@ -128,7 +140,6 @@ def bench_ours(cfg, params, ids, pixels, grid):
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - t0
-    dev = jax.devices()[0]
     with RssPeak() as rss:
         for _ in range(FLAGS.warmup):
             jax.block_until_ready(compiled(*args))
@@ -137,13 +148,8 @@ def bench_ours(cfg, params, ids, pixels, grid):
             out = compiled(*args)
         jax.block_until_ready(out)
         dt = (time.perf_counter() - t0) / FLAGS.iters
-    stats = dev.memory_stats() or {}
-    mem = compiled.memory_analysis()
-    peak = stats.get("peak_bytes_in_use") or rss.growth
     check = out if FLAGS.mode == "forward" else out[0]
-    return {"s_per_call": dt, "compile_s": compile_s, "peak_bytes": int(peak),
-            "xla_temp_bytes": int(getattr(mem, "temp_size_in_bytes", 0) or 0),
-            "xla_argument_bytes": int(getattr(mem, "argument_size_in_bytes", 0) or 0)}, check
+    return _jax_result(compiled, dt, compile_s, rss), check
 
 
 def bench_ours_decode(cfg, params, ids, pixels, grid):
@@ -181,11 +187,7 @@ def bench_ours_decode(cfg, params, ids, pixels, grid):
             tok, _, cache = compiled(params, tok, cache)
         jax.block_until_ready(cache)
         dt = (time.perf_counter() - t0) / FLAGS.iters
-    stats = jax.devices()[0].memory_stats() or {}
-    mem = compiled.memory_analysis()
-    return {"s_per_call": dt, "compile_s": compile_s, "peak_bytes": int(stats.get("peak_bytes_in_use") or rss.growth),
-            "xla_temp_bytes": int(getattr(mem, "temp_size_in_bytes", 0) or 0),
-            "xla_argument_bytes": int(getattr(mem, "argument_size_in_bytes", 0) or 0)}, first_logits
+    return _jax_result(compiled, dt, compile_s, rss), first_logits
 
 
 def bench_hf(cfg, params, ids, pixels, grid):

@@ -29,6 +29,12 @@ def _hf(model, **kw):
         return model(**{k: torch.tensor(v) for k, v in kw.items() if v is not None}).logits.numpy()
 
 
+def _hf_images(model, ids, mask, pixels, grid):
+    """The reference's logits for prompts with images (its image-token types from the ids)."""
+    return _hf(model, input_ids=ids, attention_mask=mask, pixel_values=pixels, image_grid_thw=grid,
+               mm_token_type_ids=(ids == IMG).astype(np.int64))
+
+
 @pytest.fixture(scope="module")
 def batch():
     """Two rows, two images of different sizes (odd 10x14 grid, 16x20 grid), left padding."""
@@ -66,8 +72,7 @@ def test_merged_input_embeddings(hf_tied, ours_tied, batch):
 
     handle = model.model.language_model.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        _hf(model, input_ids=ids, attention_mask=mask, pixel_values=pixels, image_grid_thw=grid,
-            mm_token_type_ids=(ids == IMG).astype(np.int64))
+        _hf_images(model, ids, mask, pixels, grid)
     finally:
         handle.remove()
     ours = jax.jit(lambda p, i, pv: Qwen2_5_VL(cfg).apply({"params": p}, i, pv, grid,
@@ -93,8 +98,7 @@ def test_logits_two_images_left_padding(hf_tied, ours_tied, batch):
     model, _ = hf_tied
     cfg, params = ours_tied
     ids, mask, pixels, grid = batch
-    ref = _hf(model, input_ids=ids, attention_mask=mask, pixel_values=pixels, image_grid_thw=grid,
-              mm_token_type_ids=(ids == IMG).astype(np.int64))
+    ref = _hf_images(model, ids, mask, pixels, grid)
     ours = _forward(cfg, params, ids, pixels, grid, mask)
     assert ours.dtype == np.float32 and ours.shape == ref.shape
     valid = mask.astype(bool)   # padded query rows are not defined by either model
@@ -121,8 +125,7 @@ def test_logits_padding_on_both_sides(hf_tied, ours_tied, prompt_response):
     model, _ = hf_tied
     cfg, params = ours_tied
     ids, mask, pixels, grid = prompt_response
-    ref = _hf(model, input_ids=ids, attention_mask=mask, pixel_values=pixels, image_grid_thw=grid,
-              mm_token_type_ids=(ids == IMG).astype(np.int64))
+    ref = _hf_images(model, ids, mask, pixels, grid)
     ours = _forward(cfg, params, ids, pixels, grid, mask)
     valid = mask.astype(bool)
     np.testing.assert_allclose(ours[valid], ref[valid], atol=ATOL, rtol=0)
@@ -135,8 +138,7 @@ def test_response_log_probs_and_entropy(hf_tied, ours_tied, prompt_response, tem
     cfg, params = ours_tied
     ids, mask, pixels, grid = prompt_response
     r = 7
-    ref_logits = _hf(model, input_ids=ids, attention_mask=mask, pixel_values=pixels, image_grid_thw=grid,
-                     mm_token_type_ids=(ids == IMG).astype(np.int64))
+    ref_logits = _hf_images(model, ids, mask, pixels, grid)
     z = torch.tensor(ref_logits[:, -r - 1:-1]) / temperature
     ref_lp = torch.log_softmax(z, -1).gather(-1, torch.tensor(ids[:, -r:])[..., None])[..., 0].numpy()
     ref_ent = (torch.logsumexp(z, -1) - (torch.softmax(z, -1) * z).sum(-1)).numpy()
