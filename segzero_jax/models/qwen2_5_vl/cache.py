@@ -2,7 +2,8 @@
 
   k, v      `[layers, B, S, K, H]`  rotated keys / values, compute dtype by default
   lengths   int32[B]                keys held per row: slots `[0, lengths)` are real tokens
-  position  int32[B]                next rotary position per row (n_valid + rope_deltas)
+  rope_deltas int32[B]              M-RoPE offset per row: the next token's rotary position is
+                                    `lengths + rope_deltas` (see rope.get_rope_index)
 
 Every row is packed at the front of its cache (padding of the prompt is dropped by prefill),
 so attention over the cache is "the first `lengths` keys" — the lengths form that the cuDNN
@@ -24,15 +25,15 @@ Cache = dict[str, jax.Array]
 
 
 def init_cache(config: Qwen2_5_VLConfig, batch: int, max_len: int, dtype: Any = None) -> Cache:
-    """Empty KV cache: k/v `[layers, B, S, K, H]`, lengths int32[B], position int32[B]."""
+    """Empty KV cache: k/v `[layers, B, S, K, H]`, lengths int32[B], rope_deltas int32[B]."""
     t = config.text
     dtype = config.compute_dtype if dtype is None else dtype
     shape = (t.num_layers, batch, max_len, t.num_kv_heads, t.head_dim)
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
-            "lengths": jnp.zeros((batch,), jnp.int32), "position": jnp.zeros((batch,), jnp.int32)}
+            "lengths": jnp.zeros((batch,), jnp.int32), "rope_deltas": jnp.zeros((batch,), jnp.int32)}
 
 
 def cache_logical_axes(config: Qwen2_5_VLConfig) -> dict[str, tuple]:
     """Logical axis names of `init_cache`'s pytree (map with nn.logical_to_mesh_sharding)."""
     kv = ("layers", "act_batch", "act_length", "kv_heads", "head_dim")
-    return {"k": kv, "v": kv, "lengths": ("act_batch",), "position": ("act_batch",)}
+    return {"k": kv, "v": kv, "lengths": ("act_batch",), "rope_deltas": ("act_batch",)}

@@ -17,9 +17,9 @@ are put back in the input's order. `right_padded=True` declares that no packing 
 Vision attention always uses per-segment lengths.
 
 KV cache (pure pytree, `init_cache`): prefill writes the packed prompt's rotated k/v, layer by
-layer, at the front of each cache row, with its length and next rotary position
-(`n_valid + rope_deltas`); `decode` appends one token per row at that row's length. The cache
-rides in the layer scan's carry, so a donated cache is updated in place.
+layer, at the front of each cache row, with the row's length and M-RoPE offset (the next
+rotary position is `lengths + rope_deltas`); `decode` appends one token per row at that row's
+length. The cache rides in the layer scan's carry, so a donated cache is updated in place.
 """
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ class Qwen2_5_VL(nn.Module):
         deltas = deltas if rope_deltas is None else jnp.asarray(rope_deltas, jnp.int32)
         lengths = jnp.full((b,), t, jnp.int32) if lengths is None else lengths
         new = {"k": k, "v": v, "lengths": lengths,
-               "position": (lengths + deltas[:, 0]).astype(jnp.int32)}
+               "rope_deltas": deltas[:, 0].astype(jnp.int32)}
         if all_logits:
             return self.language_model.logits(self._unpack(x, dest)), new
         last = jnp.take_along_axis(x, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)
@@ -217,7 +217,8 @@ class Qwen2_5_VL(nn.Module):
         """One token per row, int32[B] -> (logits float32[B, V], cache advanced by one)."""
         ids = jnp.asarray(token_ids, jnp.int32).reshape(-1, 1)
         x = self.language_model.embed(ids)
-        pos = jnp.broadcast_to(cache["position"][None, :, None], (3, ids.shape[0], 1))
+        position = cache["lengths"] + cache["rope_deltas"]
+        pos = jnp.broadcast_to(position[None, :, None], (3, ids.shape[0], 1))
         cos, sin = self._cos_sin(pos)
         capacity = cache["k"].shape[2]
         lengths = cache["lengths"]
@@ -225,7 +226,7 @@ class Qwen2_5_VL(nn.Module):
                                         is_causal=False, cache=(cache["k"], cache["v"]),
                                         cache_index=lengths)
         new = {"k": k, "v": v, "lengths": jnp.minimum(lengths + 1, capacity),
-               "position": cache["position"] + 1}
+               "rope_deltas": cache["rope_deltas"]}
         return self.language_model.logits(x)[:, 0], new
 
 

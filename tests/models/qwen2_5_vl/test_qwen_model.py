@@ -241,7 +241,7 @@ def test_precomputed_positions(ours_tied, batch, ref_logits):
     logits, cache = prefill(params, pos, deltas)
     valid = mask.astype(bool)
     np.testing.assert_allclose(np.asarray(logits)[valid], ref_logits[valid], atol=1e-5, rtol=0)
-    np.testing.assert_array_equal(np.asarray(cache["position"]), mask.sum(1) + np.asarray(deltas)[:, 0])
+    np.testing.assert_array_equal(np.asarray(cache["rope_deltas"]), np.asarray(deltas)[:, 0])
     np.testing.assert_array_equal(np.asarray(cache["lengths"]), mask.sum(1))
     flat = jnp.broadcast_to(pos[:1], pos.shape)       # positions really are taken from the input
     shifted, _ = prefill(params, flat, deltas)
