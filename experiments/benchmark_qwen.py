@@ -17,7 +17,11 @@ the donated KV cache; transformers: its forward with `past_key_values`); tokens/
 rows' new tokens and the check compares the first step's logits. Peak memory: on accelerators the allocator's peak
 (`memory_stats` / `torch.cuda.max_memory_allocated`); on CPU the peak resident-set growth
 sampled over the warm-up and timed calls, starting with params and inputs resident (and,
-for JAX, the executable compiled) - the same method for both - plus XLA's buffer sizes. Prints a table and one JSON line.
+for JAX, the executable compiled) - the same method for both - plus XLA's buffer sizes. TFLOP/s:
+the matmul FLOPs of our call (`segzero_jax.flops`, counted on the XLA attention path; decode
+attends over the whole cache capacity) over each side's time - one numerator for both, so the
+figures compare like tokens/s and give the utilisation against the card's peak (transformers'
+train mode does more work than that: logits at every position). Prints a table and one JSON line.
 """
 
 from __future__ import annotations
@@ -98,13 +102,13 @@ def make_inputs(cfg, batch, seq, image_px, rng):
     return ids, pixels, grid
 
 
-def _jax_result(compiled, seconds: float, compile_s: float, rss: "RssPeak") -> dict:
+def _jax_result(compiled, seconds: float, compile_s: float, rss: "RssPeak", flops: int) -> dict:
     """Timing + memory of one of our compiled calls: the allocator's peak on accelerators, the
-    resident-set growth on CPU, and XLA's buffer sizes."""
+    resident-set growth on CPU, and XLA's buffer sizes; `flops` is the call's matmul work."""
     import jax
     stats = jax.devices()[0].memory_stats() or {}
     mem = compiled.memory_analysis()
-    return {"s_per_call": seconds, "compile_s": compile_s,
+    return {"s_per_call": seconds, "compile_s": compile_s, "flops": flops,
             "peak_bytes": int(stats.get("peak_bytes_in_use") or rss.growth),
             "xla_temp_bytes": int(getattr(mem, "temp_size_in_bytes", 0) or 0),
             "xla_argument_bytes": int(getattr(mem, "argument_size_in_bytes", 0) or 0)}
@@ -130,6 +134,7 @@ def _jax_objective(model, mode):
 def bench_ours(cfg, params, ids, pixels, grid):
     import jax
     import jax.numpy as jnp
+    from segzero_jax.flops import count_flops
     from segzero_jax.models.qwen2_5_vl import Qwen2_5_VL, vision_layout
     model = Qwen2_5_VL(cfg)
     layout = None if grid is None else vision_layout(grid, cfg.vision)
@@ -137,6 +142,8 @@ def bench_ours(cfg, params, ids, pixels, grid):
     work = _jax_objective(model, FLAGS.mode)
     fn = lambda p, i, pv, lay: work(p, i, pv, gridj, lay)
     args = (params, jnp.asarray(ids), None if pixels is None else jnp.asarray(pixels), layout)
+    work_xla = _jax_objective(Qwen2_5_VL(cfg.replace(attention_impl="xla")), FLAGS.mode)
+    flops = count_flops(lambda p, i, pv, lay: work_xla(p, i, pv, gridj, lay), *args)
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - t0
@@ -149,12 +156,13 @@ def bench_ours(cfg, params, ids, pixels, grid):
         jax.block_until_ready(out)
         dt = (time.perf_counter() - t0) / FLAGS.iters
     check = out if FLAGS.mode == "forward" else out[0]
-    return _jax_result(compiled, dt, compile_s, rss), check
+    return _jax_result(compiled, dt, compile_s, rss, flops), check
 
 
 def bench_ours_decode(cfg, params, ids, pixels, grid):
     import jax
     import jax.numpy as jnp
+    from segzero_jax.flops import count_flops
     from segzero_jax.models.qwen2_5_vl import Qwen2_5_VL, init_cache, vision_layout
     model = Qwen2_5_VL(cfg)
     b, t = ids.shape
@@ -168,14 +176,19 @@ def bench_ours_decode(cfg, params, ids, pixels, grid):
                                     vision_layout=lay, method=Qwen2_5_VL.prefill)
         return jnp.argmax(logits, -1).astype(jnp.int32), cache
 
-    def step(p, tok, cache):
-        logits, cache = model.apply({"params": p}, tok, cache, method=Qwen2_5_VL.decode)
-        return jnp.argmax(logits, -1).astype(jnp.int32), logits, cache
+    def make_step(model):
+        def step(p, tok, cache):
+            logits, cache = model.apply({"params": p}, tok, cache, method=Qwen2_5_VL.decode)
+            return jnp.argmax(logits, -1).astype(jnp.int32), logits, cache
+        return step
+
+    step = make_step(model)
 
     tok, cache = prefill(params, jnp.asarray(ids), None if pixels is None else jnp.asarray(pixels), layout)
     t0 = time.perf_counter()
     compiled = jax.jit(step, donate_argnums=(2,)).lower(params, tok, cache).compile()
     compile_s = time.perf_counter() - t0
+    flops = count_flops(make_step(Qwen2_5_VL(cfg.replace(attention_impl="xla"))), params, tok, cache)
     tok, first_logits, cache = compiled(params, tok, cache)
     first_logits = jax.device_get(first_logits)
     with RssPeak() as rss:
@@ -187,7 +200,7 @@ def bench_ours_decode(cfg, params, ids, pixels, grid):
             tok, _, cache = compiled(params, tok, cache)
         jax.block_until_ready(cache)
         dt = (time.perf_counter() - t0) / FLAGS.iters
-    return _jax_result(compiled, dt, compile_s, rss), first_logits
+    return _jax_result(compiled, dt, compile_s, rss, flops), first_logits
 
 
 def bench_hf(cfg, params, ids, pixels, grid):
@@ -287,12 +300,15 @@ def main(argv):
     row = {"mode": FLAGS.mode, "preset": FLAGS.preset, "batch": FLAGS.batch, "seq": FLAGS.seq,
            "image_px": FLAGS.image_px, "dtype": FLAGS.dtype, "device": str(jax.devices()[0].device_kind),
            **({"new_tokens": FLAGS.new_tokens, "remat": FLAGS.remat} if FLAGS.mode == "train" else {}),
-           "ours_tokens_per_s": tokens / ours["s_per_call"], "ours_peak_bytes": ours["peak_bytes"],
+           "gflops_per_call": ours["flops"] / 1e9,
+           "ours_tokens_per_s": tokens / ours["s_per_call"], "ours_tflops_per_s": ours["flops"] / ours["s_per_call"] / 1e12,
+           "ours_peak_bytes": ours["peak_bytes"],
            "ours_compile_s": ours["compile_s"], "ours_xla_temp_bytes": ours["xla_temp_bytes"],
            "ours_xla_argument_bytes": ours["xla_argument_bytes"]}
     if FLAGS.compare_hf:
         hf, hf_logits = bench_hf(cfg, jax.device_get(params), ids, pixels, grid)
         row.update(hf_tokens_per_s=tokens / hf["s_per_call"], hf_peak_bytes=hf["peak_bytes"],
+                   hf_tflops_per_s=ours["flops"] / hf["s_per_call"] / 1e12,
                    ratio_tokens_per_s=hf["s_per_call"] / ours["s_per_call"],
                    max_abs_diff=float(np.abs(np.asarray(logits, np.float32) - hf_logits).max()))
     shape = (f"{FLAGS.batch} rows, one token per step after {FLAGS.seq}" if FLAGS.mode == "decode"
@@ -300,6 +316,7 @@ def main(argv):
     print(f"{FLAGS.mode}: {FLAGS.preset}, {shape}, {FLAGS.dtype}")
     print(f"{'':>22} {'ours (jax)':>14} {'transformers':>14}")
     print(f"{'tokens/s':>22} {row['ours_tokens_per_s']:>14.1f} {row.get('hf_tokens_per_s', float('nan')):>14.1f}")
+    print(f"{'TFLOP/s':>22} {row['ours_tflops_per_s']:>14.3f} {row.get('hf_tflops_per_s', float('nan')):>14.3f}")
     print(f"{'peak memory (MiB)':>22} {row['ours_peak_bytes'] / 2**20:>14.1f} "
           f"{row.get('hf_peak_bytes', float('nan')) / 2**20:>14.1f}")
     if FLAGS.compare_hf:

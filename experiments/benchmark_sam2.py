@@ -9,7 +9,10 @@ encoder + prompt encoder + mask decoder, multimask output. Timed for us:
   * "predict_batch": the evaluator's path, plus the best mask upsampled to S x S and thresholded.
 Peers (random weights, same architecture, same inputs): Meta's `sam2` (`--peer=sam2`, needs the
 package) or transformers' `Sam2Model` (`--peer=transformers`); `auto` takes sam2 when importable,
-else transformers, else none. Prints a table and one JSON line (also written to --out).
+else transformers, else none. TFLOP/s divide the work's matmul + convolution FLOPs
+(`segzero_jax.flops`, counted once on our XLA attention path) by each run's time, so they
+compare like images/s and give the utilisation against the card's peak. Prints a table and one
+JSON line (also written to --out).
 """
 
 from __future__ import annotations
@@ -53,22 +56,14 @@ def _prompts(batch: int, size: int):
     return boxes, points, labels
 
 
-def bench_jax(cfg, batch: int) -> dict:
-    import jax
-    import jax.numpy as jnp
-
-    from segzero_jax.models.sam2 import Sam2, predict_batch, random_params
+def _lowres_fn(cfg):
+    """Encoder + decoder to low-res logits and scores: what the peers compute."""
+    from segzero_jax.models.sam2 import Sam2
     from segzero_jax.models.sam2.mask_decoder import select_masks
     from segzero_jax.models.sam2.predictor import concat_prompts
 
-    s = cfg.image_size
-    t0 = time.perf_counter()
-    params = jax.jit(lambda k: random_params(cfg, k))(jax.random.PRNGKey(0))
-    images = jax.random.normal(jax.random.PRNGKey(1), (batch, s, s, 3), jnp.float32)
-    boxes, points, labels = (jnp.asarray(a) for a in _prompts(batch, s))
     model = Sam2(cfg)
 
-    @jax.jit
     def lowres(params, images, boxes, points, labels):
         enc = model.apply({"params": params}, images, method=Sam2.encode_image)
         coords, labs = concat_prompts(boxes, points, labels)
@@ -76,21 +71,44 @@ def bench_jax(cfg, batch: int) -> dict:
                                     coords[:, 0], labs[:, 0], method=Sam2.decode)
         return select_masks(cfg, masks, iou, True)
 
+    return lowres
+
+
+def _rate(seconds: float, batch: int, flops: int) -> dict:
+    return {"seconds": round(seconds, 4), "images_per_s": round(batch / seconds, 2),
+            "tflops_per_s": round(flops / seconds / 1e12, 3)}
+
+
+def bench_jax(cfg, batch: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from segzero_jax.flops import count_flops
+    from segzero_jax.models.sam2 import predict_batch, random_params
+
+    s = cfg.image_size
+    t0 = time.perf_counter()
+    params = jax.jit(lambda k: random_params(cfg, k))(jax.random.PRNGKey(0))
+    images = jax.random.normal(jax.random.PRNGKey(1), (batch, s, s, 3), jnp.float32)
+    inputs = (images, *(jnp.asarray(a) for a in _prompts(batch, s)))
+    lowres = jax.jit(_lowres_fn(cfg))
+
     def full():
-        return predict_batch(params, images, boxes, points, labels, (s, s), config=cfg, best_only=True)
+        return predict_batch(params, *inputs, (s, s), config=cfg, best_only=True)
 
     sync = jax.block_until_ready
-    sync(lowres(params, images, boxes, points, labels))
+    sync(lowres(params, *inputs))
     sync(full())
     setup_s = time.perf_counter() - t0
-    t_low = _median_seconds(lambda: lowres(params, images, boxes, points, labels), sync,
-                            FLAGS.warmup, FLAGS.iters)
+    t_low = _median_seconds(lambda: lowres(params, *inputs), sync, FLAGS.warmup, FLAGS.iters)
     t_full = _median_seconds(full, sync, FLAGS.warmup, FLAGS.iters)
+    # Matmul + convolution FLOPs of the low-res work, counted on the XLA attention path (same math).
+    flops = count_flops(_lowres_fn(cfg.replace(attention_implementation="xla")), params, *inputs)
     n_params = sum(x.size for x in jax.tree.leaves(params))
     return {"name": "segzero_jax", "device": str(jax.devices()[0].device_kind), "jax": jax.__version__,
             "params_M": round(n_params / 1e6, 1), "setup_and_compile_s": round(setup_s, 1),
-            "lowres": {"seconds": round(t_low, 4), "images_per_s": round(batch / t_low, 2)},
-            "predict_batch": {"seconds": round(t_full, 4), "images_per_s": round(batch / t_full, 2)}}
+            "gflops_per_image": round(flops / batch / 1e9, 1),
+            "lowres": _rate(t_low, batch, flops), "predict_batch": _rate(t_full, batch, flops)}
 
 
 def _torch_setup(dtype_name: str):
@@ -136,8 +154,7 @@ def bench_meta_sam2(cfg, batch: int) -> dict:
     sync = (lambda _: torch.cuda.synchronize()) if dev == "cuda" else (lambda _: None)
     sync(run())
     t = _median_seconds(run, sync, FLAGS.warmup, FLAGS.iters)
-    return {"name": "meta_sam2", "device": dev, "torch": torch.__version__, "dtype": str(dt),
-            "lowres": {"seconds": round(t, 4), "images_per_s": round(batch / t, 2)}}
+    return {"name": "meta_sam2", "device": dev, "torch": torch.__version__, "dtype": str(dt), "seconds": t}
 
 
 def bench_transformers(cfg, batch: int) -> dict:
@@ -164,8 +181,7 @@ def bench_transformers(cfg, batch: int) -> dict:
     sync(run())
     t = _median_seconds(run, sync, FLAGS.warmup, FLAGS.iters)
     return {"name": "transformers_Sam2Model", "device": dev, "torch": torch.__version__,
-            "transformers": transformers.__version__, "dtype": str(dt),
-            "lowres": {"seconds": round(t, 4), "images_per_s": round(batch / t, 2)}}
+            "transformers": transformers.__version__, "dtype": str(dt), "seconds": t}
 
 
 PEERS = {"sam2": bench_meta_sam2, "transformers": bench_transformers}
@@ -202,6 +218,8 @@ def main(argv):
     if peer != "none":
         try:
             result["peer"] = PEERS[peer](cfg, FLAGS.batch)
+            flops = result["ours"]["gflops_per_image"] * 1e9 * FLAGS.batch
+            result["peer"]["lowres"] = _rate(result["peer"].pop("seconds"), FLAGS.batch, flops)
             result["speedup_lowres"] = round(result["ours"]["lowres"]["images_per_s"]
                                              / result["peer"]["lowres"]["images_per_s"], 2)
         except Exception as e:  # report and keep our numbers
@@ -210,10 +228,11 @@ def main(argv):
             ("segzero_jax predict_batch", result["ours"]["predict_batch"])]
     if "lowres" in result.get("peer", {}):
         rows.append((f"{result['peer']['name']} lowres", result["peer"]["lowres"]))
-    print(f"SAM2 {FLAGS.preset}, {FLAGS.batch} images {cfg.image_size}^2, box + 2 points, {FLAGS.dtype}")
-    print(f"{'run':32s} {'s/batch':>10s} {'images/s':>10s}")
+    print(f"SAM2 {FLAGS.preset}, {FLAGS.batch} images {cfg.image_size}^2, box + 2 points, {FLAGS.dtype}, "
+          f"{result['ours']['gflops_per_image']} GFLOP per image (matmuls + convolutions)")
+    print(f"{'run':32s} {'s/batch':>10s} {'images/s':>10s} {'TFLOP/s':>10s}")
     for name, r in rows:
-        print(f"{name:32s} {r['seconds']:10.4f} {r['images_per_s']:10.2f}")
+        print(f"{name:32s} {r['seconds']:10.4f} {r['images_per_s']:10.2f} {r['tflops_per_s']:10.2f}")
     if "speedup_lowres" in result:
         print(f"speed-up over {result['peer']['name']}: {result['speedup_lowres']}x")
     print(json.dumps(result))

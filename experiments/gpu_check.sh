@@ -1,29 +1,44 @@
 #!/usr/bin/env bash
-# GPU acceptance run: cuDNN correctness, then the SAM2-Large and policy benchmarks against
-# transformers on the same card. Needs jax[cuda], flax, optax, transformers and torch; writes
-# logs and JSON to DIR (default ./gpu_check). Each step has its own time limit and a failed
-# step does not stop the next. Usage: bash experiments/gpu_check.sh [DIR]
+# GPU acceptance run: the SAM2-Large and policy benchmarks against transformers on the same
+# card, and the cuDNN correctness checks. Needs jax[cuda], flax, optax, transformers and torch;
+# writes logs and JSON to DIR (default ./gpu_check).
+#
+#   bash experiments/gpu_check.sh [DIR [SECONDS]]
+#
+# Steps run most important first, each under its own time limit cut to what is left of the
+# whole budget (SECONDS, default 540: one device call of at most 10 minutes, start included);
+# a failed or skipped step does not stop the next. When the peer baseline script of the
+# performance yardsticks sits at .bench/peer_hf_gpu.py (git-ignored), its policy-update and
+# SAM2 parts run last, as the cross-check of the in-process transformers peers.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-gpu_check}"
+deadline=$((SECONDS + ${2:-540}))
 mkdir -p "$out"
 export JAX_PLATFORMS=cuda PYTHONUNBUFFERED=1
 step() {  # step NAME SECONDS COMMAND...
-  local name=$1 limit=$2; shift 2
-  echo "== $name"
+  local name=$1 limit=$2 left=$((deadline - SECONDS)); shift 2
+  ((limit > left)) && limit=$left
+  if ((limit < 30)); then echo "== $name: skipped, ${left}s of the budget left"; return; fi
+  echo "== $name (limit ${limit}s)"
+  local t0=$SECONDS
   timeout "$limit" "$@" >"$out/$name.log" 2>&1
-  echo "   exit $? ($name.log)"; tail -n 8 "$out/$name.log"
+  echo "   exit $? after $((SECONDS - t0))s ($name.log)"; tail -n 6 "$out/$name.log"
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python -c "import jax, flax, transformers, torch; print(jax.__version__, flax.__version__, transformers.__version__, torch.__version__, jax.devices())"
-if python -c "import pytest" 2>/dev/null; then
-  step cudnn_tests 240 python -m pytest -q -p no:cacheprovider tests/test_gpu.py
-else
-  step cudnn_tests 240 python -m tests.test_gpu
-fi
-step sam2_large 240 python -m experiments.benchmark_sam2 --preset=hiera_large --batch=16 --dtype=bfloat16 \
+step sam2_large 200 python -m experiments.benchmark_sam2 --preset=hiera_large --batch=16 --dtype=bfloat16 \
   --peer=transformers --out="$out/sam2_large.json"
-step sam2_large_xla 180 python -m experiments.benchmark_sam2 --preset=hiera_large --batch=16 --dtype=bfloat16 \
+if python -c "import pytest" 2>/dev/null; then
+  step cudnn_tests 150 python -m pytest -q -p no:cacheprovider tests/test_gpu.py
+else
+  step cudnn_tests 150 python -m tests.test_gpu
+fi
+step sam2_large_xla 90 python -m experiments.benchmark_sam2 --preset=hiera_large --batch=16 --dtype=bfloat16 \
   --attention_impl=xla --peer=none --out="$out/sam2_large_xla.json"
-step qwen3b_train 300 python -m experiments.benchmark_qwen --mode=train --preset=3b --dtype=bfloat16 --batch=1 \
+step qwen3b_train 180 python -m experiments.benchmark_qwen --mode=train --preset=3b --dtype=bfloat16 --batch=1 \
   --seq=1228 --new_tokens=256 --image_px=840 --remat=none --warmup=1 --iters=3
+if [[ -f .bench/peer_hf_gpu.py ]]; then
+  OUT="$out" PHASE=train MB=1 REMAT=0 step peer_hf_gpu 150 python .bench/peer_hf_gpu.py
+fi
+echo "== done, $((deadline - SECONDS))s of the budget left"

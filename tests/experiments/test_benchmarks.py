@@ -20,6 +20,10 @@ def test_benchmark_qwen(mode):
                   "--new_tokens=8", "--chunk_size=4", "--warmup=0", "--iters=1")
     assert row["mode"] == mode and row["ours_tokens_per_s"] > 0 and row["hf_tokens_per_s"] > 0
     assert row["max_abs_diff"] < 1e-4
+    if mode == "forward":   # the output layer alone: 2 x tokens x 64 x 151,936; tiny layers add little
+        head = 2 * 2 * 48 * 64 * 151936
+        assert head < row["gflops_per_call"] * 1e9 < 1.2 * head
+    assert row["ours_tflops_per_s"] / row["hf_tflops_per_s"] == pytest.approx(row["ratio_tokens_per_s"])
 
 
 def test_benchmark_sam2():
@@ -27,3 +31,7 @@ def test_benchmark_sam2():
                     "--peer=transformers", "--warmup=0", "--iters=1")
     assert row["ours"]["lowres"]["images_per_s"] > 0 and row["peer"]["lowres"]["images_per_s"] > 0
     assert "speed-up over" in out
+    ours = row["ours"]
+    assert ours["gflops_per_image"] > 0
+    assert ours["lowres"]["tflops_per_s"] == pytest.approx(
+        ours["gflops_per_image"] * 1e-3 * ours["lowres"]["images_per_s"], rel=0.05, abs=0.01)
