@@ -1,6 +1,6 @@
 """HF safetensors <-> Flax params for Qwen2.5-VL, driven by the table in convert_rules.py.
 
-The loader streams tensor by tensor (`safe_open(framework="numpy")`, single file or sharded
+The loader streams tensor by tensor (`safetensors.safe_open(framework="numpy")`, single file or sharded
 with `model.safetensors.index.json`) into preallocated host buffers, so the checkpoint is
 never held twice; export runs the same table backwards and writes shards + config.json.
 """
@@ -13,13 +13,13 @@ from typing import Any, Iterator, Optional
 
 import jax
 import numpy as np
-from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from segzero_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig, load_config, to_hf_dict
 from segzero_jax.models.qwen2_5_vl.convert_rules import (EXPORT_PREFIXES, PREFIXES, RULES, TRANSFORMS, Rule,
                                                         canonical_name, match_rule)
 from segzero_jax.models.qwen2_5_vl.model import abstract_params
+from segzero_jax.models.tensor_files import open_safetensors
 
 __all__ = ["load_hf", "export_hf", "hf_tensors", "checkpoint_files", "RULES", "TRANSFORMS", "Rule",
            "canonical_name", "match_rule"]
@@ -45,7 +45,7 @@ def checkpoint_files(path: str) -> dict[str, list[str]]:
         if not shards:
             raise FileNotFoundError(f"no *.safetensors or model.safetensors.index.json in {path!r}")
         for file in shards:
-            with safe_open(os.path.join(path, file), framework="numpy") as f:
+            with open_safetensors(os.path.join(path, file)) as f:
                 files[os.path.join(path, file)] = list(f.keys())
     return files
 
@@ -78,7 +78,7 @@ def load_hf(path: str, *, shardings: Any = None, config: Optional[Qwen2_5_VLConf
     buffers: dict[str, np.ndarray] = {}
     filled: dict[str, set] = {}
     for file, names in checkpoint_files(path).items():
-        with safe_open(file, framework="numpy") as f:
+        with open_safetensors(file) as f:
             for name in names:
                 try:
                     rule, layer = match_rule(canonical_name(name))

@@ -33,6 +33,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from segzero_jax.models.sam2.config import PRESETS, Sam2Config, get_preset
 from segzero_jax.models.sam2.hiera import block_segments, is_scanned
 from segzero_jax.models.sam2.model import abstract_params
+from segzero_jax.models.tensor_files import read_safetensors, read_torch_state_dict
 
 _T = r"image_encoder\.trunk\."
 _B = _T + r"blocks\.(?P<block>\d+)\."
@@ -305,65 +306,23 @@ def convert_state_dict(state_dict: Mapping[str, Any], config: Sam2Config, source
     return unflatten_dict(out)
 
 
-def _torch_state_dict(path: str) -> dict[str, np.ndarray]:
-    import torch  # optional dependency: only needed to read .pt files
-
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(ckpt, dict) and "model" in ckpt and isinstance(ckpt["model"], dict):
-        ckpt = ckpt["model"]
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: expected a state dict (or {{'model': state dict}}), got {type(ckpt).__name__}")
-    return {k: v.detach().float().numpy() for k, v in ckpt.items() if hasattr(v, "detach")}
-
-
 def _is_safetensors(path: str) -> bool:
     return path.endswith(".safetensors") or os.path.isdir(path)
 
 
 def _safetensors_state_dict(path: str) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
-
     files = ([os.path.join(path, f) for f in sorted(os.listdir(path)) if f.endswith(".safetensors")]
              if os.path.isdir(path) else [path])
     if not files:
-        raise ValueError(f"{path}: no .safetensors file found")
+        raise FileNotFoundError(f"no .safetensors file in {path!r}")
     state: dict[str, np.ndarray] = {}
     for f in files:
-        try:
-            state.update(load_file(f))
-        except Exception as e:  # bf16 needs the framework-free path below
-            if "bfloat16" not in str(e).lower() and "bf16" not in str(e).lower():
-                raise
-            state.update(_load_bf16_safetensors(f))
+        state.update({k: np.asarray(v, np.float32) for k, v in read_safetensors(f).items()})
     for copy, original in HF_TIED.items():
         if copy in state and original in state and not np.array_equal(state[copy], state[original]):
             raise ValueError(f"{path}: {copy!r} differs from {original!r}; SAM2 uses one point "
                              "encoding for both, so these weights cannot be represented")
     return state
-
-
-def _load_bf16_safetensors(path: str) -> dict[str, np.ndarray]:
-    """Reads a safetensors file whose tensors may be bfloat16, as float32 numpy arrays."""
-    import json
-    import struct
-
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    dtypes = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I64": np.int64, "I32": np.int32}
-    out = {}
-    for name, meta in header.items():
-        if name == "__metadata__":
-            continue
-        if meta["dtype"] not in dtypes:
-            raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {meta['dtype']}")
-        start, end = meta["data_offsets"]
-        arr = np.frombuffer(data[start:end], dtype=dtypes[meta["dtype"]]).reshape(meta["shape"])
-        if meta["dtype"] == "BF16":
-            arr = (arr.astype(np.uint32) << 16).view(np.float32)
-        out[name] = arr.astype(np.float32)
-    return out
 
 
 def infer_preset(state_dict: Mapping[str, Any], source: str = "meta") -> str:
@@ -392,7 +351,7 @@ def load_checkpoint(path: str, config: Union[Sam2Config, str, None] = None,
     Params are cast to `config.param_dtype`; with `mesh`, placed by the logical-axis rules.
     """
     source = "transformers" if _is_safetensors(path) else "meta"
-    state = _safetensors_state_dict(path) if source == "transformers" else _torch_state_dict(path)
+    state = _safetensors_state_dict(path) if source == "transformers" else read_torch_state_dict(path)
     if config is None:
         config = infer_preset(state, source)
     if isinstance(config, str):

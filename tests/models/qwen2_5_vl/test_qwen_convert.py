@@ -18,6 +18,7 @@ from segzero_jax.models.qwen2_5_vl.convert import RULES, canonical_name, match_r
 from segzero_jax.parallel import make_mesh
 from segzero_jax.parallel.sharding import logical_shardings
 from segzero_jax.models.qwen2_5_vl.model import init_params
+from segzero_jax.models.tensor_files import WeightFileError
 from tests.models.qwen2_5_vl.hf_reference import IMG, build_hf_model, image_row, left_pad
 
 LEGACY = (("model.language_model.", "model."), ("model.visual.", "visual."))
@@ -191,3 +192,17 @@ def test_clear_errors(hf_tied, tmp_path):
                                            num_layers=2, num_heads=4, num_kv_heads=2, mrope_section=(2, 3, 3)))
     with pytest.raises(ValueError, match="mlp.*_proj.weight.*does not fit"):
         load_hf(path, config=wrong)
+
+
+def test_damaged_or_missing_shard_is_named(hf_tied, tmp_path):
+    model, _ = hf_tied
+    d = tmp_path / "sharded"
+    _write_published_layout(model, str(d), n_shards=2)
+    shards = sorted(p for p in d.iterdir() if p.suffix == ".safetensors")
+    data = shards[1].read_bytes()
+    shards[1].write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightFileError, match=f"{shards[1]}: not a readable safetensors file"):
+        load_hf(str(d))
+    shards[1].unlink()
+    with pytest.raises(FileNotFoundError, match=str(shards[1])):
+        load_hf(str(d))

@@ -11,6 +11,7 @@ from tests.models.sam2.reference import build_reference, save_checkpoint
 
 from segzero_jax.models.sam2 import get_preset, load_checkpoint
 from segzero_jax.models.sam2.convert import infer_preset, plan_conversion
+from segzero_jax.models.tensor_files import WeightFileError
 
 YAML = {"hiera_tiny": "configs/sam2/sam2_hiera_t.yaml", "hiera_small": "configs/sam2/sam2_hiera_s.yaml",
         "hiera_base_plus": "configs/sam2/sam2_hiera_b+.yaml", "hiera_large": "configs/sam2/sam2_hiera_l.yaml"}
@@ -120,6 +121,20 @@ def test_checkpoint_is_read_as_data_only(small_checkpoint, tmp_path, monkeypatch
     with pytest.raises(Exception, match="(?i)weights_only|unpickl|global"):
         load_checkpoint(path, cfg)
     assert not (tmp_path / "sam2_payload_ran").exists()
+
+
+def test_damaged_checkpoint_is_named(small_checkpoint, tmp_path):
+    cfg, sd, _ = small_checkpoint
+    path = tmp_path / "cut.pt"
+    torch.save({"model": dict(sd)}, path)
+    path.write_bytes(path.read_bytes()[:-4096])
+    with pytest.raises(WeightFileError, match=f"{path}: not a readable torch checkpoint"):
+        load_checkpoint(str(path), cfg)
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    with pytest.raises(WeightFileError, match="text.pt: not a checkpoint of tensors"):
+        load_checkpoint(str(tmp_path / "text.pt"), cfg)
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_checkpoint(str(tmp_path / "missing.pt"), cfg)
 
 
 def test_checkpoint_round_trip_with_save_helper(small_checkpoint):
