@@ -27,12 +27,13 @@ Prints a table and one JSON line; `--out` also writes the JSON.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from typing import Any
 
 from absl import app, flags
+
+from experiments.report import emit
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("work", "train", ["train", "forward", "prefill", "decode", "sam2"], "what to compile")
@@ -52,7 +53,6 @@ flags.DEFINE_string("remat", "full", "remat policy for train (none, full, dots, 
 flags.DEFINE_integer("chunk_size", 256, "positions per logits chunk in train")
 flags.DEFINE_string("attention_impl", "auto",
                     "auto | xla | cudnn | tpu_flash (auto: what a TPU would pick for a --topology)")
-flags.DEFINE_string("out", "", "also write the JSON result here")
 
 # HBM per chip by JAX device_kind, for the "fits" column (public TPU specifications).
 HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v5p": 95, "TPU v6 lite": 32, "TPU7x": 192}
@@ -300,10 +300,7 @@ def main(argv):
         print(f"{key.replace('_bytes', ''):>22} {gib(row[key]):>12}")
     if row["device_memory_gib"]:
         print(f"{'device memory':>22} {row['device_memory_gib']:>8.1f} GiB  fits: {row['fits']}")
-    print(json.dumps(row))
-    if FLAGS.out:
-        with open(FLAGS.out, "w") as f:
-            json.dump(row, f, indent=1)
+    emit(row)
 
 
 if __name__ == "__main__":

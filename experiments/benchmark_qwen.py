@@ -26,13 +26,14 @@ train mode does more work than that: logits at every position). Prints a table a
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import threading
 import time
 
 from absl import app, flags
+
+from experiments.report import emit
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("preset", "tiny", "config preset (tiny, 3b, 7b)")
@@ -323,7 +324,7 @@ def main(argv):
         print(f"{'speed ratio ours/hf':>22} {row['ratio_tokens_per_s']:>14.2f}")
         what = "loss" if FLAGS.mode == "train" else "logit"
         print(f"{f'max |{what} diff|':>22} {row['max_abs_diff']:>14.2e}")
-    print(json.dumps(row))
+    emit(row)
 
 
 if __name__ == "__main__":

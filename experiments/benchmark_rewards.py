@@ -19,6 +19,8 @@ import time
 import numpy as np
 from absl import app, flags
 
+from experiments.report import emit
+
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("num_responses", 1024, "Responses per timing.")
 flags.DEFINE_integer("tokens", 300, "Approximate tokens per response.")
@@ -114,7 +116,7 @@ def main(argv):
     print(f"device/host speed ratio {r['device_over_host']:.2f}, backend {r['backend']}, "
           f"{r['responses']} responses x {r['mean_tokens']:.0f} tokens (padded to "
           f"{r['padded_tokens']}), compile {r['compile_s']:.1f}s, agreement {r['agreement']:.3f}")
-    print(json.dumps(r))
+    emit(r)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,12 @@ JSON line (also written to --out).
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 
 from absl import app, flags
+
+from experiments.report import emit
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("preset", "hiera_large", "SAM2 preset (hiera_tiny/small/base_plus/large, test_tiny)")
@@ -32,7 +33,6 @@ flags.DEFINE_string("attention_impl", "auto", "auto | xla | cudnn")
 flags.DEFINE_string("peer", "auto", "auto | sam2 | transformers | none")
 flags.DEFINE_integer("warmup", 1, "untimed calls after compilation")
 flags.DEFINE_integer("iters", 5, "timed calls (the median is reported)")
-flags.DEFINE_string("out", "", "also write the JSON result to this file")
 
 
 def _median_seconds(fn, sync, warmup: int, iters: int) -> float:
@@ -235,10 +235,7 @@ def main(argv):
         print(f"{name:32s} {r['seconds']:10.4f} {r['images_per_s']:10.2f} {r['tflops_per_s']:10.2f}")
     if "speedup_lowres" in result:
         print(f"speed-up over {result['peer']['name']}: {result['speedup_lowres']}x")
-    print(json.dumps(result))
-    if FLAGS.out:
-        with open(FLAGS.out, "w") as f:
-            json.dump(result, f, indent=1)
+    emit(result)
 
 
 if __name__ == "__main__":

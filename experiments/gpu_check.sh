@@ -37,7 +37,7 @@ fi
 step sam2_large_xla 90 python -m experiments.benchmark_sam2 --preset=hiera_large --batch=16 --dtype=bfloat16 \
   --attention_impl=xla --peer=none --out="$out/sam2_large_xla.json"
 step qwen3b_train 180 python -m experiments.benchmark_qwen --mode=train --preset=3b --dtype=bfloat16 --batch=1 \
-  --seq=1228 --new_tokens=256 --image_px=840 --remat=none --warmup=1 --iters=3
+  --seq=1228 --new_tokens=256 --image_px=840 --remat=none --warmup=1 --iters=3 --out="$out/qwen3b_train.json"
 if [[ -f .bench/peer_hf_gpu.py ]]; then
   OUT="$out" PHASE=train MB=1 REMAT=0 step peer_hf_gpu 150 python .bench/peer_hf_gpu.py
 fi

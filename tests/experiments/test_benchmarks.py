@@ -4,14 +4,19 @@ They are what an accelerator session runs first; these keep them from rotting. T
 not asserted (speed is reported by the scripts, not tested).
 """
 
+import json
+
 import pytest
 
 from tests.experiments.scripts import run_json as _run
 
 
-def test_benchmark_rewards():
-    row, _ = _run("experiments.benchmark_rewards", "--num_responses=32", "--tokens=60", "--repeats=1")
+def test_benchmark_rewards(tmp_path):
+    out = tmp_path / "rewards.json"
+    row, _ = _run("experiments.benchmark_rewards", "--num_responses=32", "--tokens=60", "--repeats=1",
+                  f"--out={out}")
     assert row["responses"] == 32 and row["agreement"] == 1.0 and row["device_s"] > 0
+    assert json.loads(out.read_text()) == row
 
 
 @pytest.mark.parametrize("mode", ["forward", "train", "decode"])
