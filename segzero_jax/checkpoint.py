@@ -28,6 +28,10 @@ CONFIG_FILE = "config.json"
 Shardings = Union[Any, Callable[[Any], Any], None]
 
 
+class CheckpointError(ValueError):
+    """A checkpoint directory that cannot be read: damaged, incomplete or of another kind."""
+
+
 def save_params(path: str, params: Any) -> None:
     """Writes `params` (any pytree of arrays, possibly sharded across hosts) to `path`."""
     path = os.path.abspath(path)
@@ -43,7 +47,14 @@ def abstract_params(path: str) -> Any:
     path = os.path.abspath(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no parameter checkpoint at {path}")
-    tree = ocp.StandardCheckpointer().metadata(path).item_metadata.tree
+    try:
+        metadata = ocp.StandardCheckpointer().metadata(path)
+    except Exception as e:  # orbax/tensorstore raise many kinds; name the directory
+        raise CheckpointError(f"{path}: cannot read the checkpoint's metadata ({type(e).__name__}: {e})") from e
+    tree = getattr(getattr(metadata, "item_metadata", None), "tree", None)
+    if tree is None:
+        raise CheckpointError(f"{path}: no readable parameter tree (a damaged or incomplete checkpoint, "
+                              "or not an Orbax parameter checkpoint)")
     return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), tree)
 
 
@@ -57,7 +68,11 @@ def restore_params(path: str, shardings: Shardings = None) -> Any:
         shardings = jax.tree.map(lambda _: device, abstract)
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, shardings)
-    return ocp.StandardCheckpointer().restore(os.path.abspath(path), target)
+    try:
+        return ocp.StandardCheckpointer().restore(os.path.abspath(path), target)
+    except Exception as e:
+        raise CheckpointError(f"{os.path.abspath(path)}: reading the arrays failed "
+                              f"({type(e).__name__}: {str(e)[:500]})") from e
 
 
 def _config_dict(config: Any) -> dict:

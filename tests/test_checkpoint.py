@@ -57,6 +57,23 @@ def test_refuses_overwrite_and_names_missing_paths(tmp_path):
         checkpoint.restore_model(str(tmp_path))
 
 
+def test_damaged_or_foreign_directories_are_named(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(checkpoint.CheckpointError, match="empty: "):
+        checkpoint.restore_params(str(tmp_path / "empty"))
+    path = tmp_path / "p"
+    checkpoint.save_params(str(path), {"w": np.random.RandomState(0).rand(256, 256).astype(np.float32)})
+    chunks = [f for f in path.rglob("*") if f.is_file() and f.parent.name == "d"]   # OCDBT data files
+    cut = lambda f: f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    cut(max(chunks, key=lambda f: f.stat().st_size))          # the arrays' bytes
+    with pytest.raises(checkpoint.CheckpointError, match=f"{path}: reading the arrays failed"):
+        checkpoint.restore_params(str(path))
+    for f in chunks:                                            # the tree's metadata too
+        cut(f)
+    with pytest.raises(checkpoint.CheckpointError, match=f"{path}: "):
+        checkpoint.restore_params(str(path))
+
+
 @dataclasses.dataclass
 class _Config:
     width: int = 8
