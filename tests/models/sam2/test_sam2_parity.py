@@ -63,6 +63,10 @@ PROMPTS = {
     "box_2points_single": dict(box=BOX, point_coords=PTS, point_labels=LAB, multimask_output=False),
     "negative_point_single": dict(point_coords=PTS, point_labels=np.array([1, 0]), multimask_output=False),
     "two_boxes": dict(box=np.stack([BOX, BOX + np.array([5, 5, -10, 10], np.float32)])),
+    # what a policy can answer: an inverted box, points outside the image
+    "inverted_box_points_outside": dict(box=np.array([100.0, 70.0, 20.0, 15.0], np.float32),
+                                        point_coords=np.array([[-30.0, 200.0], [500.0, -5.0]], np.float32),
+                                        point_labels=LAB),
     # an earlier prediction's logits as mask input, coordinates given in [0, 1]
     "normalized_box_with_mask_input": dict(
         box=BOX / np.array([120, 90, 120, 90], np.float32), normalize_coords=False,
