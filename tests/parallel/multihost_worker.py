@@ -1,5 +1,15 @@
-"""One process of the two-process CPU test: joins the cluster, builds a hybrid mesh, checks a
-cross-host reduction and a globally sharded param init. Prints one JSON line."""
+"""One process of the two-process CPU test. Joins the cluster and builds a (data 2, fsdp 2,
+tensor 2) mesh whose "data" axis spans the two hosts, then checks what a multi-host GRPO run
+rests on:
+
+  * a cross-host reduction of a batch assembled from each process's local rows;
+  * the tiny policy initialised straight into its global sharding;
+  * the response log-probs and their gradient (the update's work) on a global batch whose
+    rows come from both processes, against the same computation on one local device;
+  * an Orbax save by both processes into one directory and a restore into the sharding.
+
+Prints one `RESULT {json}` line with the differences; the test asserts on them.
+"""
 
 import json
 import os
@@ -8,28 +18,85 @@ import sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 os.environ["JAX_PLATFORMS"] = "cpu"
 
+import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from jax.experimental import multihost_utils  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
-from segzero_jax.parallel import initialize_distributed, make_mesh  # noqa: E402
+from segzero_jax import checkpoint  # noqa: E402
+from segzero_jax.models.qwen2_5_vl import Qwen2_5_VL, dummy_inputs, preset  # noqa: E402
+from segzero_jax.parallel import (DEFAULT_RULES, initialize_distributed, make_mesh,  # noqa: E402
+                                  named_sharding, sharded_init)
+
+ROWS, T, R = 4, 24, 8   # global rows (2 per process), tokens per row, response tokens scored
 
 
-def main(port: int, process_id: int) -> None:
+def _max_diff(a, b) -> float:
+    return float(max(np.max(np.abs(np.asarray(x, np.float32) - np.asarray(y, np.float32)))
+                     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
+
+
+def main(port: int, process_id: int, workdir: str) -> None:
     initialize_distributed(f"127.0.0.1:{port}", num_processes=2, process_id=process_id,
                            initialization_timeout=90)
     mesh = make_mesh((1, 2, 2), dcn_mesh_shape=(2, 1, 1))
+    me = jax.process_index()
+    result = {"process": me, "devices": jax.device_count(),
+              "row_processes": sorted({d.process_index for d in mesh.devices[me].flat})}
+
     # Each process owns one "data" row of the mesh: its local batch rows.
     sharding = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
-    local = np.arange(4, dtype=np.float32) + 4 * jax.process_index()
+    local = np.arange(4, dtype=np.float32) + 4 * me
     global_x = jax.make_array_from_process_local_data(sharding, local, (8,))
     total = jax.jit(jnp.sum, out_shardings=NamedSharding(mesh, PartitionSpec()))(global_x)
-    rows = {d.process_index for d in mesh.devices[jax.process_index()].flat}
-    print("RESULT " + json.dumps({"process": jax.process_index(), "devices": jax.device_count(),
-                      "total": float(total), "row_processes": sorted(rows)}), flush=True)
+    result["total"] = float(total)
+
+    cfg = preset("tiny")
+    model = Qwen2_5_VL(cfg)
+    boxed, shardings = sharded_init(lambda rng: model.init(rng, **dummy_inputs(cfg))["params"],
+                                    mesh, DEFAULT_RULES, jax.random.key(0))
+    params = nn.unbox(boxed)
+    shardings = nn.unbox(shardings)
+    result["param_fully_addressable"] = all(p.is_fully_addressable for p in jax.tree.leaves(params))
+
+    # Every process draws the same global batch and feeds only its own rows.
+    rs = np.random.RandomState(7)
+    ids = rs.randint(0, 150000, (ROWS, T)).astype(np.int32)
+    mask = np.ones((ROWS, T), np.int32)
+    mask[1, :5] = 0           # a left-padded prompt on process 0
+    mask[2, :3] = 0           # and one on process 1
+    mine = slice(me * ROWS // 2, (me + 1) * ROWS // 2)
+    batch = named_sharding(("act_batch", "act_length"), (ROWS, T), mesh, DEFAULT_RULES)
+    g_ids, g_mask = (jax.make_array_from_process_local_data(batch, a[mine], (ROWS, T)) for a in (ids, mask))
+
+    def loss(p, i, m):
+        lp, _ = model.apply({"params": p}, i, attention_mask=m, num_targets=R, chunk_size=4,
+                            method=Qwen2_5_VL.response_log_probs)
+        return jnp.mean(lp), lp
+
+    step = jax.value_and_grad(loss, has_aux=True)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        (value, lp), grads = jax.jit(step, out_shardings=(
+            (NamedSharding(mesh, PartitionSpec()), batch), shardings))(params, g_ids, g_mask)
+    host_params = multihost_utils.process_allgather(params, tiled=True)
+    (ref_value, ref_lp), ref_grads = jax.jit(step)(host_params, ids, mask)
+    result["loss_diff"] = abs(float(value) - float(ref_value))
+    result["logprob_diff"] = _max_diff(multihost_utils.process_allgather(lp, tiled=True), ref_lp)
+    result["grad_diff"] = _max_diff(multihost_utils.process_allgather(grads, tiled=True), ref_grads)
+    result["grad_scale"] = _max_diff(ref_grads, jax.tree.map(jnp.zeros_like, ref_grads))
+
+    path = os.path.join(workdir, "params")
+    checkpoint.save_params(path, params)
+    restored = checkpoint.restore_params(path, shardings)
+    result["restored_same_sharding"] = all(
+        r.sharding == p.sharding for r, p in zip(jax.tree.leaves(restored), jax.tree.leaves(params)))
+    result["restore_diff"] = _max_diff(multihost_utils.process_allgather(restored, tiled=True), host_params)
+
+    print("RESULT " + json.dumps(result), flush=True)
     jax.distributed.shutdown()
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]))
+    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])

@@ -23,7 +23,7 @@ def _run_cluster(logs: pathlib.Path, timeout: float = 150.0) -> list[dict]:
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     logs.mkdir(parents=True, exist_ok=True)
     files = [(open(logs / f"out{i}.txt", "w+"), open(logs / f"err{i}.txt", "w+")) for i in range(2)]
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(port), str(i)], env=env,
+    procs = [subprocess.Popen([sys.executable, str(WORKER), str(port), str(i), str(logs)], env=env,
                               stdout=out, stderr=err, text=True)
              for i, (out, err) in enumerate(files)]
     deadline = time.monotonic() + timeout
@@ -61,7 +61,9 @@ def _run_cluster(logs: pathlib.Path, timeout: float = 150.0) -> list[dict]:
     return results
 
 
-def test_two_process_cluster_reduces_across_hosts(tmp_path):
+def test_two_process_cluster(tmp_path):
+    """Cross-host reduction, sharded init, the update's log-probs and gradient on a batch fed
+    by both processes (equal to one device computing it all), Orbax save/restore by both."""
     # One more start on a fresh port if the pair stalls (a busy CI host); a wrong result or a
     # crashed process fails at once.
     try:
@@ -74,3 +76,7 @@ def test_two_process_cluster_reduces_across_hosts(tmp_path):
         assert r["total"] == sum(range(8))
         # The DCN axis ("data") separates hosts: each mesh row lives on one process.
         assert r["row_processes"] == [r["process"]]
+        assert not r["param_fully_addressable"]       # params span both processes' devices
+        assert r["loss_diff"] < 1e-5 and r["logprob_diff"] < 1e-4
+        assert r["grad_scale"] > 1e-4 and r["grad_diff"] < 1e-4 * max(1.0, r["grad_scale"])
+        assert r["restored_same_sharding"] and r["restore_diff"] == 0.0
