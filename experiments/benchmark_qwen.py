@@ -13,7 +13,7 @@ backward of the mean log-probability of the last `new_tokens` tokens (ours:
 those positions, as in the peer baseline), with `--remat` (ours: the named policy; transformers:
 gradient checkpointing unless "none"); the check compares the two losses. `--mode=decode`
 times one-token greedy decode steps after a `seq`-token prefill (ours: `Qwen2_5_VL.decode` on
-the donated KV cache; transformers: its forward with `past_key_values`); tokens/s counts the
+the donated KV cache; transformers: its forward with its KV cache); tokens/s counts the
 rows' new tokens and the check compares the first step's logits. Peak memory: on accelerators the allocator's peak
 (`memory_stats` / `torch.cuda.max_memory_allocated`); on CPU the peak resident-set growth
 sampled over the warm-up and timed calls, starting with params and inputs resident (and,
@@ -257,25 +257,30 @@ def bench_hf(cfg, params, ids, pixels, grid):
 
 
 def _hf_decode(model, kw, cuda):
+    import inspect
+
     import torch
     sync = torch.cuda.synchronize if cuda else (lambda: None)
+    # transformers renamed `past_key_values` to `cache` (argument and output field) in 5.2x
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+    def step(tok, cache):
+        out = model(input_ids=tok[:, None], use_cache=True, **{name: cache})
+        return out, getattr(out, name), out.logits[:, -1].argmax(-1)
+
     with torch.no_grad():
         out = model(**kw, use_cache=True, logits_to_keep=1)
-        cache, tok = out.past_key_values, out.logits[:, -1].argmax(-1)
-        out = model(input_ids=tok[:, None], past_key_values=cache, use_cache=True)
+        out, cache, tok = step(out.logits[:, -1].argmax(-1), getattr(out, name))
         first = out.logits[:, -1].float().cpu().numpy()
-        cache, tok = out.past_key_values, out.logits[:, -1].argmax(-1)
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         with RssPeak() as rss:
             for _ in range(FLAGS.warmup):
-                out = model(input_ids=tok[:, None], past_key_values=cache, use_cache=True)
-                cache, tok = out.past_key_values, out.logits[:, -1].argmax(-1)
+                out, cache, tok = step(tok, cache)
             sync()
             t0 = time.perf_counter()
             for _ in range(FLAGS.iters):
-                out = model(input_ids=tok[:, None], past_key_values=cache, use_cache=True)
-                cache, tok = out.past_key_values, out.logits[:, -1].argmax(-1)
+                out, cache, tok = step(tok, cache)
             sync()
             dt = (time.perf_counter() - t0) / FLAGS.iters
     peak = torch.cuda.max_memory_allocated() if cuda else rss.growth
