@@ -22,7 +22,9 @@ Work (global batch `--batch`, split over the data and fsdp axes):
   decode   one token per row against a full cache (the sampler's inner step)
   sam2     SAM2 image encoder + mask decoder, a box + 2 points per image, low-res masks
 
-Prints a table and one JSON line; `--out` also writes the JSON.
+Also reported: the work's matmul FLOPs per device and the milliseconds a TPU chip needs for them
+at its bf16 peak, a lower bound on the step time (the compiler's figure is memory; time needs
+the chip). Prints a table and one JSON line; `--out` also writes the JSON.
 """
 
 from __future__ import annotations
@@ -54,8 +56,11 @@ flags.DEFINE_integer("chunk_size", 256, "positions per logits chunk in train")
 flags.DEFINE_string("attention_impl", "auto",
                     "auto | xla | cudnn | tpu_flash (auto: what a TPU would pick for a --topology)")
 
-# HBM per chip by JAX device_kind, for the "fits" column (public TPU specifications).
+# HBM per chip by JAX device_kind, for the "fits" column, and dense bf16 peak TFLOP/s per chip, for
+# the compute-bound time (public TPU specifications).
 HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v5p": 95, "TPU v6 lite": 32, "TPU7x": 192}
+PEAK_BF16_TFLOPS = {"TPU v4": 275, "TPU v5 lite": 197, "TPU v5": 459, "TPU v5p": 459, "TPU v6 lite": 918,
+                    "TPU7x": 2307}
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -255,8 +260,29 @@ def memory_row(compiled, devices) -> dict:
         hbm = stats.get("bytes_limit", 0) / 2**30 or None
     row["device_memory_gib"] = hbm
     row["fits"] = None if hbm is None else row["peak_bytes"] <= hbm * 2**30
-    # (XLA's cost analysis counts a scanned layer's body once, so it is no FLOP count here.)
     return row
+
+
+def flops_row(build, mesh, rules, devices) -> dict:
+    """Matmul FLOPs of the work per device (`segzero_jax.flops`: XLA's cost analysis counts a
+    scanned layer once), traced on the XLA attention path (the TPU kernel is an opaque call),
+    and the time the chip needs for them at its bf16 peak: a lower bound on the step time."""
+    import flax.linen as nn
+    import jax
+
+    from segzero_jax.flops import count_flops
+
+    chosen = FLAGS.attention_impl
+    FLAGS.attention_impl = "xla"
+    try:
+        fn, args, _ = build(mesh, rules)
+    finally:
+        FLAGS.attention_impl = chosen
+    with jax.set_mesh(mesh), nn.logical_axis_rules(tuple(rules)):
+        per_device = count_flops(fn.__wrapped__, *args) / len(devices)
+    peak = PEAK_BF16_TFLOPS.get(str(getattr(devices[0], "device_kind", "")))
+    return {"gflops_per_device": round(per_device / 1e9, 6),
+            "ms_at_peak": None if peak is None else round(per_device / (peak * 1e12) * 1e3, 2)}
 
 
 def main(argv):
@@ -283,7 +309,8 @@ def main(argv):
         raise app.UsageError(f"--mesh={FLAGS.mesh!r}: {e}") from None
     rules = DEFAULT_RULES
     t0 = time.perf_counter()
-    fn, args, desc = (build_sam2_work if FLAGS.work == "sam2" else build_policy_work)(mesh, rules)
+    build = build_sam2_work if FLAGS.work == "sam2" else build_policy_work
+    fn, args, desc = build(mesh, rules)
     with jax.set_mesh(mesh), nn.logical_axis_rules(tuple(rules)):
         lowered = fn.lower(*args)
         compiled = lowered.compile()
@@ -291,7 +318,8 @@ def main(argv):
     row = {"work": FLAGS.work, "topology": FLAGS.topology or "local", "num_slices": FLAGS.num_slices,
            "device_kind": str(getattr(devices[0], "device_kind", "")), "devices": len(devices),
            "mesh": dict(zip(mesh.axis_names, (int(x) for x in mesh.devices.shape))), "batch": FLAGS.batch,
-           **desc, "compile_s": round(compile_s, 1), **memory_row(compiled, devices)}
+           **desc, "compile_s": round(compile_s, 1), **memory_row(compiled, devices),
+           **flops_row(build, mesh, rules, devices)}
     gib = lambda x: f"{x / 2**30:.2f} GiB"
     print(f"{FLAGS.work} on {row['topology']} ({row['device_kind']}, {len(devices)} devices), mesh {row['mesh']}, "
           f"batch {FLAGS.batch}; compiled in {compile_s:.1f} s")
@@ -300,6 +328,8 @@ def main(argv):
         print(f"{key.replace('_bytes', ''):>22} {gib(row[key]):>12}")
     if row["device_memory_gib"]:
         print(f"{'device memory':>22} {row['device_memory_gib']:>8.1f} GiB  fits: {row['fits']}")
+    print(f"{'matmul work':>22} {row['gflops_per_device']:>8.1f} GFLOP per device"
+          + (f", {row['ms_at_peak']} ms at the bf16 peak" if row["ms_at_peak"] is not None else ""))
     emit(row)
 
 
