@@ -22,9 +22,9 @@ Work (global batch `--batch`, split over the data and fsdp axes):
   decode   one token per row against a full cache (the sampler's inner step)
   sam2     SAM2 image encoder + mask decoder, a box + 2 points per image, low-res masks
 
-Also reported: the work's matmul FLOPs per device and the milliseconds a TPU chip needs for them
-at its bf16 peak, a lower bound on the step time (the compiler's figure is memory; time needs
-the chip). Prints a table and one JSON line; `--out` also writes the JSON.
+Also reported, for a TPU target: lower bounds on the step time, the larger of the work's matmul
+FLOPs per device at the chip's bf16 peak and its arguments read once at the chip's HBM
+bandwidth (the compiler's figure is memory; time needs the chip). Prints a table and one JSON line; `--out` also writes the JSON.
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ flags.DEFINE_string("attention_impl", "auto",
 HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v5p": 95, "TPU v6 lite": 32, "TPU7x": 192}
 PEAK_BF16_TFLOPS = {"TPU v4": 275, "TPU v5 lite": 197, "TPU v5": 459, "TPU v5p": 459, "TPU v6 lite": 918,
                     "TPU7x": 2307}
+HBM_GBPS = {"TPU v4": 1228, "TPU v5 lite": 819, "TPU v5": 2765, "TPU v5p": 2765, "TPU v6 lite": 1640,
+            "TPU7x": 7380}
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -263,10 +265,13 @@ def memory_row(compiled, devices) -> dict:
     return row
 
 
-def flops_row(build, mesh, rules, devices) -> dict:
-    """Matmul FLOPs of the work per device (`segzero_jax.flops`: XLA's cost analysis counts a
-    scanned layer once), traced on the XLA attention path (the TPU kernel is an opaque call),
-    and the time the chip needs for them at its bf16 peak: a lower bound on the step time."""
+def roofline_row(build, mesh, rules, devices, argument_bytes: int) -> dict:
+    """Lower bounds on the step time of one chip. Compute: the work's matmul FLOPs per device
+    (`segzero_jax.flops`, remat's recomputation included; XLA's cost analysis counts a scanned
+    layer once), traced on the XLA attention path (the TPU kernel is an opaque call), at the
+    chip's bf16 peak. Memory: every argument (params, optimizer state, KV cache, inputs) read
+    once from HBM. The larger of the two is the bound; the compiler's figure is memory, time
+    needs the chip."""
     import flax.linen as nn
     import jax
 
@@ -280,9 +285,15 @@ def flops_row(build, mesh, rules, devices) -> dict:
         FLAGS.attention_impl = chosen
     with jax.set_mesh(mesh), nn.logical_axis_rules(tuple(rules)):
         per_device = count_flops(fn.__wrapped__, *args) / len(devices)
-    peak = PEAK_BF16_TFLOPS.get(str(getattr(devices[0], "device_kind", "")))
-    return {"gflops_per_device": round(per_device / 1e9, 6),
-            "ms_at_peak": None if peak is None else round(per_device / (peak * 1e12) * 1e3, 2)}
+    kind = str(getattr(devices[0], "device_kind", ""))
+    peak, bandwidth = PEAK_BF16_TFLOPS.get(kind), HBM_GBPS.get(kind)
+    row = {"gflops_per_device": round(per_device / 1e9, 6), "ms_compute_at_peak": None,
+           "ms_reading_arguments": None, "ms_lower_bound": None}
+    if peak and bandwidth:
+        row["ms_compute_at_peak"] = round(per_device / (peak * 1e12) * 1e3, 3)
+        row["ms_reading_arguments"] = round(argument_bytes / (bandwidth * 1e9) * 1e3, 3)
+        row["ms_lower_bound"] = max(row["ms_compute_at_peak"], row["ms_reading_arguments"])
+    return row
 
 
 def main(argv):
@@ -318,8 +329,8 @@ def main(argv):
     row = {"work": FLAGS.work, "topology": FLAGS.topology or "local", "num_slices": FLAGS.num_slices,
            "device_kind": str(getattr(devices[0], "device_kind", "")), "devices": len(devices),
            "mesh": dict(zip(mesh.axis_names, (int(x) for x in mesh.devices.shape))), "batch": FLAGS.batch,
-           **desc, "compile_s": round(compile_s, 1), **memory_row(compiled, devices),
-           **flops_row(build, mesh, rules, devices)}
+           **desc, "compile_s": round(compile_s, 1), **memory_row(compiled, devices)}
+    row.update(roofline_row(build, mesh, rules, devices, row["argument_bytes"]))
     gib = lambda x: f"{x / 2**30:.2f} GiB"
     print(f"{FLAGS.work} on {row['topology']} ({row['device_kind']}, {len(devices)} devices), mesh {row['mesh']}, "
           f"batch {FLAGS.batch}; compiled in {compile_s:.1f} s")
@@ -328,8 +339,10 @@ def main(argv):
         print(f"{key.replace('_bytes', ''):>22} {gib(row[key]):>12}")
     if row["device_memory_gib"]:
         print(f"{'device memory':>22} {row['device_memory_gib']:>8.1f} GiB  fits: {row['fits']}")
-    print(f"{'matmul work':>22} {row['gflops_per_device']:>8.1f} GFLOP per device"
-          + (f", {row['ms_at_peak']} ms at the bf16 peak" if row["ms_at_peak"] is not None else ""))
+    print(f"{'matmul work':>22} {row['gflops_per_device']:>8.1f} GFLOP per device")
+    if row["ms_lower_bound"] is not None:
+        print(f"{'step time >=':>22} {row['ms_lower_bound']:>8.2f} ms (compute at the bf16 peak "
+              f"{row['ms_compute_at_peak']} ms, reading the arguments once {row['ms_reading_arguments']} ms)")
     emit(row)
 
 
