@@ -108,16 +108,39 @@ def load_data_source(config: Any):
     builder = make_builder(cfg["dataset"], cfg["data_dir"], cfg["builder_config"])
     build = cfg["build_if_missing"]
     build = cfg["dataset"] == "synthetic" if build is None else build
-    if not builder.is_prepared():
-        if not build:
-            raise FileNotFoundError(
-                f"dataset {cfg['dataset']!r} is not built under data_dir={builder.data_dir!r}; build it with "
-                f"`python -m data_pipelines.build --dataset={cfg['dataset']} --data_dir=... [--manual_dir=...]`")
-        from tensorflow_datasets.core import download
-
-        builder.download_and_prepare(
-            download_config=download.DownloadConfig(manual_dir=cfg["manual_dir"]))
+    if not builder.is_prepared() and not build:
+        raise FileNotFoundError(
+            f"dataset {cfg['dataset']!r} is not built under data_dir={builder.data_dir!r}; build it with "
+            f"`python -m data_pipelines.build --dataset={cfg['dataset']} --data_dir=... [--manual_dir=...]`")
+    if build:
+        was_built = builder.is_prepared()
+        _prepare_once(builder, cfg["manual_dir"])
+        if not was_built:  # a builder made before the data existed keeps an empty split list
+            builder = make_builder(cfg["dataset"], cfg["data_dir"], cfg["builder_config"])
     return builder.as_data_source(split=cfg["split"])
+
+
+def _prepare_once(builder, manual_dir: str | None) -> None:
+    """Builds a missing dataset without processes racing each other: two TFDS builds of one
+    dataset in one directory fail when the second renames its finished copy into place. In a
+    multi-process run (every process makes its pipeline: this waits for all of them) the first
+    process builds if the data is missing, every process waits for it, then a process whose
+    `data_dir` still lacks the data (hosts with their own disks) builds its own copy; on shared
+    storage the others find it built."""
+    import jax
+    from tensorflow_datasets.core import download
+
+    def prepare():
+        if not builder.is_prepared():
+            builder.download_and_prepare(download_config=download.DownloadConfig(manual_dir=manual_dir))
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        if jax.process_index() == 0:
+            prepare()
+        multihost_utils.sync_global_devices(f"input pipeline: {builder.name} built in {builder.data_dir}")
+    prepare()
 
 
 class SegZeroPreprocess(grain.MapTransform):

@@ -6,7 +6,11 @@ rests on:
   * the tiny policy initialised straight into its global sharding;
   * the response log-probs and their gradient (the update's work) on a global batch whose
     rows come from both processes, against the same computation on one local device;
-  * an Orbax save by both processes into one directory and a restore into the sharding.
+  * an Orbax save by both processes into one directory and a restore into the sharding;
+  * the input pipeline on the default synthetic data in one shared `data_dir`, built on first
+    use once (two processes building it at once fail, depending on timing, when the second
+    renames its copy into place), each process's batch equal to the pipeline told its process
+    index by hand, the two halves disjoint and assembled into one global batch.
 
 Prints one `RESULT {json}` line with the differences; the test asserts on them.
 """
@@ -36,6 +40,32 @@ ROWS, T, R = 4, 24, 8   # global rows (2 per process), tokens per row, response 
 def _max_diff(a, b) -> float:
     return float(max(np.max(np.abs(np.asarray(x, np.float32) - np.asarray(y, np.float32)))
                      for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
+
+
+def _input_pipeline(mesh, workdir: str) -> dict:
+    import zlib
+
+    from data_pipelines import input_pipeline as IP
+    from segzero_jax.models.qwen2_5_vl.tokenizer import QwenTokenizer
+
+    me, tok = jax.process_index(), QwenTokenizer.default()
+    config = dict(dataset="synthetic", split="train", data_dir=os.path.join(workdir, "tfds"), batch_size=4,
+                  builder_config=dict(image_size=64, num_train=16, num_validation=4, num_test=4, seed=3),
+                  max_prompt_length=200, image_size=56, seed=0, num_epochs=1)
+    batch = next(iter(IP.make_input_pipeline(config, tokenizer=tok)))      # builds the data on first use
+    by_hand = next(iter(IP.make_input_pipeline(dict(config, process_index=me, process_count=2,
+                                                    build_if_missing=False), tokenizer=tok)))
+    ids = jax.make_array_from_process_local_data(
+        named_sharding(("act_batch", "act_length"), (4, 200), mesh), batch["input_ids"])
+    full = np.asarray(multihost_utils.process_allgather(ids, tiled=True))
+    image_ids = np.array([zlib.crc32(str(x).encode()) for x in batch["image_id"]], np.int64)
+    all_ids = np.asarray(multihost_utils.process_allgather(image_ids)).reshape(-1)
+    return {"data_local_rows": int(batch["input_ids"].shape[0]),
+            "data_same_as_by_hand": all(np.array_equal(batch[k], by_hand[k])
+                                        for k in ("input_ids", "attention_mask", "pixel_values")),
+            "data_global_shape": list(full.shape),
+            "data_own_rows_in_place": bool(np.array_equal(full[2 * me:2 * me + 2], batch["input_ids"])),
+            "data_distinct_images": int(len(set(all_ids.tolist())))}
 
 
 def main(port: int, process_id: int, workdir: str) -> None:
@@ -94,6 +124,7 @@ def main(port: int, process_id: int, workdir: str) -> None:
         r.sharding == p.sharding for r, p in zip(jax.tree.leaves(restored), jax.tree.leaves(params)))
     result["restore_diff"] = _max_diff(multihost_utils.process_allgather(restored, tiled=True), host_params)
 
+    result.update(_input_pipeline(mesh, workdir))
     print("RESULT " + json.dumps(result), flush=True)
     jax.distributed.shutdown()
 
