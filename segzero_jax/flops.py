@@ -4,12 +4,13 @@
   * `dot_general`: 2 x (output elements) x (contracted size);
   * `conv_general_dilated`: 2 x the multiply-adds that touch an input element (taps over the
     padding or the holes of a transposed convolution's dilated input are not work);
-walking into every sub-jaxpr (jit, remat, custom_vjp/jvp, shard_map, cond branches) and
-multiplying a `scan` body by its length (XLA's own cost analysis counts a scanned layer stack
-once). Element-wise work (norms, softmax, activations) is not counted: the figure is the
-numerator of model FLOP utilisation, as MFU is usually reported. A gradient's jaxpr holds the
-backward's matmuls, and the recomputation of rematerialised blocks, so `count_flops(grad_fn)`
-counts what the hardware executes.
+walking into every sub-jaxpr (jit, remat, custom_vjp/jvp, cond branches), multiplying a `scan`
+body by its length (XLA's own cost analysis counts a scanned layer stack once) and a
+`shard_map` body (written for one shard) by the number of shards. Element-wise work (norms,
+softmax, activations) is not counted: the figure is the numerator of FLOP utilisation. A
+gradient's jaxpr holds the backward's matmuls and the recomputation of rematerialised blocks,
+so `count_flops(grad_fn)` counts what the hardware executes (model FLOPs, as MFU is usually
+quoted, leave the recomputation out: count the function without remat).
 
 Fused attention kernels (cuDNN, the Pallas TPU kernel) are opaque calls: count a function
 built with the XLA attention path (`attention_implementation="xla"`) - the same math.
@@ -41,8 +42,19 @@ def jaxpr_flops(jaxpr) -> int:
             total += max(jaxpr_flops(_as_jaxpr(b)) for b in eqn.params["branches"])
         else:
             inner = sum(jaxpr_flops(_as_jaxpr(p)) for p in eqn.params.values() if _is_jaxpr(p))
-            total += inner * (eqn.params["length"] if name == "scan" else 1)
+            total += inner * _repeats(eqn)
     return total
+
+
+def _repeats(eqn) -> int:
+    """How many times a sub-jaxpr runs per call: a scan's length, a shard_map's shard count."""
+    if eqn.primitive.name == "scan":
+        return eqn.params["length"]
+    if eqn.primitive.name == "shard_map":
+        p = eqn.params
+        axes = p.get("newly_manual_axes") or p.get("manual_axes") or p.get("axis_names") or p["mesh"].axis_names
+        return math.prod(dict(p["mesh"].shape)[a] for a in axes)
+    return 1
 
 
 def _dot_flops(eqn) -> int:

@@ -79,6 +79,18 @@ def test_gradient_with_remat_counts_the_recomputation():
     assert count(True) == 6 * matmul
 
 
+def test_shard_map_body_counts_once_per_shard():
+    """The body is written for one shard: a (2, 2) mesh runs it four times, on a quarter each."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    mesh = jax.make_mesh((2, 2), ("a", "b"))
+    fn = jax.shard_map(lambda x, w: x @ w, mesh=mesh, in_specs=(P(("a", "b")), P()), out_specs=P(("a", "b")))
+    x = jax.ShapeDtypeStruct((8, 16), jnp.float32, sharding=NamedSharding(mesh, P(("a", "b"))))
+    w = jax.ShapeDtypeStruct((16, 4), jnp.float32, sharding=NamedSharding(mesh, P()))
+    with jax.set_mesh(mesh):
+        assert count_flops(fn, x, w) == count_flops(lambda x, w: x @ w, x, w) == 2 * 8 * 16 * 4
+
+
 def test_cond_counts_the_costlier_branch():
     fn = lambda p, x, w: jax.lax.cond(p, lambda: x @ w @ w, lambda: x @ w)
     args = [jnp.bool_(True), *_arrays((4, 8), (8, 8))]
