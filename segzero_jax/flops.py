@@ -20,6 +20,7 @@ A `while` loop's trip count is unknown at trace time: its body is counted once.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any, Callable
 
 import jax
@@ -27,22 +28,31 @@ import jax
 
 def count_flops(fn: Callable[..., Any], *args, **kwargs) -> int:
     """Matmul + convolution FLOPs of one call of `fn(*args, **kwargs)` (arrays or ShapeDtypeStructs)."""
-    return jaxpr_flops(jax.make_jaxpr(fn)(*args, **kwargs).jaxpr)
+    return sum(flops_by_operand_dtypes(fn, *args, **kwargs).values())
 
 
-def jaxpr_flops(jaxpr) -> int:
-    total = 0
+def flops_by_operand_dtypes(fn: Callable[..., Any], *args, **kwargs) -> dict[tuple[str, str], int]:
+    """`count_flops` split by each matmul's (lhs, rhs) operand dtypes: a bfloat16 model with FLOPs
+    under float32 operands runs those at float32 speed on an accelerator."""
+    return dict(jaxpr_flops(jax.make_jaxpr(fn)(*args, **kwargs).jaxpr))
+
+
+def jaxpr_flops(jaxpr) -> Counter:
+    """FLOPs of a jaxpr by (lhs dtype, rhs dtype)."""
+    total: Counter = Counter()
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
-        if name == "dot_general":
-            total += _dot_flops(eqn)
-        elif name == "conv_general_dilated":
-            total += _conv_flops(eqn)
+        if name in ("dot_general", "conv_general_dilated"):
+            dtypes = (str(eqn.invars[0].aval.dtype), str(eqn.invars[1].aval.dtype))
+            total[dtypes] += _dot_flops(eqn) if name == "dot_general" else _conv_flops(eqn)
         elif name == "cond":   # one branch runs: count the most expensive
-            total += max(jaxpr_flops(_as_jaxpr(b)) for b in eqn.params["branches"])
+            total.update(max((jaxpr_flops(_as_jaxpr(b)) for b in eqn.params["branches"]),
+                             key=lambda c: sum(c.values())))
         else:
-            inner = sum(jaxpr_flops(_as_jaxpr(p)) for p in eqn.params.values() if _is_jaxpr(p))
-            total += inner * _repeats(eqn)
+            repeats = _repeats(eqn)
+            for p in eqn.params.values():
+                if _is_jaxpr(p):
+                    total.update({k: v * repeats for k, v in jaxpr_flops(_as_jaxpr(p)).items()})
     return total
 
 

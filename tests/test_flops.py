@@ -108,3 +108,14 @@ def test_convolution_backward_passes(strides, padding):
     d_kernel = lambda x, g: jax.linear_transpose(lambda w: conv(x, w), w)(g)[0]
     assert count_flops(d_input, w, g) == _xla_flops(d_input, w, g) > 0
     assert count_flops(d_kernel, x, g) == _xla_flops(d_kernel, x, g) > 0
+
+
+def test_split_by_operand_dtypes():
+    from segzero_jax.flops import flops_by_operand_dtypes
+
+    def fn(x, w):
+        h = jnp.dot(x.astype(jnp.bfloat16), w.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
+        return h @ w                                     # float32 x float32
+    x, w = _arrays((4, 8), (8, 8))
+    assert flops_by_operand_dtypes(fn, x, w) == {("bfloat16", "bfloat16"): 2 * 4 * 8 * 8,
+                                                 ("float32", "float32"): 2 * 4 * 8 * 8}
