@@ -24,11 +24,12 @@ Work (global batch `--batch`, split over the data and fsdp axes):
 
 Also reported, for a TPU target: lower bounds on the step time, the larger of the work's matmul
 FLOPs per device at the chip's bf16 peak and its arguments read once at the chip's HBM
-bandwidth (the compiler's figure is memory; time needs the chip). Prints a table and one JSON line; `--out` also writes the JSON.
+bandwidth (the compiler's figure is memory; time needs the chip). Prints a table and one JSON line; `--json_out` also writes the JSON.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Any
@@ -218,11 +219,9 @@ def build_sam2_work(mesh, rules):
     import jax
     import jax.numpy as jnp
 
-    from segzero_jax.models.sam2 import Sam2, get_preset
+    from segzero_jax.models.sam2 import get_preset, low_res_masks
     from segzero_jax.models.sam2.convert import param_shardings
-    from segzero_jax.models.sam2.mask_decoder import select_masks
     from segzero_jax.models.sam2.model import abstract_params
-    from segzero_jax.models.sam2.predictor import concat_prompts
     import flax.linen as nn
 
     param_dtype = FLAGS.param_dtype or FLAGS.dtype
@@ -232,15 +231,8 @@ def build_sam2_work(mesh, rules):
     b, s = FLAGS.batch, cfg.image_size
     rows = lambda shape, dt: _rows(mesh, rules, shape, dt)
     images = rows((b, s, s, 3), jnp.float32)
-    boxes, points, labels = rows((b, 1, 4), jnp.float32), rows((b, 1, 2, 2), jnp.float32), rows((b, 1, 2), jnp.int32)
-    model = Sam2(cfg)
-
-    def segment(p, im, bx, pt, lb):
-        enc = model.apply({"params": p}, im, method=Sam2.encode_image)
-        coords, labs = concat_prompts(bx, pt, lb)
-        masks, iou, _ = model.apply({"params": p}, enc["image_embed"], enc["high_res_feats"], coords[:, 0],
-                                    labs[:, 0], method=Sam2.decode)
-        return select_masks(cfg, masks, iou, True)
+    boxes, points, labels = rows((b, 4), jnp.float32), rows((b, 2, 2), jnp.float32), rows((b, 2), jnp.int32)
+    segment = functools.partial(low_res_masks, config=cfg)
 
     desc = {"sam2_preset": FLAGS.sam2_preset, "image_size": s, "param_dtype": param_dtype, "dtype": FLAGS.dtype,
             "attention": attention_impl()}

@@ -12,7 +12,7 @@ package) or transformers' `Sam2Model` (`--peer=transformers`); `auto` takes sam2
 else transformers, else none. TFLOP/s divide the work's matmul + convolution FLOPs
 (`segzero_jax.flops`, counted once on our XLA attention path) by each run's time, so they
 compare like images/s and give the utilisation against the card's peak. Prints a table and one
-JSON line (also written to --out).
+JSON line (also written to --json_out).
 """
 
 from __future__ import annotations
@@ -57,21 +57,12 @@ def _prompts(batch: int, size: int):
 
 
 def _lowres_fn(cfg):
-    """Encoder + decoder to low-res logits and scores: what the peers compute."""
-    from segzero_jax.models.sam2 import Sam2
-    from segzero_jax.models.sam2.mask_decoder import select_masks
-    from segzero_jax.models.sam2.predictor import concat_prompts
+    """Encoder + decoder to low-res logits and scores (what the peers compute), on the benchmark's
+    [B, 1, ...] prompts."""
+    from segzero_jax.models.sam2 import low_res_masks
 
-    model = Sam2(cfg)
-
-    def lowres(params, images, boxes, points, labels):
-        enc = model.apply({"params": params}, images, method=Sam2.encode_image)
-        coords, labs = concat_prompts(boxes, points, labels)
-        masks, iou, _ = model.apply({"params": params}, enc["image_embed"], enc["high_res_feats"],
-                                    coords[:, 0], labs[:, 0], method=Sam2.decode)
-        return select_masks(cfg, masks, iou, True)
-
-    return lowres
+    return lambda params, images, boxes, points, labels: low_res_masks(
+        params, images, boxes[:, 0], points[:, 0], labels[:, 0], config=cfg)
 
 
 def _rate(seconds: float, batch: int, flops: int) -> dict:

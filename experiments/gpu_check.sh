@@ -28,16 +28,16 @@ step() {  # step NAME SECONDS COMMAND...
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python -c "import jax, flax, transformers, torch; print(jax.__version__, flax.__version__, transformers.__version__, torch.__version__, jax.devices())"
 step sam2_large 200 python -m experiments.benchmark_sam2 --preset=hiera_large --batch=16 --dtype=bfloat16 \
-  --peer=transformers --out="$out/sam2_large.json"
+  --peer=transformers --json_out="$out/sam2_large.json"
 if python -c "import pytest" 2>/dev/null; then
   step cudnn_tests 150 python -m pytest -q -p no:cacheprovider tests/test_gpu.py
 else
   step cudnn_tests 150 python -m tests.test_gpu
 fi
 step sam2_large_xla 90 python -m experiments.benchmark_sam2 --preset=hiera_large --batch=16 --dtype=bfloat16 \
-  --attention_impl=xla --peer=none --out="$out/sam2_large_xla.json"
+  --attention_impl=xla --peer=none --json_out="$out/sam2_large_xla.json"
 step qwen3b_train 180 python -m experiments.benchmark_qwen --mode=train --preset=3b --dtype=bfloat16 --batch=1 \
-  --seq=1228 --new_tokens=256 --image_px=840 --remat=none --warmup=1 --iters=3 --out="$out/qwen3b_train.json"
+  --seq=1228 --new_tokens=256 --image_px=840 --remat=none --warmup=1 --iters=3 --json_out="$out/qwen3b_train.json"
 if [[ -f .bench/peer_hf_gpu.py ]]; then
   OUT="$out" PHASE=train MB=1 REMAT=0 step peer_hf_gpu 150 python .bench/peer_hf_gpu.py
 fi

@@ -14,7 +14,7 @@ from tests.experiments.scripts import run_json as _run
 def test_benchmark_rewards(tmp_path):
     out = tmp_path / "rewards.json"
     row, _ = _run("experiments.benchmark_rewards", "--num_responses=32", "--tokens=60", "--repeats=1",
-                  f"--out={out}")
+                  f"--json_out={out}")
     assert row["responses"] == 32 and row["agreement"] == 1.0 and row["device_s"] > 0
     assert json.loads(out.read_text()) == row
 

@@ -48,14 +48,14 @@ def test_policy_prefill_and_decode_matmuls_are_bf16():
 
 
 def test_sam2_large_matmuls_are_bf16():
-    import experiments.benchmark_sam2 as bench
-    from segzero_jax.models.sam2 import get_preset, random_params
+    from segzero_jax.models.sam2 import get_preset, low_res_masks, random_params
 
     cfg = get_preset("hiera_large", dtype=jnp.bfloat16, param_dtype=jnp.float32)   # casts checked too
     params = jax.eval_shape(lambda k: random_params(cfg, k), jax.random.PRNGKey(0))
     s = cfg.image_size
-    inputs = [jax.ShapeDtypeStruct((2, s, s, 3), jnp.float32), *(jnp.asarray(a) for a in bench._prompts(2, s))]
-    by_dtype = flops_by_operand_dtypes(bench._lowres_fn(cfg), params, *inputs)
+    inputs = (jax.ShapeDtypeStruct((2, s, s, 3), jnp.float32), jnp.array([[100.0, 100.0, 500.0, 600.0]] * 2),
+              jnp.array([[[200.0, 300.0], [300.0, 400.0]]] * 2), jnp.ones((2, 2), jnp.int32))
+    by_dtype = flops_by_operand_dtypes(lambda *a: low_res_masks(*a, config=cfg), params, *inputs)
     # float32 stays only where the reference keeps it: Fourier prompt features and the
     # position-embedding / FPN resampling matrices, ~1e-4 of the work.
     assert _bf16_share(by_dtype) > 0.999

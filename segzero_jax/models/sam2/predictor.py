@@ -146,6 +146,20 @@ def predict_batch(params: dict, images: jax.Array, boxes: Optional[jax.Array], p
     return jax.tree.map(lambda t: t.reshape(b, k, *t.shape[1:]), out)
 
 
+def low_res_masks(params: dict, images: jax.Array, boxes: jax.Array, points: jax.Array, labels: jax.Array,
+                  *, config: Sam2Config, multimask_output: bool = True) -> tuple[jax.Array, jax.Array]:
+    """Encoder + decoder and the multimask choice, no resizing back: the work a benchmark or an
+    ahead-of-time compile measures. images float[B, S, S, 3]; one prompt per image in input-frame
+    pixels: boxes float[B, 4], points float[B, P, 2], labels int[B, P]. Returns low-res logits
+    float32[B, M, S/4, S/4] and scores float32[B, M]."""
+    model = Sam2(config)
+    enc = model.apply({"params": params}, images, method=Sam2.encode_image)
+    coords, labs = concat_prompts(boxes[:, None], points[:, None], labels[:, None])
+    masks, iou, _ = model.apply({"params": params}, enc["image_embed"], enc.get("high_res_feats"),
+                                coords[:, 0], labs[:, 0], method=Sam2.decode)
+    return select_masks(config, masks, iou, multimask_output)
+
+
 _preprocess = jax.jit(preprocess_image, static_argnames=("image_size",))
 
 

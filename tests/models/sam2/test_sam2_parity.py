@@ -13,8 +13,8 @@ import torch
 from tests.models.sam2.reference import (assert_close, assert_masks_agree, build_reference,
                                          reference_predictor, save_checkpoint)
 
-from segzero_jax.models.sam2 import (Sam2, SamPredictor, get_preset, load_checkpoint, predict_batch,
-                                     preprocess_image)
+from segzero_jax.models.sam2 import (Sam2, SamPredictor, get_preset, load_checkpoint, low_res_masks,
+                                     predict_batch, preprocess_image)
 
 BOX = np.array([20.0, 15.0, 100.0, 70.0], np.float32)
 PTS = np.array([[40.0, 30.0], [60.0, 50.0]], np.float32)
@@ -157,6 +157,19 @@ def test_predict_batch_matches_reference_per_image(setup, batch_case):
             assert_masks_agree(np.asarray(out["masks"][b, k]), rm, f"masks[{b},{k}]")
             best = int(np.argmax(rs))
             assert_masks_agree(np.asarray(out["best_mask"][b, k]), rm[best], f"best[{b},{k}]")
+
+
+def test_low_res_masks_equal_the_batch_path(setup):
+    """The benchmark / AOT work (`low_res_masks`) is `predict_batch` without the resizing back."""
+    cfg, params = setup["cfg"], setup["params"]
+    s = cfg.image_size
+    images = jnp.asarray(np.random.default_rng(4).normal(size=(2, s, s, 3)).astype(np.float32))
+    boxes = jnp.asarray(np.stack([BOX, BOX + np.array([3, 2, -8, 9], np.float32)]))
+    points, labels = jnp.asarray(np.stack([PTS, PTS[::-1]])), jnp.asarray(np.stack([LAB, np.array([1, 0])]))
+    low, scores = jax.jit(lambda *a: low_res_masks(*a, config=cfg))(params, images, boxes, points, labels)
+    ref = predict_batch(params, images, boxes[:, None], points[:, None], labels[:, None], (s, s), config=cfg)
+    np.testing.assert_allclose(np.clip(np.asarray(low), -32, 32), np.asarray(ref["low_res_logits"][:, 0]), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(scores), np.asarray(ref["scores"][:, 0]), atol=1e-6)
 
 
 def test_downscaled_image_preprocessing_matches(setup):
