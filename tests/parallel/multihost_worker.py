@@ -7,6 +7,8 @@ rests on:
   * the response log-probs and their gradient (the update's work) on a global batch whose
     rows come from both processes, against the same computation on one local device;
   * an Orbax save by both processes into one directory and a restore into the sharding;
+  * SAM2 (the evaluator's segmentation step) on images fed by both processes, params placed by
+    their logical axes, against one device segmenting them all;
   * the input pipeline on the default synthetic data in one shared `data_dir`, built on first
     use once (two processes building it at once fail, depending on timing, when the second
     renames its copy into place), each process's batch equal to the pipeline told its process
@@ -40,6 +42,29 @@ ROWS, T, R = 4, 24, 8   # global rows (2 per process), tokens per row, response 
 def _max_diff(a, b) -> float:
     return float(max(np.max(np.abs(np.asarray(x, np.float32) - np.asarray(y, np.float32)))
                      for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
+
+
+def _sam2(mesh) -> dict:
+    from segzero_jax.models.sam2 import get_preset, low_res_masks, random_params
+    from segzero_jax.models.sam2.convert import param_shardings
+
+    cfg = get_preset("test_tiny")
+    params = random_params(cfg, jax.random.PRNGKey(3))        # same on both processes
+    s, me = cfg.image_size, jax.process_index()
+    rs = np.random.RandomState(5)
+    images = rs.randn(4, s, s, 3).astype(np.float32)
+    boxes = np.array([[10, 12, 90, 100], [5, 5, 60, 40], [30, 20, 120, 110], [0, 40, 64, 127]], np.float32)
+    points, labels = rs.uniform(0, s, (4, 2, 2)).astype(np.float32), np.ones((4, 2), np.int32)
+    mine = slice(2 * me, 2 * me + 2)
+    rows = lambda a: jax.make_array_from_process_local_data(
+        named_sharding(("act_batch",) + (None,) * (a.ndim - 1), a.shape, mesh), a[mine], a.shape)
+    sharded = jax.device_put(params, param_shardings(cfg, mesh))
+    segment = jax.jit(lambda *a: low_res_masks(*a, config=cfg))
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        low, scores = segment(sharded, *(rows(a) for a in (images, boxes, points, labels)))
+    ref_low, ref_scores = segment(params, images, boxes, points, labels)
+    return {"sam2_logit_diff": _max_diff(multihost_utils.process_allgather(low, tiled=True), ref_low),
+            "sam2_score_diff": _max_diff(multihost_utils.process_allgather(scores, tiled=True), ref_scores)}
 
 
 def _input_pipeline(mesh, workdir: str) -> dict:
@@ -124,6 +149,7 @@ def main(port: int, process_id: int, workdir: str) -> None:
         r.sharding == p.sharding for r, p in zip(jax.tree.leaves(restored), jax.tree.leaves(params)))
     result["restore_diff"] = _max_diff(multihost_utils.process_allgather(restored, tiled=True), host_params)
 
+    result.update(_sam2(mesh))
     result.update(_input_pipeline(mesh, workdir))
     print("RESULT " + json.dumps(result), flush=True)
     jax.distributed.shutdown()

@@ -63,8 +63,8 @@ def _run_cluster(logs: pathlib.Path, timeout: float = 150.0) -> list[dict]:
 
 def test_two_process_cluster(tmp_path):
     """Cross-host reduction, sharded init, the update's log-probs and gradient on a batch fed
-    by both processes (equal to one device computing it all), Orbax save/restore by both, the
-    input pipeline built once in a shared data_dir and sharded by process."""
+    by both processes (equal to one device computing it all), Orbax save/restore by both, SAM2 on
+    images fed by both, the input pipeline built once in a shared data_dir and sharded by process."""
     # One more start on a fresh port if the pair stalls (a busy CI host); a wrong result or a
     # crashed process fails at once.
     try:
@@ -81,5 +81,6 @@ def test_two_process_cluster(tmp_path):
         assert r["loss_diff"] < 1e-5 and r["logprob_diff"] < 1e-4
         assert r["grad_scale"] > 1e-4 and r["grad_diff"] < 1e-4 * max(1.0, r["grad_scale"])
         assert r["restored_same_sharding"] and r["restore_diff"] == 0.0
+        assert r["sam2_logit_diff"] < 1e-3 and r["sam2_score_diff"] < 1e-5   # the SAM2 parity tolerance
         assert r["data_local_rows"] == 2 and r["data_same_as_by_hand"] and r["data_own_rows_in_place"]
         assert r["data_global_shape"] == [4, 200] and r["data_distinct_images"] == 4
