@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from typing import Any, Optional
 
 import numpy as np
@@ -168,6 +169,13 @@ def main(argv):
     del argv
     if not FLAGS.input or not FLAGS.output:
         raise app.UsageError("--input and --output are required")
+    if not os.path.isfile(FLAGS.input):
+        raise app.UsageError(f"--input={FLAGS.input}: no such file")
+    out_dir = os.path.dirname(os.path.abspath(FLAGS.output))
+    if not os.path.isdir(out_dir):
+        raise app.UsageError(f"--output={FLAGS.output}: directory {out_dir} does not exist")
+    if FLAGS.tokenizer and not os.path.exists(FLAGS.tokenizer):
+        raise app.UsageError(f"--tokenizer={FLAGS.tokenizer}: no such file or directory")
     summary, rows = score_file(FLAGS.input, FLAGS.output, FLAGS.tokenizer, FLAGS.reward,
                                FLAGS.batch_size, FLAGS.json_window, FLAGS.max_keys)
     if FLAGS.show > 0:

@@ -43,3 +43,13 @@ def test_garbage_lines_never_crash(tmp_path):
     summary, _ = score_file(str(src), str(out), batch_size=8)
     assert summary["lines"] == 4 and summary["malformed"] == 4
     assert all(json.loads(line)["device"]["total"] == 0.0 for line in out.read_text().splitlines())
+
+
+def test_missing_paths_are_usage_errors(tmp_path):
+    from tests.experiments.scripts import run_module
+
+    for flags, words in (([f"--input={tmp_path}/none.jsonl", f"--output={tmp_path}/o.jsonl"], "none.jsonl: no such file"),
+                         (["--input=experiments/examples/model_outputs.jsonl", f"--output={tmp_path}/no/o.jsonl"],
+                          "does not exist")):
+        proc = run_module("experiments.score_rewards", *flags, timeout=120)
+        assert proc.returncode != 0 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
