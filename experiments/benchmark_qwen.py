@@ -296,10 +296,13 @@ def main(argv):
     import flax.linen as nn
     if FLAGS.mode == "train" and not 0 < FLAGS.new_tokens < FLAGS.seq:
         raise app.UsageError(f"--new_tokens={FLAGS.new_tokens} must be in [1, --seq)")
-    cfg = preset(FLAGS.preset, dtype=FLAGS.dtype, param_dtype=FLAGS.dtype, attention_impl=FLAGS.attention_impl,
-                 remat_policy=FLAGS.remat)
+    try:
+        cfg = preset(FLAGS.preset, dtype=FLAGS.dtype, param_dtype=FLAGS.dtype, attention_impl=FLAGS.attention_impl,
+                     remat_policy=FLAGS.remat)
+        ids, pixels, grid = make_inputs(cfg, FLAGS.batch, FLAGS.seq, FLAGS.image_px, np.random.RandomState(0))
+    except ValueError as e:  # a preset, dtype, backend or shape the flags name wrongly
+        raise app.UsageError(str(e)) from None
     params = nn.unbox(init_params(cfg, jax.random.key(0)))
-    ids, pixels, grid = make_inputs(cfg, FLAGS.batch, FLAGS.seq, FLAGS.image_px, np.random.RandomState(0))
     tokens = FLAGS.batch if FLAGS.mode == "decode" else FLAGS.batch * FLAGS.seq
     bench = bench_ours_decode if FLAGS.mode == "decode" else bench_ours
     ours, logits = bench(cfg, params, ids, pixels, grid)

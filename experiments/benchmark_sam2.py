@@ -199,6 +199,10 @@ def main(argv):
 
     if FLAGS.dtype not in ("bfloat16", "float32"):
         raise app.UsageError(f"--dtype={FLAGS.dtype!r} must be bfloat16 or float32")
+    from segzero_jax.models.sam2 import PRESETS
+
+    if FLAGS.preset not in PRESETS:
+        raise app.UsageError(f"--preset={FLAGS.preset!r} is not one of {sorted(PRESETS)}")
     param_dtype = FLAGS.param_dtype or FLAGS.dtype
     cfg = get_preset(FLAGS.preset, dtype=getattr(jnp, FLAGS.dtype), param_dtype=getattr(jnp, param_dtype),
                      attention_implementation=FLAGS.attention_impl)

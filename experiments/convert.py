@@ -87,6 +87,8 @@ def main(argv):
     if FLAGS.export_hf:
         if not FLAGS.checkpoint:
             raise app.UsageError("--export_hf needs --checkpoint (the policy to export)")
+        if not os.path.isdir(FLAGS.checkpoint):
+            raise app.UsageError(f"--checkpoint={FLAGS.checkpoint} does not exist")
         files = export_policy(FLAGS.checkpoint, FLAGS.export_hf)
         logging.info("exported %d file(s) to %s", len(files), FLAGS.export_hf)
         return

@@ -40,3 +40,15 @@ def test_benchmark_sam2():
     assert ours["gflops_per_image"] > 0
     assert ours["lowres"]["tflops_per_s"] == pytest.approx(
         ours["gflops_per_image"] * 1e-3 * ours["lowres"]["images_per_s"], rel=0.05, abs=0.01)
+
+
+@pytest.mark.parametrize("module,flag,words", [
+    ("experiments.benchmark_qwen", "--preset=13b", "unknown Qwen2.5-VL preset '13b'"),
+    ("experiments.benchmark_qwen", "--image_px=30", "--image_px=30 must be a multiple of 28"),
+    ("experiments.benchmark_sam2", "--preset=hiera_huge", "--preset='hiera_huge' is not one of"),
+])
+def test_bad_flags_are_named_without_a_traceback(module, flag, words):
+    from tests.experiments.scripts import run_module
+
+    proc = run_module(module, flag, timeout=120)
+    assert proc.returncode != 0 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
