@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GPU acceptance run: the SAM2-Large and policy benchmarks against transformers on the same
-# card, and the cuDNN correctness checks. Needs jax[cuda], flax, optax, transformers and torch;
+# GPU acceptance run: the SAM2-Large and policy benchmarks (update, decode step) against
+# transformers on the same card, and the cuDNN correctness checks. Needs jax[cuda], flax, optax, transformers and torch;
 # writes logs and JSON to DIR (default ./gpu_check).
 #
 #   bash experiments/gpu_check.sh [DIR [SECONDS]]
@@ -38,6 +38,8 @@ step sam2_large_xla 90 python -m experiments.benchmark_sam2 --preset=hiera_large
   --attention_impl=xla --peer=none --json_out="$out/sam2_large_xla.json"
 step qwen3b_train 180 python -m experiments.benchmark_qwen --mode=train --preset=3b --dtype=bfloat16 --batch=1 \
   --seq=1228 --new_tokens=256 --image_px=840 --remat=none --warmup=1 --iters=3 --json_out="$out/qwen3b_train.json"
+step qwen3b_decode 120 python -m experiments.benchmark_qwen --mode=decode --preset=3b --dtype=bfloat16 --batch=128 \
+  --seq=1228 --image_px=840 --warmup=2 --iters=10 --json_out="$out/qwen3b_decode.json"
 if [[ -f .bench/peer_hf_gpu.py ]]; then
   OUT="$out" PHASE=train MB=1 REMAT=0 step peer_hf_gpu 150 python .bench/peer_hf_gpu.py
 fi
