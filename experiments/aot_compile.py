@@ -135,8 +135,8 @@ def attention_impl() -> str:
     return "tpu_auto" if FLAGS.attention_impl == "auto" and FLAGS.topology else FLAGS.attention_impl
 
 
-def build_policy_work(mesh, rules):
-    """(jitted function, abstract args, description) for the policy works."""
+def build_policy_work(mesh, rules, attention: str):
+    """(jitted function, abstract args, description) for the policy works, attention by `attention`."""
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
@@ -148,7 +148,7 @@ def build_policy_work(mesh, rules):
 
     work = FLAGS.work
     param_dtype = FLAGS.param_dtype or ("float32" if work == "train" else FLAGS.dtype)
-    cfg = preset(FLAGS.preset, dtype=FLAGS.dtype, param_dtype=param_dtype, attention_impl=attention_impl(),
+    cfg = preset(FLAGS.preset, dtype=FLAGS.dtype, param_dtype=param_dtype, attention_impl=attention,
                  remat_policy=FLAGS.remat if work == "train" else "none")
     model = Qwen2_5_VL(cfg)
     boxed = jax.eval_shape(lambda r: init_params(cfg, r), jax.random.key(0))
@@ -156,7 +156,7 @@ def build_policy_work(mesh, rules):
     params = _sharded(nn.unbox(boxed), p_shardings)
     b, p_len, r = FLAGS.batch, FLAGS.prompt_len, FLAGS.new_tokens
     desc = {"preset": FLAGS.preset, "param_dtype": param_dtype, "dtype": FLAGS.dtype,
-            "attention": attention_impl()}
+            "attention": attention}
 
     if work in ("train", "forward"):
         ids, mask, pixels, grid, layout = _policy_inputs(cfg, mesh, rules, b, p_len + r)
@@ -215,7 +215,7 @@ def build_policy_work(mesh, rules):
     return jax.jit(decode, donate_argnums=(1,)), (params, cache, tokens), desc
 
 
-def build_sam2_work(mesh, rules):
+def build_sam2_work(mesh, rules, attention: str):
     import jax
     import jax.numpy as jnp
 
@@ -226,7 +226,7 @@ def build_sam2_work(mesh, rules):
 
     param_dtype = FLAGS.param_dtype or FLAGS.dtype
     cfg = get_preset(FLAGS.sam2_preset, dtype=getattr(jnp, FLAGS.dtype), param_dtype=getattr(jnp, param_dtype),
-                     attention_implementation=attention_impl())
+                     attention_implementation=attention)
     params = _sharded(nn.unbox(abstract_params(cfg)), param_shardings(cfg, mesh, rules))
     b, s = FLAGS.batch, cfg.image_size
     rows = lambda shape, dt: _rows(mesh, rules, shape, dt)
@@ -235,7 +235,7 @@ def build_sam2_work(mesh, rules):
     segment = functools.partial(low_res_masks, config=cfg)
 
     desc = {"sam2_preset": FLAGS.sam2_preset, "image_size": s, "param_dtype": param_dtype, "dtype": FLAGS.dtype,
-            "attention": attention_impl()}
+            "attention": attention}
     return jax.jit(segment), (params, images, boxes, points, labels), desc
 
 
@@ -269,12 +269,7 @@ def roofline_row(build, mesh, rules, devices, argument_bytes: int) -> dict:
 
     from segzero_jax.flops import count_flops
 
-    chosen = FLAGS.attention_impl
-    FLAGS.attention_impl = "xla"
-    try:
-        fn, args, _ = build(mesh, rules)
-    finally:
-        FLAGS.attention_impl = chosen
+    fn, args, _ = build(mesh, rules, "xla")
     with jax.set_mesh(mesh), nn.logical_axis_rules(tuple(rules)):
         per_device = count_flops(fn.__wrapped__, *args) / len(devices)
     kind = str(getattr(devices[0], "device_kind", ""))
@@ -313,7 +308,7 @@ def main(argv):
     rules = DEFAULT_RULES
     t0 = time.perf_counter()
     build = build_sam2_work if FLAGS.work == "sam2" else build_policy_work
-    fn, args, desc = build(mesh, rules)
+    fn, args, desc = build(mesh, rules, attention_impl())
     with jax.set_mesh(mesh), nn.logical_axis_rules(tuple(rules)):
         lowered = fn.lower(*args)
         compiled = lowered.compile()
