@@ -67,7 +67,7 @@ def _lowres_fn(cfg):
 
 def _rate(seconds: float, batch: int, flops: int) -> dict:
     return {"seconds": round(seconds, 4), "images_per_s": round(batch / seconds, 2),
-            "tflops_per_s": round(flops / seconds / 1e12, 3)}
+            "tflops_per_s": float(f"{flops / seconds / 1e12:.4g}")}   # 4 significant digits
 
 
 def bench_jax(cfg, batch: int) -> dict:
@@ -227,7 +227,7 @@ def main(argv):
           f"{result['ours']['gflops_per_image']} GFLOP per image (matmuls + convolutions)")
     print(f"{'run':32s} {'s/batch':>10s} {'images/s':>10s} {'TFLOP/s':>10s}")
     for name, r in rows:
-        print(f"{name:32s} {r['seconds']:10.4f} {r['images_per_s']:10.2f} {r['tflops_per_s']:10.2f}")
+        print(f"{name:32s} {r['seconds']:10.4f} {r['images_per_s']:10.2f} {r['tflops_per_s']:10.4g}")
     if "speedup_lowres" in result:
         print(f"speed-up over {result['peer']['name']}: {result['speedup_lowres']}x")
     emit(result)
