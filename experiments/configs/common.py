@@ -45,8 +45,10 @@ def reference_config() -> ml_collections.ConfigDict:
         kl_kind="low_var_kl",             # segzero_jax.rl.grpo.KL_PENALTIES
         kl_coef=5e-3,
         entropy_coef=1e-3,
-        loss_aggregation="token-mean-per-microbatch",  # segzero_jax.rl.grpo.AGGREGATIONS
-        micro_batch_size=8,               # responses per gradient-accumulation step
+        # segzero_jax.rl.grpo.AGGREGATIONS; Seg-Zero token-means each loss term over a
+        # micro-batch of one response per GPU, so its step objective is seq-mean-token-mean
+        loss_aggregation="seq-mean-token-mean",
+        micro_batch_size=8,               # responses per gradient-accumulation step (global)
         ppo_epochs=1,
     )
     c.optim = dict(learning_rate=1e-6, weight_decay=1e-2, b1=0.9, b2=0.999, eps=1e-8,

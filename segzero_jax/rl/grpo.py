@@ -12,12 +12,21 @@ Shapes: N responses (= prompts x group size), T response tokens, V vocabulary;
   loss        = agg(pg) - entropy_coef * agg(entropy) + kl_coef * agg(kl)  (`dp_actor.update_policy`)
 
 Aggregations (`AGGREGATIONS`, chosen by name):
-  "token-mean-per-microbatch"  Seg-Zero's: token-mean within each of M micro-batches (rows
-                               split in order), averaged over the micro-batches
+  "seq-mean-token-mean"        mean over sequences of each sequence's token-mean: Seg-Zero's
+                               objective (below)
+  "token-mean-per-microbatch"  token-mean within each of M micro-batches (rows split in
+                               order), averaged over the micro-batches
   "token-mean"                 sum over all valid tokens / their count
-  "seq-mean-token-mean"        mean over sequences of each sequence's token-mean
   "seq-mean-token-sum"         mean over sequences of each sequence's token-sum
   "seq-mean-token-sum-norm"    sum over all valid tokens / (N * T)   (Dr. GRPO)
+
+Seg-Zero's `dp_actor.update_policy` token-means each loss term over one micro-batch of
+`micro_batch_size_per_device_for_update` rows on one GPU, divides by the number of
+micro-batches and sums (gradient accumulation); FSDP then averages the gradients over the GPUs.
+Its released scripts use one row per micro-batch, so the step's objective is the mean over all
+responses of each response's token-mean: "seq-mean-token-mean", whatever micro-batching an
+SPMD step uses. "token-mean-per-microbatch" with M micro-batches is that loop with N / M rows
+per micro-batch on a single device.
 """
 
 from __future__ import annotations
@@ -110,7 +119,7 @@ AGGREGATIONS: dict[str, Callable[..., jax.Array]] = {
 }
 
 
-def aggregate(values: jax.Array, mask: jax.Array, mode: str = "token-mean-per-microbatch",
+def aggregate(values: jax.Array, mask: jax.Array, mode: str = "seq-mean-token-mean",
               num_micro_batches: int = 1) -> jax.Array:
     """Reduces float32[N, T] per-token values to a scalar with the named aggregation."""
     if mode not in AGGREGATIONS:
@@ -124,7 +133,7 @@ def aggregate(values: jax.Array, mask: jax.Array, mode: str = "token-mean-per-mi
 def grpo_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, mask: jax.Array, *,
               ref_logp: Optional[jax.Array] = None, entropy: Optional[jax.Array] = None,
               clip: float = 0.2, kl_coef: float = 5e-3, kl_kind: str = "low_var_kl",
-              entropy_coef: float = 1e-3, aggregation: str = "token-mean-per-microbatch",
+              entropy_coef: float = 1e-3, aggregation: str = "seq-mean-token-mean",
               num_micro_batches: int = 1) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Scalar loss and metrics (pg_loss, pg_clipfrac, ppo_kl, entropy, kl_loss)."""
     agg = lambda x: aggregate(x, mask, aggregation, num_micro_batches)  # noqa: E731
