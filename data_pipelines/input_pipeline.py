@@ -139,7 +139,9 @@ def _prepare_once(builder, manual_dir: str | None) -> None:
 
         if jax.process_index() == 0:
             prepare()
-        multihost_utils.sync_global_devices(f"input pipeline: {builder.name} built in {builder.data_dir}")
+        # The barrier's name must be equal on every process: the dataset, not the directory
+        # (hosts with their own disks may name their data_dirs differently).
+        multihost_utils.sync_global_devices(f"input pipeline: {builder.info.full_name} built")
     prepare()
 
 

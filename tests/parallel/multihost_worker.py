@@ -12,7 +12,9 @@ rests on:
   * the input pipeline on the default synthetic data in one shared `data_dir`, built on first
     use once (two processes building it at once fail, depending on timing, when the second
     renames its copy into place), each process's batch equal to the pipeline told its process
-    index by hand, the two halves disjoint and assembled into one global batch.
+    index by hand, the two halves disjoint and assembled into one global batch; then with a
+    `data_dir` of each process's own, named differently (hosts with their own disks): process 0 builds first, the
+    other builds its own copy after it, and both copies feed the same rows.
 
 Prints one `RESULT {json}` line with the differences; the test asserts on them.
 """
@@ -85,7 +87,12 @@ def _input_pipeline(mesh, workdir: str) -> dict:
     full = np.asarray(multihost_utils.process_allgather(ids, tiled=True))
     image_ids = np.array([zlib.crc32(str(x).encode()) for x in batch["image_id"]], np.int64)
     all_ids = np.asarray(multihost_utils.process_allgather(image_ids)).reshape(-1)
-    return {"data_local_rows": int(batch["input_ids"].shape[0]),
+    own_dir = os.path.join(workdir, f"tfds_host{me}")
+    own = next(iter(IP.make_input_pipeline(dict(config, data_dir=own_dir), tokenizer=tok)))
+    return {"data_own_disk_built": os.path.isdir(os.path.join(own_dir, "segzero_synthetic")),
+            "data_own_disk_same": all(np.array_equal(batch[k], own[k])
+                                      for k in ("input_ids", "attention_mask", "pixel_values")),
+            "data_local_rows": int(batch["input_ids"].shape[0]),
             "data_same_as_by_hand": all(np.array_equal(batch[k], by_hand[k])
                                         for k in ("input_ids", "attention_mask", "pixel_values")),
             "data_global_shape": list(full.shape),

@@ -13,7 +13,7 @@ WORKER = pathlib.Path(__file__).with_name("multihost_worker.py")
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _run_cluster(logs: pathlib.Path, timeout: float = 150.0) -> list[dict]:
+def _run_cluster(logs: pathlib.Path, timeout: float = 240.0) -> list[dict]:
     """Starts both processes; if either fails or the pair overruns, kills both and reports.
 
     Output goes to files, not pipes, so a chatty process can never block on a full pipe.
@@ -64,7 +64,8 @@ def _run_cluster(logs: pathlib.Path, timeout: float = 150.0) -> list[dict]:
 def test_two_process_cluster(tmp_path):
     """Cross-host reduction, sharded init, the update's log-probs and gradient on a batch fed
     by both processes (equal to one device computing it all), Orbax save/restore by both, SAM2 on
-    images fed by both, the input pipeline built once in a shared data_dir and sharded by process."""
+    images fed by both, the input pipeline built once in a shared data_dir and sharded by process,
+    and built by each process in a data_dir of its own."""
     # One more start on a fresh port if the pair stalls (a busy CI host); a wrong result or a
     # crashed process fails at once.
     try:
@@ -84,3 +85,4 @@ def test_two_process_cluster(tmp_path):
         assert r["sam2_logit_diff"] < 1e-3 and r["sam2_score_diff"] < 1e-5   # the SAM2 parity tolerance
         assert r["data_local_rows"] == 2 and r["data_same_as_by_hand"] and r["data_own_rows_in_place"]
         assert r["data_global_shape"] == [4, 200] and r["data_distinct_images"] == 4
+        assert r["data_own_disk_built"] and r["data_own_disk_same"]
