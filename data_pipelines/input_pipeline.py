@@ -11,7 +11,7 @@ Per process, each batch holds ``b = batch_size / process_count`` examples::
     attention_mask  int32[b, T]
     pixel_values    float32[b * N, 1176]  Qwen2.5-VL patches of the image resized to image_size^2
     image_grid_thw  int32[b, 3]
-    bbox            float32[b, 4]    ground truth on the image_size frame
+    bbox            float32[b, 4]    ground truth on the image_size frame (integer-valued)
     points          float32[b, 2, 2]
     original_size   int32[b, 2]      (height, width) of the original image
     image_id, question   str[b]      (host-side only; drop before device_put)
@@ -21,7 +21,8 @@ Config fields (a dict or ConfigDict): ``dataset`` (synthetic | refcocog | reason
 ``process_index`` / ``process_count`` (default: this JAX process), and optionally ``shuffle``
 (True), ``num_epochs`` (None = forever), ``builder_config`` (dict for the builder),
 ``manual_dir``, ``build_if_missing`` (True for synthetic), ``tokenizer_path`` (None = the
-default Qwen2.5 vocabulary), ``min_pixels`` / ``max_pixels``, ``worker_count`` (0).
+default Qwen2.5 vocabulary), ``min_pixels`` / ``max_pixels`` (3136 / 12845056: the released
+Qwen2.5-VL processor's, as Seg-Zero trains), ``worker_count`` (0).
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ _DEFAULTS = {
     "manual_dir": None,
     "build_if_missing": None,
     "tokenizer_path": None,
-    "min_pixels": P.MIN_PIXELS,
-    "max_pixels": P.MAX_PIXELS,
+    "min_pixels": P.RELEASED_MIN_PIXELS,  # Seg-Zero's data.min_pixels / data.max_pixels
+    "max_pixels": P.RELEASED_MAX_PIXELS,
     "worker_count": 0,
 }
 
@@ -195,14 +196,15 @@ class SegZeroPreprocess(grain.MapTransform):
         points = np.asarray(example["points"], np.float64)
         if bbox.shape != (4,) or points.shape != (2, 2) or not (np.isfinite(bbox).all() and np.isfinite(points).all()):
             raise ValueError(f"bad bbox {bbox.tolist()} or points {points.tolist()}")
-        scale = self.image_size / np.array([stored[0], stored[1]], np.float64)
         return {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "pixel_values": pixel_values,
             "image_grid_thw": grid.astype(np.int32),
-            "bbox": (bbox * np.tile(scale, 2)).astype(np.float32),
-            "points": (points * scale).astype(np.float32),
+            # Integer targets on the policy frame, int(v * image_size / stored + 0.5), as
+            # Seg-Zero's data preparation writes them (an identity for 840-frame records).
+            "bbox": P.to_policy_frame(bbox, stored, self.image_size).astype(np.float32),
+            "points": P.to_policy_frame(points, stored, self.image_size).astype(np.float32),
             "original_size": np.array([int(example["height"]), int(example["width"])], np.int32),
             "image_id": np.str_(_text(example.get("image_id", b""))),
             "question": np.str_(question),

@@ -7,7 +7,9 @@ Two sources (builder configs), both read from the manual directory:
   (polygons labelled "target", "ignore", or the deprecated "flag"). As LISA draws it: polygons
   sorted by area, largest first, each filled with its label so smaller ones paint over larger
   ones; "ignore" regions become ``ignore_mask``, the rest ``mask``. One example per question
-  (``question_index``; Seg-Zero evaluates question 0 only).
+  (``question_index``; Seg-Zero evaluates question 0 only). Seg-Zero's own export (below) casts
+  the label map to bool, so its ground truth is ``mask | ignore_mask``: use that union to
+  reproduce its gIoU / cIoU.
 * ``parquet``: Seg-Zero's export, ``<manual_dir>/reasonseg_val/**/*.parquet`` and
   ``<manual_dir>/reasonseg_test/**/*.parquet`` with ``image``, ``mask`` (rows of bools),
   ``text``, ``image_id``, ``ann_id``, ``img_height``, ``img_width``. That export merged the
@@ -38,11 +40,20 @@ INSTRUCTIONS = (
 
 
 def _fill(points, height: int, width: int, value: int, canvas: Image.Image | None = None) -> Image.Image:
+    """Paints one labelme polygon as LISA's and Seg-Zero's mask code does with OpenCV: vertices
+    truncated to integers, the interior filled and the closed outline drawn one pixel wide.
+
+    (PIL's polygon fill leaves out part of the boundary that OpenCV's outline covers, and an
+    ``outline`` of the fill's own value is not drawn at all, hence the explicit closed line.)
+    """
     canvas = canvas if canvas is not None else Image.new("L", (width, height), 0)
-    xy = [(float(x), float(y)) for x, y in points]
-    if len(xy) < 3:
-        raise ValueError(f"polygon with {len(xy)} points")
-    ImageDraw.Draw(canvas).polygon(xy, fill=value, outline=value)
+    xy = np.trunc(np.asarray(points, dtype=np.float64)).astype(np.int64)
+    if xy.ndim != 2 or xy.shape[1] != 2 or len(xy) < 3:
+        raise ValueError(f"polygon must be at least 3 (x, y) points, got shape {xy.shape}")
+    vertices = [(int(x), int(y)) for x, y in xy]
+    draw = ImageDraw.Draw(canvas)
+    draw.polygon(vertices, fill=value)
+    draw.line(vertices + vertices[:1], fill=value, width=1)
     return canvas
 
 

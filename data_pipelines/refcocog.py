@@ -9,9 +9,10 @@ Two sources (builder configs), both read from the manual directory:
 * ``coco``: raw RefCOCOg: ``<manual_dir>/refcocog/refs(umd).p`` (a pickle of builtin data only,
   read with a restricted unpickler), ``<manual_dir>/refcocog/instances.json`` (COCO style) and
   ``<manual_dir>/train2014/<file_name>`` images. Per ref, as Seg-Zero's data preparation: the
-  first sentence stripped of ``.?!`` and lower-cased; bbox and points from the mask
+  first sentence's ``raw`` text as written (the published set's ``problem`` keeps case and the
+  final period; the prompt lower-cases it and strips periods); bbox and points from the mask
   (``segzero_jax.masks``) on the original image, mapped onto 840x840 with ``int(v * f + 0.5)``;
-  the image resized to 840x840 with area resampling and stored as JPEG.
+  the image resized to 840x840 by pixel-area averaging (OpenCV ``INTER_AREA``) and stored as PNG.
 
 Fields: the common ones (``data_pipelines.common``) plus ``ann_id``; ``height`` / ``width``
 are the original image size. Unusable records are skipped with a counted warning.
@@ -19,7 +20,6 @@ are the original image size. Unusable records are skipped with a counted warning
 
 from __future__ import annotations
 
-import io
 import json
 import os
 
@@ -89,10 +89,30 @@ def _rle_string_counts(text: str) -> list[int]:
     return counts
 
 
+def _area_weights(n_in: int, n_out: int) -> np.ndarray:
+    """float64[n_out, n_in]: the share of output pixel ``d``'s footprint ``[d * s, (d + 1) * s)``
+    (``s = n_in / n_out``) that falls on input pixel ``i``; rows sum to 1."""
+    scale = n_in / n_out
+    lo = np.arange(n_out)[:, None] * scale
+    edges = np.arange(n_in)[None, :]
+    overlap = np.clip(np.minimum(lo + scale, edges + 1) - np.maximum(lo, edges), 0.0, None)
+    return overlap / scale
+
+
+def resize_area(rgb: np.ndarray, size: int) -> np.ndarray:
+    """uint8[size, size, C] by pixel-area averaging (OpenCV's ``INTER_AREA``, which Seg-Zero's data
+    preparation uses: an exact box average when shrinking, a two-tap blend across source-pixel
+    borders when enlarging), rounded half up. PIL's BOX filter is nearest-neighbour when enlarging."""
+    rgb = np.asarray(rgb)
+    wy = _area_weights(rgb.shape[0], size)
+    wx = _area_weights(rgb.shape[1], size)
+    out = np.einsum("yh,hwc,xw->yxc", wy, rgb.astype(np.float64), wx, optimize=True)
+    return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
+
+
 def _resize_area(rgb: np.ndarray, size: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).resize((size, size), Image.Resampling.BOX).save(buf, format="JPEG", quality=95)
-    return buf.getvalue()
+    """The 840x840 training image, stored losslessly as PNG (as the published set stores it)."""
+    return common.encode_png(resize_area(rgb, size))
 
 
 class SegzeroRefcocog(tfds.core.GeneratorBasedBuilder):
@@ -185,8 +205,8 @@ class SegzeroRefcocog(tfds.core.GeneratorBasedBuilder):
             try:
                 info = images[ref["image_id"]]
                 ann = anns[ref["ann_id"]]
-                question = ref["sentences"][0]["raw"].strip().strip(".?!").lower()
-                if not question:
+                question = ref["sentences"][0]["raw"]
+                if not isinstance(question, str) or not question.strip():
                     raise ValueError("empty sentence")
                 with open(common.safe_join(os.path.join(root, IMAGES_DIR), info["file_name"]), "rb") as f:
                     _, rgb = common.load_image(f.read(), info["file_name"])

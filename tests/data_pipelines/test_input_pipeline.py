@@ -49,9 +49,10 @@ def test_batch_contents(data_dir, tokenizer):
         expected = P.segzero_prompt(rec["question"].decode(), (1, 4, 4))
         assert tokenizer.decode(batch["input_ids"][b, 200 - n:]) == expected
         assert list(batch["input_ids"][b, 200 - n:]) == tokenizer.encode(expected)
-        # Ground truth rescaled from the stored 64 px frame to the 56 px policy frame.
-        np.testing.assert_allclose(batch["bbox"][b], rec["bbox"] * 56 / 64, rtol=1e-6)
-        np.testing.assert_allclose(batch["points"][b], rec["points"] * 56 / 64, rtol=1e-6)
+        # Ground truth mapped from the stored 64 px frame onto the 56 px policy frame as
+        # Seg-Zero's data preparation does: int(v * 56 / 64 + 0.5).
+        np.testing.assert_array_equal(batch["bbox"][b], np.floor(rec["bbox"] * 56 / 64 + 0.5))
+        np.testing.assert_array_equal(batch["points"][b], np.floor(rec["points"] * 56 / 64 + 0.5))
     # Pixels are the processor's output for the image resized with PIL bilinear.
     import io
     from PIL import Image
@@ -166,7 +167,9 @@ def test_reasonseg_through_the_pipeline(tmp_path, tokenizer):
     batches = list(IP.make_input_pipeline(cfg, tokenizer=tokenizer))
     assert len(batches) == 1
     batch = batches[0]
-    np.testing.assert_allclose(batch["bbox"][0], np.array([10, 5, 29, 19]) * [1.4, 56 / 30, 1.4, 56 / 30], rtol=1e-6)
+    # int(v * 56 / 40 + 0.5), int(v * 56 / 30 + 0.5): integers, as Seg-Zero's targets are
+    # (float scaling gave 9.33 and 35.47 here).
+    np.testing.assert_array_equal(batch["bbox"][0], [14, 9, 41, 35])
     np.testing.assert_array_equal(batch["original_size"], [[30, 40], [30, 40]])
     assert "Please find 'where is it' with bbox" in tokenizer.decode(batch["input_ids"][0])
 
@@ -233,3 +236,22 @@ def test_batches_feed_the_policy(data_dir, tokenizer):
                           num_targets=1, method=Qwen2_5_VL.response_log_probs)
     np.testing.assert_allclose(np.asarray(lp[:, 0]), np.asarray(jax.nn.log_softmax(last).max(-1)), atol=1e-4)
     assert bool((ent > 0).all()) and nxt.shape == (4, cfg.text.vocab_size)
+
+
+def test_processor_pixel_limits_are_seg_zeros(tokenizer):
+    """Seg-Zero (and the released Qwen2.5-VL preprocessor_config) use min/max pixels 3136 /
+    12845056; the transformers class default max (1280 tokens) would shrink a 1008^2 image."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (9, 9, 9)).save(buf, format="PNG")
+    record = {"image": buf.getvalue(), "question": b"the box", "bbox": np.array([1, 2, 30, 20], np.float32),
+              "points": np.array([[5, 6], [7, 8]], np.float32), "height": 30, "width": 40, "image_id": b"a"}
+    settings = IP.resolve_settings({"dataset": "synthetic", "process_index": 0, "process_count": 1})
+    assert (settings["min_pixels"], settings["max_pixels"]) == (3136, 12845056)
+    processor = P.ImageProcessor(min_pixels=settings["min_pixels"], max_pixels=settings["max_pixels"])
+    out = IP.SegZeroPreprocess(tokenizer, 1008, 2000, processor).map(record)
+    np.testing.assert_array_equal(out["image_grid_thw"], [1, 72, 72])
+    assert out["attention_mask"].sum() > 36 * 36

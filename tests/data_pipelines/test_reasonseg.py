@@ -47,6 +47,39 @@ def test_labelme_masks_follow_area_order():
     assert mask[10:41, 10:51].sum() == 31 * 41 - 11 * 11
 
 
+def test_labelme_polygons_are_drawn_with_their_outline_and_integer_vertices():
+    # OpenCV (LISA's and Seg-Zero's mask code) truncates vertices to int32 and draws the
+    # closed outline over the fill; the whole top edge (1,1)-(12,2) belongs to the mask
+    # (cv2.polylines + cv2.fillPoly give exactly these rows).
+    mask, _ = labelme_masks([{"label": "target", "points": [[1.9, 1.7], [12.99, 2.2], [6.5, 10.9]]}], 12, 15)
+    np.testing.assert_array_equal(np.flatnonzero(mask[1]), [1, 2, 3, 4, 5, 6])
+    np.testing.assert_array_equal(np.flatnonzero(mask[2]), np.arange(2, 13))
+    np.testing.assert_array_equal(np.flatnonzero(mask[5]), np.arange(3, 11))
+    np.testing.assert_array_equal(np.flatnonzero(mask[10]), [6])
+    assert mask.sum() == 61 and not mask[11].any() and not mask[0].any()
+
+
+def test_labelme_masks_agree_with_opencv():
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(0)
+    height, width = 120, 160
+    differing = total = 0
+    for _ in range(100):
+        n = int(rng.integers(3, 12))
+        centre, radius = rng.uniform([10, 10], [width - 10, height - 10]), rng.uniform(3, 60)
+        angles = np.sort(rng.uniform(0, 2 * np.pi, n))
+        points = (centre + radius * rng.uniform(0.3, 1, (n, 1)) * np.stack([np.cos(angles), np.sin(angles)], 1))
+        ref = np.zeros((height, width), np.uint8)
+        poly = np.array([points], dtype=np.int32)
+        cv2.polylines(ref, poly, True, 1, 1)
+        cv2.fillPoly(ref, poly, 1)
+        ours, _ = labelme_masks([{"label": "target", "points": points.tolist()}], height, width)
+        differing += int((ours != ref.astype(bool)).sum())
+        total += int(ref.sum())
+    # Only ties of the two line/fill rasterisers differ (PIL alone, without the outline: ~2%).
+    assert differing < 0.01 * total
+
+
 def test_json_source(tmp_path):
     val = tmp_path / "manual" / "ReasonSeg" / "val"
     val.mkdir(parents=True)

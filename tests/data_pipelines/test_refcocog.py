@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from data_pipelines import common
-from data_pipelines.refcocog import SegzeroRefcocog, coco_segmentation_to_mask
+from data_pipelines.refcocog import SegzeroRefcocog, coco_segmentation_to_mask, resize_area
 from segzero_jax.masks import mask_to_prompt
 
 
@@ -98,17 +98,41 @@ def test_coco_source(tmp_path):
     train = builder.as_data_source("train")
     assert len(train) == 1
     rec = train[0]
-    assert rec["question"].decode() == "the box on the left"
+    # The raw sentence, as the published set's `problem` (the prompt normalises it).
+    assert rec["question"].decode() == " The Box on the left. "
     assert (rec["height"], rec["width"]) == (48, 64)
-    assert Image.open(io.BytesIO(rec["image"])).size == (840, 840)
+    stored = Image.open(io.BytesIO(rec["image"]))
+    assert stored.size == (840, 840) and stored.format == "PNG"  # lossless, as the published set
+    with open(os.path.join(manual, "train2014", "COCO_train2014_1.jpg"), "rb") as f:
+        _, original = common.load_image(f.read(), "original")
+    np.testing.assert_array_equal(np.asarray(stored), resize_area(original, 840))
     # Polygon (8,8)-(40,30) on 64x48 -> bbox mapped with int(v * 840 / size + 0.5).
     np.testing.assert_array_equal(rec["bbox"], [int(8 * 840 / 64 + .5), int(8 * 840 / 48 + .5),
                                                 int(40 * 840 / 64 + .5), int(30 * 840 / 48 + .5)])
     val = builder.as_data_source("validation")
-    assert len(val) == 1 and val[0]["question"].decode() == "square"
+    assert len(val) == 1 and val[0]["question"].decode() == "Square?"
     prompt = mask_to_prompt(m)
     np.testing.assert_array_equal(val[0]["bbox"], np.floor(prompt.bbox * np.array([21, 10.5, 21, 10.5]) + .5))
     np.testing.assert_array_equal(val[0]["points"], np.floor(prompt.points * np.array([21, 10.5]) + .5))
+
+
+def test_resize_area_averages_pixel_areas():
+    # Enlarging 2 -> 3 px: the middle output pixel straddles both inputs (PIL's BOX filter gives
+    # the nearest one); shrinking 3 -> 2 px: each output averages 1.5 input pixels.
+    row = np.array([[[0], [200]]], np.uint8)
+    np.testing.assert_array_equal(resize_area(np.repeat(row, 2, axis=0), 3)[:, :, 0], [[0, 100, 200]] * 3)
+    row = np.array([[[0], [100], [255]]], np.uint8)
+    np.testing.assert_array_equal(resize_area(np.repeat(row, 3, axis=0), 2)[:, :, 0], [[33, 203]] * 2)
+
+
+def test_resize_area_matches_opencv_inter_area():
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(0)
+    for height, width in [(480, 640), (427, 640), (90, 70)]:  # COCO sizes enlarge; 90x70 -> 40 shrinks
+        size = 40 if height == 90 else 840
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        ref = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA).astype(int)
+        assert np.abs(resize_area(image, size).astype(int) - ref).max() <= 1  # OpenCV's fixed-point rounding
 
 
 def test_segmentation_decoding_matches_pycocotools():

@@ -33,6 +33,10 @@ MERGE_SIZE = 2
 TEMPORAL_PATCH_SIZE = 2
 MIN_PIXELS = 56 * 56
 MAX_PIXELS = 28 * 28 * 1280
+# The released Qwen2.5-VL checkpoints' preprocessor_config.json (and Seg-Zero's training config,
+# data.min_pixels / data.max_pixels) use these instead of the class defaults above.
+RELEASED_MIN_PIXELS = 4 * 28 * 28
+RELEASED_MAX_PIXELS = 16384 * 28 * 28
 SEGZERO_IMAGE_SIZE = 840
 
 IMAGE_PAD = "<|image_pad|>"
@@ -98,7 +102,10 @@ def to_rgb(image: Image.Image | np.ndarray) -> Image.Image:
 
 @dataclasses.dataclass(frozen=True)
 class ImageProcessor:
-    """Qwen2.5-VL image preprocessing; defaults are the released processor's."""
+    """Qwen2.5-VL image preprocessing; defaults are transformers' ``Qwen2VLImageProcessor`` class
+    defaults (max 1280 merged tokens). The released checkpoints and Seg-Zero use
+    ``RELEASED_MIN_PIXELS`` / ``RELEASED_MAX_PIXELS``; the two agree while an image needs at
+    most 1280 merged tokens (Seg-Zero's 840x840 needs 900)."""
 
     min_pixels: int = MIN_PIXELS
     max_pixels: int = MAX_PIXELS
