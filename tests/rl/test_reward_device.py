@@ -127,6 +127,26 @@ def test_hand_cases(scorers, tok):
     _compare(scorers, tok, texts, [GT] * len(texts))
 
 
+def test_exact_thresholds(scorers, tok):
+    """Strict comparisons at exactly representable boundaries match the host."""
+    texts = [
+        GOOD.replace("[10,100,200,210]", "[10,100,200,321]"),  # IoU exactly 0.5 -> 0
+        GOOD.replace("[10,100,200,210]", "[10,100,200,320]"),  # IoU 21201 / 42211 -> 1
+        GOOD.replace("[10,100,200,210]", "[10,100,200,300]").replace(
+            "[30,110]", "[90,190]").replace("[35,180]", "[95,260]"),  # distance exactly 100
+        GOOD.replace("[10,100,200,210]", "[10,100,200,300]").replace(
+            "[30,110]", "[90,190]").replace("[35,180]", "[95,259]"),  # distance < 100
+        GOOD.replace("[10,100,200,210]", "[20,110,210,220]"),  # L1 exactly 10 -> 0
+        GOOD.replace("[10,100,200,210]", "[19,109,209,219]"),  # L1 9 -> 1
+    ]
+    _compare(scorers, tok, texts, [GT] * len(texts))
+    ids, lens, gb, gp, _ = _batch(tok, texts, [GT] * len(texts))
+    out = jax.device_get(scorers["seg_strict"](ids, lens, gb, gp))
+    np.testing.assert_array_equal(out["bbox_iou"][:2], [0.0, 1.0])
+    np.testing.assert_array_equal(out["points_l1"][2:4], [0.0, 1.0])
+    np.testing.assert_array_equal(out["bbox_l1"][4:6], [0.0, 1.0])
+
+
 def test_jit_vmap_and_sharded_batch(table, tok):
     mesh = make_mesh((4, 2, 1))
     texts = [GOOD, GOOD[:-3]] * 4

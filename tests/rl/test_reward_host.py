@@ -84,6 +84,31 @@ def test_accuracy_thresholds():
     assert scores(GOOD.replace("[30,110]", "[true,110]").replace("[10,100", "[0,100"))[4] == 1.0
 
 
+def test_exact_threshold_boundaries():
+    """Seg-Zero's comparisons are strict: IoU > 0.5, mean L1 < 10, mean distance < 100; the
+    box test for points is inclusive (<=) on every edge. Values hand-derived from the gt."""
+    acc = lambda text: scores(text)[2:]  # noqa: E731  (bbox_iou, bbox_l1, points_l1)
+    # gt area 191 * 111 = 21201; a pred box containing it with area 191 * 222 = 2 * 21201
+    # gives IoU exactly 0.5 (not > 0.5); one row less gives 21201 / 42211 > 0.5.
+    assert box_iou([10, 100, 200, 321], [10, 100, 200, 210]) == 0.5
+    assert acc(GOOD.replace("[10,100,200,210]", "[10,100,200,321]"))[0] == 0.0
+    assert acc(GOOD.replace("[10,100,200,210]", "[10,100,200,320]"))[0] == 1.0
+    # both points moved by (60, 80): each 100 away, the swapped pairing is farther -> 100.
+    far = GOOD.replace("[10,100,200,210]", "[10,100,200,300]").replace(
+        "[30,110]", "[90,190]")
+    assert points_distance([[90, 190], [95, 260]], [[30, 110], [35, 180]]) == 100.0
+    assert acc(far.replace("[35,180]", "[95,260]"))[2] == 0.0
+    assert acc(far.replace("[35,180]", "[95,259]"))[2] == 1.0
+    # float64 like Python: (sqrt(6544) + sqrt(14186)) / 2 = 99.9999947 < 100 (it rounds to
+    # 100.0 in float32); both points on the predicted box's right/bottom edges count inside.
+    near = GOOD.replace("[10,100,200,210]", "[10,100,150,211]").replace(
+        "[30,110]", "[110,122]").replace("[35,180]", "[150,211]")
+    assert 99.99999 < points_distance([[110, 122], [150, 211]], [[30, 110], [35, 180]]) < 100
+    assert acc(near)[2] == 1.0
+    assert acc(near.replace("[10,100,150,211]", "[10,100,150,210]"))[2] == 0.0  # y 211 > 210
+    assert acc(near.replace("[10,100,150,211]", "[111,100,150,211]"))[2] == 0.0  # x 110 < 111
+
+
 def test_soft_accuracy_variant():
     out = host_reward(GOOD.replace("[10,100,200,210]", "[20,100,200,210]"), GT,
                       "seg_strict_soft_acc")
