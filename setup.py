@@ -39,6 +39,7 @@ TEST = [
     "hydra-core>=1.3",
     "iopath>=0.1.10",
     "pycocotools>=2.0.8",  # reference COCO mask decoder for the RefCOCOg builder's tests
+    "opencv-python-headless>=4.8",  # LISA's / Seg-Zero's rasteriser and INTER_AREA resize
 ]
 
 setuptools.setup(
