@@ -9,7 +9,8 @@ Two sources (builder configs), both read from the manual directory:
   ones; "ignore" regions become ``ignore_mask``, the rest ``mask``. One example per question
   (``question_index``; Seg-Zero evaluates question 0 only). Seg-Zero's own export (below) casts
   the label map to bool, so its ground truth is ``mask | ignore_mask``: use that union to
-  reproduce its gIoU / cIoU.
+  reproduce its gIoU / cIoU. An image whose polygons are all "ignore" is kept (empty ``mask``;
+  ``bbox`` / ``points`` from the ignore region), as that export keeps it.
 * ``parquet``: Seg-Zero's export, ``<manual_dir>/reasonseg_val/**/*.parquet`` and
   ``<manual_dir>/reasonseg_test/**/*.parquet`` with ``image``, ``mask`` (rows of bools),
   ``text``, ``image_id``, ``ann_id``, ``img_height``, ``img_width``. That export merged the
@@ -137,7 +138,9 @@ class SegzeroReasonseg(tfds.core.GeneratorBasedBuilder):
                     data, rgb = common.load_image(f.read(), name + ".jpg")
                 height, width = rgb.shape[:2]
                 mask, ignore = labelme_masks(anno["shapes"], height, width)
-                target = common.prompt_from_mask(mask)
+                # An image with "ignore" polygons only stays (Seg-Zero's export evaluates it, its
+                # ground truth being the union): its bbox and points come from that union.
+                target = common.prompt_from_mask(mask if mask.any() else mask | ignore)
                 questions = anno["text"]
                 questions = [questions] if isinstance(questions, str) else list(questions)
                 if not questions or not all(isinstance(q, str) and q.strip() for q in questions):

@@ -100,8 +100,16 @@ def test_json_source(tmp_path):
     (val / "img5.json").write_text(json.dumps({"is_sentence": False, "shapes": []}))  # missing text
     builder = _build(tmp_path, "json", tmp_path / "manual")
     source = builder.as_data_source("validation")
-    assert len(source) == 2  # two questions of img1; the four broken files are skipped
-    recs = sorted((source[i] for i in range(2)), key=lambda r: r["question_index"])
+    # two questions of img1 and img3 (only an ignore region: Seg-Zero's export keeps it); the
+    # three broken files are skipped
+    assert len(source) == 3
+    by_image = {}
+    for i in range(3):
+        by_image.setdefault(source[i]["image_id"].decode(), []).append(source[i])
+    (only_ignore,) = by_image["img3"]
+    assert not only_ignore["mask"].any() and only_ignore["ignore_mask"].any()
+    np.testing.assert_array_equal(only_ignore["bbox"], [1, 1, 5, 5])
+    recs = sorted(by_image["img1"], key=lambda r: r["question_index"])
     assert [r["question"].decode() for r in recs] == ["What could hold the water?", "the cup."]
     rec = recs[0]
     assert rec["image"] == (val / "img1.jpg").read_bytes()
