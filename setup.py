@@ -26,6 +26,7 @@ DATA = [
     "array-record>=0.7",
     # etils (used by tensorflow-datasets) needs it to locate a builder's code without TensorFlow.
     "importlib_resources>=6",
+    "pycocotools>=2.0.8",  # COCO masks of raw RefCOCOg, decoded as Seg-Zero's preparation does
 ]
 
 TEST = [
@@ -38,7 +39,6 @@ TEST = [
     "transformers>=5.0",
     "hydra-core>=1.3",
     "iopath>=0.1.10",
-    "pycocotools>=2.0.8",  # reference COCO mask decoder for the RefCOCOg builder's tests
     "opencv-python-headless>=4.8",  # LISA's / Seg-Zero's rasteriser and INTER_AREA resize
 ]
 

@@ -10,8 +10,8 @@ Two sources (builder configs), both read from the manual directory:
   read with a restricted unpickler), ``<manual_dir>/refcocog/instances.json`` (COCO style) and
   ``<manual_dir>/train2014/<file_name>`` images. Per ref, as Seg-Zero's data preparation: the
   first sentence's ``raw`` text as written (the published set's ``problem`` keeps case and the
-  final period; the prompt lower-cases it and strips periods); bbox and points from the mask
-  (``segzero_jax.masks``) on the original image, mapped onto 840x840 with ``int(v * f + 0.5)``;
+  final period; the prompt lower-cases it and strips periods); the annotation's mask decoded by
+  pycocotools; bbox and points from it (``segzero_jax.masks``) on the original image, mapped onto 840x840 with ``int(v * f + 0.5)``;
   the image resized to 840x840 by pixel-area averaging (OpenCV ``INTER_AREA``) and stored as PNG.
 
 Fields: the common ones (``data_pipelines.common``) plus ``ann_id``; ``height`` / ``width``
@@ -25,7 +25,6 @@ import os
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image, ImageDraw
 
 from data_pipelines import common
 from segzero_jax.models.qwen2_5_vl.processor import SEGZERO_IMAGE_SIZE, to_policy_frame
@@ -41,52 +40,39 @@ INSTRUCTIONS = (
 
 
 def coco_segmentation_to_mask(segmentation, height: int, width: int) -> np.ndarray:
-    """COCO polygons, uncompressed RLE or compressed RLE -> bool[height, width]."""
+    """COCO polygons, uncompressed RLE or compressed RLE -> bool[height, width], decoded by
+    pycocotools as Seg-Zero's data preparation does (`frPyObjects` + `decode`); the polygons of
+    one annotation are united."""
+    from pycocotools import mask as coco_mask
+
     if isinstance(segmentation, list):
-        canvas = Image.new("L", (width, height), 0)
-        draw = ImageDraw.Draw(canvas)
+        if not segmentation:
+            raise ValueError("no polygons")
         for poly in segmentation:
-            xy = [float(v) for v in poly]
-            if len(xy) < 6 or len(xy) % 2:
-                raise ValueError(f"polygon with {len(xy)} coordinates")
-            draw.polygon(xy, fill=1, outline=1)
-        return np.asarray(canvas, dtype=bool)
+            if not isinstance(poly, (list, tuple)) or len(poly) < 6 or len(poly) % 2:
+                raise ValueError(f"polygon must be a flat list of >= 3 (x, y) pairs, got {poly!r:.80}")
+        rles = coco_mask.frPyObjects([[float(v) for v in poly] for poly in segmentation], height, width)
+        return coco_mask.decode(rles).any(axis=2)
     if isinstance(segmentation, dict) and "counts" in segmentation:
+        size = [int(v) for v in segmentation.get("size", (height, width))]
+        if size != [height, width]:
+            raise ValueError(f"RLE size {size} differs from the image's {[height, width]}")
         counts = segmentation["counts"]
-        if isinstance(counts, (str, bytes)):
-            counts = _rle_string_counts(counts.decode() if isinstance(counts, bytes) else counts)
-        flat = np.zeros(height * width, dtype=bool)
-        pos, value = 0, False
-        for run in counts:
-            if run < 0 or pos + run > flat.size:
-                raise ValueError("RLE runs exceed the image")
-            flat[pos:pos + run] = value
-            pos, value = pos + run, not value
-        return flat.reshape((width, height)).T  # COCO RLE is column-major
+        if isinstance(counts, list):
+            if any(not isinstance(c, int) or c < 0 for c in counts) or sum(counts) != height * width:
+                raise ValueError(f"RLE runs must be non-negative and cover {height * width} pixels")
+            rle = coco_mask.frPyObjects(segmentation, height, width)
+        elif isinstance(counts, (str, bytes)):
+            rle = {"size": size, "counts": counts.encode() if isinstance(counts, str) else counts}
+        else:
+            raise ValueError(f"RLE counts of type {type(counts).__name__}")
+        decoded = coco_mask.decode(rle)
+        # pycocotools leaves pixels past a short run list unset rather than failing: a valid
+        # string is exactly what encoding its own decoding gives back.
+        if coco_mask.encode(np.asfortranarray(decoded))["counts"] != rle["counts"]:
+            raise ValueError("RLE string is damaged (its runs do not cover the image exactly)")
+        return decoded.astype(bool)
     raise ValueError(f"unsupported segmentation of type {type(segmentation).__name__}")
-
-
-def _rle_string_counts(text: str) -> list[int]:
-    """COCO's compressed RLE string (6-bit chars from '0', 5 payload bits, continuation bit 0x20,
-    sign bit 0x10 in the last char; counts after the second are deltas from two runs back)."""
-    counts: list[int] = []
-    pos = 0
-    while pos < len(text):
-        value, shift, more = 0, 0, True
-        while more:
-            if pos >= len(text):
-                raise ValueError("truncated RLE string")
-            c = ord(text[pos]) - 48
-            value |= (c & 0x1F) << shift
-            more = bool(c & 0x20)
-            pos += 1
-            shift += 5
-            if not more and c & 0x10:
-                value |= -1 << shift
-        if len(counts) > 2:
-            value += counts[-2]
-        counts.append(value)
-    return counts
 
 
 def _area_weights(n_in: int, n_out: int) -> np.ndarray:

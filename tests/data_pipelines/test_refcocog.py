@@ -106,9 +106,10 @@ def test_coco_source(tmp_path):
     with open(os.path.join(manual, "train2014", "COCO_train2014_1.jpg"), "rb") as f:
         _, original = common.load_image(f.read(), "original")
     np.testing.assert_array_equal(np.asarray(stored), resize_area(original, 840))
-    # Polygon (8,8)-(40,30) on 64x48 -> bbox mapped with int(v * 840 / size + 0.5).
+    # Polygon (8,8)-(40,30) on 64x48 covers pixels 8..39 x 8..29 (pycocotools, as Seg-Zero);
+    # the bbox is the first and last mask pixel, mapped with int(v * 840 / size + 0.5).
     np.testing.assert_array_equal(rec["bbox"], [int(8 * 840 / 64 + .5), int(8 * 840 / 48 + .5),
-                                                int(40 * 840 / 64 + .5), int(30 * 840 / 48 + .5)])
+                                                int(39 * 840 / 64 + .5), int(29 * 840 / 48 + .5)])
     val = builder.as_data_source("validation")
     assert len(val) == 1 and val[0]["question"].decode() == "Square?"
     prompt = mask_to_prompt(m)
@@ -135,14 +136,18 @@ def test_resize_area_matches_opencv_inter_area():
         assert np.abs(resize_area(image, size).astype(int) - ref).max() <= 1  # OpenCV's fixed-point rounding
 
 
-def test_segmentation_decoding_matches_pycocotools():
+def test_segmentation_decoding():
+    """pycocotools decodes (as Seg-Zero's preparation); the glue handles the three COCO forms,
+    unites an annotation's polygons and names damaged input."""
     from pycocotools import mask as cocomask
     rng = np.random.default_rng(0)
     m = (rng.random((37, 53)) > 0.7).astype(np.uint8)
     rle = cocomask.encode(np.asfortranarray(m))
     np.testing.assert_array_equal(coco_segmentation_to_mask(rle, 37, 53), m.astype(bool))
-    uncompressed = {"size": [37, 53], "counts": []}
-    flat, run, value = m.T.ravel(), 0, 0
+    as_text = {"size": [37, 53], "counts": rle["counts"].decode()}        # as json.load gives it
+    np.testing.assert_array_equal(coco_segmentation_to_mask(as_text, 37, 53), m.astype(bool))
+    uncompressed = {"size": [37, 53], "counts": []}                      # COCO's crowd form
+    flat, run, value = m.T.ravel(), 0, 0                                 # runs in column-major order
     for v in flat:
         if v != value:
             uncompressed["counts"].append(run)
@@ -150,10 +155,19 @@ def test_segmentation_decoding_matches_pycocotools():
         run += 1
     uncompressed["counts"].append(run)
     np.testing.assert_array_equal(coco_segmentation_to_mask(uncompressed, 37, 53), m.astype(bool))
-    poly = [[10.5, 2.2, 45.1, 4.0, 40.3, 30.7, 5.2, 25.9]]
-    ref = cocomask.decode(cocomask.frPyObjects(poly, 37, 53))[:, :, 0].astype(bool)
-    ours = coco_segmentation_to_mask(poly, 37, 53)
-    assert (ref & ours).sum() / (ref | ours).sum() > 0.93
+    # A 10 x 6 rectangle covers 60 pixels; two overlapping ones 60 + 50 - 15.
+    one = coco_segmentation_to_mask([[10, 2, 20, 2, 20, 8, 10, 8]], 12, 30)
+    assert one.sum() == 60 and one[2:8, 10:20].all()
+    two = coco_segmentation_to_mask([[10, 2, 20, 2, 20, 8, 10, 8], [15, 5, 25, 5, 25, 10, 15, 10]], 12, 30)
+    assert two.sum() == 95 and two.dtype == bool
+    for bad, message in [([[1, 2, 3, 4]], "polygon must be"), ([], "no polygons"),
+                         ({"size": [30, 53], "counts": rle["counts"]}, "differs from the image"),
+                         ({"size": [37, 53], "counts": [5, 10]}, "cover 1961 pixels"),
+                         ({"size": [37, 53], "counts": rle["counts"][:-5]}, "damaged"),
+                         ({"size": [37, 53], "counts": b"zzzz"}, "damaged"),
+                         ("polygon", "unsupported segmentation")]:
+        with pytest.raises(ValueError, match=message):
+            coco_segmentation_to_mask(bad, 37, 53)
 
 
 def test_refs_pickle_with_code_is_refused(tmp_path):
