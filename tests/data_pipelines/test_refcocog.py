@@ -161,6 +161,9 @@ def test_segmentation_decoding():
     two = coco_segmentation_to_mask([[10, 2, 20, 2, 20, 8, 10, 8], [15, 5, 25, 5, 25, 10, 15, 10]], 12, 30)
     assert two.sum() == 95 and two.dtype == bool
     for bad, message in [([[1, 2, 3, 4]], "polygon must be"), ([], "no polygons"),
+                         ([[0, 0, 1e9, 0, 1e9, 1e9]], "far outside"),         # segfaults pycocotools
+                         ([[0, 0, float("nan"), 0, 5, 5]], "not finite"),      # segfaults pycocotools
+                         ([[0, 0, "a", 0, 5, 5]], "could not convert"),
                          ({"size": [30, 53], "counts": rle["counts"]}, "differs from the image"),
                          ({"size": [37, 53], "counts": [5, 10]}, "cover 1961 pixels"),
                          ({"size": [37, 53], "counts": rle["counts"][:-5]}, "damaged"),
