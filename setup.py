@@ -26,7 +26,9 @@ DATA = [
     "array-record>=0.7",
     # etils (used by tensorflow-datasets) needs it to locate a builder's code without TensorFlow.
     "importlib_resources>=6",
-    "pycocotools>=2.0.11",  # COCO masks of raw RefCOCOg, decoded as Seg-Zero's preparation does (this version refuses RLE runs past the image)
+    # COCO masks of raw RefCOCOg, decoded as Seg-Zero's preparation does; 2.0.11 refuses RLE
+    # runs past the image.
+    "pycocotools>=2.0.11",
 ]
 
 TEST = [
