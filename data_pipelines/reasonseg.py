@@ -48,9 +48,12 @@ def _fill(points, height: int, width: int, value: int, canvas: Image.Image | Non
     ``outline`` of the fill's own value is not drawn at all, hence the explicit closed line.)
     """
     canvas = canvas if canvas is not None else Image.new("L", (width, height), 0)
-    xy = np.trunc(np.asarray(points, dtype=np.float64)).astype(np.int64)
-    if xy.ndim != 2 or xy.shape[1] != 2 or len(xy) < 3:
-        raise ValueError(f"polygon must be at least 3 (x, y) points, got shape {xy.shape}")
+    raw = np.asarray(points, dtype=np.float64)
+    if raw.ndim != 2 or raw.shape[1] != 2 or len(raw) < 3:
+        raise ValueError(f"polygon must be at least 3 (x, y) points, got shape {raw.shape}")
+    if not np.isfinite(raw).all() or np.abs(raw).max() > 2 * max(height, width):
+        raise ValueError(f"polygon vertex not finite or far outside the {width}x{height} image")
+    xy = np.trunc(raw).astype(np.int64)
     vertices = [(int(x), int(y)) for x, y in xy]
     draw = ImageDraw.Draw(canvas)
     draw.polygon(vertices, fill=value)

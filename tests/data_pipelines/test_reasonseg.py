@@ -59,6 +59,13 @@ def test_labelme_polygons_are_drawn_with_their_outline_and_integer_vertices():
     assert mask.sum() == 61 and not mask[11].any() and not mask[0].any()
 
 
+def test_damaged_polygons_are_named():
+    for points, message in [([[0, 0], [5, 5]], "at least 3"), ([[0, 0], [float("nan"), 0], [5, 5]], "not finite"),
+                            ([[0, 0], [1e30, 0], [5, 5]], "far outside"), ([[0, 0, 1], [1, 1, 1], [2, 2, 2]], "at least 3")]:
+        with pytest.raises(ValueError, match=message):  # NaN once drew a wrong mask silently
+            labelme_masks([{"label": "target", "points": points}], 40, 50)
+
+
 def test_labelme_masks_agree_with_opencv():
     import cv2
     rng = np.random.default_rng(0)
