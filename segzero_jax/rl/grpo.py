@@ -13,7 +13,8 @@ Shapes: N responses (= prompts x group size), T response tokens, V vocabulary;
 
 Aggregations (`AGGREGATIONS`, chosen by name):
   "seq-mean-token-mean"        mean over sequences of each sequence's token-mean: Seg-Zero's
-                               objective (below)
+                               objective (below); rows without valid tokens (batch padding)
+                               are left out
   "token-mean-per-microbatch"  token-mean within each of M micro-batches (rows split in
                                order), averaged over the micro-batches
   "token-mean"                 sum over all valid tokens / their count
@@ -98,7 +99,14 @@ def entropy_from_logits(logits: jax.Array) -> jax.Array:
 
 
 def _masked_mean(x, m, axis=None):
-    return jnp.sum(x * m, axis=axis) / jnp.sum(m, axis=axis)
+    """Mean of x over m's valid entries; 0 where there are none (never 0 / 0)."""
+    return jnp.sum(x * m, axis=axis) / jnp.maximum(jnp.sum(m, axis=axis), 1.0)
+
+
+def _seq_mean_token_mean(x, m):
+    """Mean over the rows holding at least one valid token (padding rows count for nothing)."""
+    has_tokens = (jnp.sum(m, axis=-1) > 0).astype(jnp.float32)
+    return jnp.sum(_masked_mean(x, m, axis=-1)) / jnp.maximum(jnp.sum(has_tokens), 1.0)
 
 
 def _token_mean_per_microbatch(x, m, num_micro_batches: int = 1):
@@ -113,7 +121,7 @@ def _token_mean_per_microbatch(x, m, num_micro_batches: int = 1):
 AGGREGATIONS: dict[str, Callable[..., jax.Array]] = {
     "token-mean-per-microbatch": _token_mean_per_microbatch,
     "token-mean": lambda x, m, **_: _masked_mean(x, m),
-    "seq-mean-token-mean": lambda x, m, **_: jnp.mean(_masked_mean(x, m, axis=-1)),
+    "seq-mean-token-mean": lambda x, m, **_: _seq_mean_token_mean(x, m),
     "seq-mean-token-sum": lambda x, m, **_: jnp.mean(jnp.sum(x * m, axis=-1)),
     "seq-mean-token-sum-norm": lambda x, m, **_: jnp.sum(x * m) / x.size,
 }

@@ -192,3 +192,32 @@ def test_recipe_objective_equals_seg_zero_update_loop(config_name):
                              aggregation="token-mean-per-microbatch",
                              num_micro_batches=n // config.rl.micro_batch_size)[0]
     assert abs(float(chunked) - float(reference(logp))) > 1e-4
+
+
+@pytest.mark.parametrize("mode", ["seq-mean-token-mean", "token-mean", "token-mean-per-microbatch"])
+def test_padding_rows_change_nothing(mode):
+    """Rows without valid tokens (a batch padded for the mesh) leave loss and gradient as they
+    were, and never produce 0 / 0."""
+    n, t = 6, 5
+    logp = jnp.asarray(RNG.normal(-1.0, 0.3, (n, t)), jnp.float32)
+    old = logp + jnp.asarray(RNG.normal(0, 0.3, (n, t)), jnp.float32)
+    ref = logp + jnp.asarray(RNG.normal(0, 0.5, (n, t)), jnp.float32)
+    adv = jnp.asarray(RNG.normal(0, 1, n), jnp.float32)
+    mask = jnp.asarray(np.arange(t)[None] < RNG.integers(1, t + 1, n)[:, None], jnp.float32)
+    pad = lambda x: jnp.concatenate([x, jnp.full((2,) + x.shape[1:], 0.5, x.dtype)])  # noqa: E731
+
+    def loss(lp, o, a, r, m, micro):
+        return grpo.grpo_loss(lp, o, a, m, ref_logp=r, aggregation=mode, num_micro_batches=micro)[0]
+
+    base, g = jax.value_and_grad(loss)(logp, old, adv, ref, mask, 3 if mode.endswith("microbatch") else 1)
+    mask_p = jnp.concatenate([mask, jnp.zeros((2, t))])
+    if mode.endswith("microbatch"):
+        # The padding forms a micro-batch of its own: it adds 0 (not 0 / 0) and, as gradient
+        # accumulation divides by the number of micro-batches, counts as one of the 4.
+        padded, gp = jax.value_and_grad(loss)(pad(logp), pad(old), pad(adv), pad(ref), mask_p, 4)
+        np.testing.assert_allclose(padded, base * 3 / 4, rtol=1e-6)
+    else:
+        padded, gp = jax.value_and_grad(loss)(pad(logp), pad(old), pad(adv), pad(ref), mask_p, 1)
+        np.testing.assert_allclose(padded, base, rtol=1e-6)
+        np.testing.assert_allclose(gp[:n], g, rtol=1e-5, atol=1e-8)
+    assert np.isfinite(padded) and np.isfinite(np.asarray(gp)).all() and not np.asarray(gp[n:]).any()
