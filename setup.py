@@ -29,6 +29,7 @@ DATA = [
     # COCO masks of raw RefCOCOg, decoded as Seg-Zero's preparation does; 2.0.11 refuses RLE
     # runs past the image.
     "pycocotools>=2.0.11",
+    "opencv-python-headless>=4.8",  # LISA's / Seg-Zero's polygon drawing and INTER_AREA resize
 ]
 
 TEST = [
@@ -41,7 +42,6 @@ TEST = [
     "transformers>=5.0",
     "hydra-core>=1.3",
     "iopath>=0.1.10",
-    "opencv-python-headless>=4.8",  # LISA's / Seg-Zero's rasteriser and INTER_AREA resize
 ]
 
 setuptools.setup(

@@ -27,7 +27,6 @@ import os
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image, ImageDraw
 
 from data_pipelines import common
 
@@ -40,37 +39,35 @@ INSTRUCTIONS = (
     f"<manual_dir>/{PARQUET_DIRS['validation']}/ and <manual_dir>/{PARQUET_DIRS['test']}/.")
 
 
-def _fill(points, height: int, width: int, value: int, canvas: Image.Image | None = None) -> Image.Image:
-    """Paints one labelme polygon as LISA's and Seg-Zero's mask code does with OpenCV: vertices
-    truncated to integers, the interior filled and the closed outline drawn one pixel wide.
-
-    (PIL's polygon fill leaves out part of the boundary that OpenCV's outline covers, and an
-    ``outline`` of the fill's own value is not drawn at all, hence the explicit closed line.)
-    """
-    canvas = canvas if canvas is not None else Image.new("L", (width, height), 0)
+def _polygon(points, height: int, width: int) -> np.ndarray:
+    """int32[1, K, 2] vertices of one labelme polygon, truncated as LISA's ``np.int32`` cast."""
     raw = np.asarray(points, dtype=np.float64)
     if raw.ndim != 2 or raw.shape[1] != 2 or len(raw) < 3:
         raise ValueError(f"polygon must be at least 3 (x, y) points, got shape {raw.shape}")
     if not np.isfinite(raw).all() or np.abs(raw).max() > 2 * max(height, width):
         raise ValueError(f"polygon vertex not finite or far outside the {width}x{height} image")
-    xy = np.trunc(raw).astype(np.int64)
-    vertices = [(int(x), int(y)) for x, y in xy]
-    draw = ImageDraw.Draw(canvas)
-    draw.polygon(vertices, fill=value)
-    draw.line(vertices + vertices[:1], fill=value, width=1)
+    return raw[None].astype(np.int32)
+
+
+def _draw(canvas: np.ndarray, polygon: np.ndarray, value: int) -> np.ndarray:
+    """Paints a polygon as LISA's and Seg-Zero's mask code does: the closed one-pixel outline,
+    then the interior (OpenCV ``polylines`` + ``fillPoly``)."""
+    import cv2
+
+    cv2.polylines(canvas, polygon, True, value, 1)
+    cv2.fillPoly(canvas, polygon, value)
     return canvas
 
 
 def labelme_masks(shapes, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """LISA's ReasonSeg polygons -> (target bool[H, W], ignore bool[H, W])."""
     valid = [s for s in shapes if str(s["label"]).lower() != "flag"]
-    areas = [int((np.asarray(_fill(s["points"], height, width, 1)) > 0).sum()) for s in valid]
+    polygons = [_polygon(s["points"], height, width) for s in valid]
+    areas = [int(_draw(np.zeros((height, width), np.uint8), p, 1).sum()) for p in polygons]
     order = np.argsort(areas, kind="stable")[::-1]
-    canvas = Image.new("L", (width, height), 0)
+    labels = np.zeros((height, width), np.uint8)
     for i in order:
-        shape = valid[i]
-        _fill(shape["points"], height, width, 255 if "ignore" in str(shape["label"]).lower() else 1, canvas)
-    labels = np.asarray(canvas)
+        _draw(labels, polygons[i], 255 if "ignore" in str(valid[i]["label"]).lower() else 1)
     return labels == 1, labels == 255
 
 

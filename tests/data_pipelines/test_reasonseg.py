@@ -66,25 +66,35 @@ def test_damaged_polygons_are_named():
             labelme_masks([{"label": "target", "points": points}], 40, 50)
 
 
-def test_labelme_masks_agree_with_opencv():
+def test_labelme_masks_equal_lisa_procedure():
+    """Random scenes of target / ignore / flag polygons against LISA's `get_mask_from_json`
+    procedure written out with OpenCV: pixel for pixel."""
     import cv2
     rng = np.random.default_rng(0)
     height, width = 120, 160
-    differing = total = 0
-    for _ in range(100):
-        n = int(rng.integers(3, 12))
-        centre, radius = rng.uniform([10, 10], [width - 10, height - 10]), rng.uniform(3, 60)
-        angles = np.sort(rng.uniform(0, 2 * np.pi, n))
-        points = (centre + radius * rng.uniform(0.3, 1, (n, 1)) * np.stack([np.cos(angles), np.sin(angles)], 1))
+    for _ in range(40):
+        shapes = []
+        for _ in range(int(rng.integers(1, 5))):
+            n = int(rng.integers(3, 12))
+            centre, radius = rng.uniform([10, 10], [width - 10, height - 10]), rng.uniform(3, 60)
+            angles = np.sort(rng.uniform(0, 2 * np.pi, n))
+            points = centre + radius * rng.uniform(0.3, 1, (n, 1)) * np.stack([np.cos(angles), np.sin(angles)], 1)
+            shapes.append({"label": str(rng.choice(["target", "ignore", "flag"])), "points": points.tolist()})
+        kept = [s for s in shapes if s["label"] != "flag"]
+        areas = []
+        for shape in kept:
+            tmp = np.zeros((height, width), np.uint8)
+            cv2.polylines(tmp, np.array([shape["points"]], dtype=np.int32), True, 1, 1)
+            cv2.fillPoly(tmp, np.array([shape["points"]], dtype=np.int32), 1)
+            areas.append(tmp.sum())
         ref = np.zeros((height, width), np.uint8)
-        poly = np.array([points], dtype=np.int32)
-        cv2.polylines(ref, poly, True, 1, 1)
-        cv2.fillPoly(ref, poly, 1)
-        ours, _ = labelme_masks([{"label": "target", "points": points.tolist()}], height, width)
-        differing += int((ours != ref.astype(bool)).sum())
-        total += int(ref.sum())
-    # Only ties of the two line/fill rasterisers differ (PIL alone, without the outline: ~2%).
-    assert differing < 0.01 * total
+        for i in np.argsort(areas)[::-1]:
+            value = 255 if "ignore" in kept[i]["label"] else 1
+            cv2.polylines(ref, np.array([kept[i]["points"]], dtype=np.int32), True, value, 1)
+            cv2.fillPoly(ref, np.array([kept[i]["points"]], dtype=np.int32), value)
+        mask, ignore = labelme_masks(shapes, height, width)
+        np.testing.assert_array_equal(mask, ref == 1)
+        np.testing.assert_array_equal(ignore, ref == 255)
 
 
 def test_json_source(tmp_path):
