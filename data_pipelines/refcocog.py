@@ -11,8 +11,9 @@ Two sources (builder configs), both read from the manual directory:
   ``<manual_dir>/train2014/<file_name>`` images. Per ref, as Seg-Zero's data preparation: the
   first sentence's ``raw`` text as written (the published set's ``problem`` keeps case and the
   final period; the prompt lower-cases it and strips periods); the annotation's mask decoded by
-  pycocotools; bbox and points from it (``segzero_jax.masks``) on the original image, mapped onto 840x840 with ``int(v * f + 0.5)``;
-  the image resized to 840x840 by pixel-area averaging (OpenCV ``INTER_AREA``) and stored as PNG.
+  pycocotools; bbox and points from it (``segzero_jax.masks``) on the original image, mapped
+  onto 840x840 with ``int(v * f + 0.5)``; the image resized to 840x840 with OpenCV's
+  ``INTER_AREA`` and stored as PNG.
 
 Fields: the common ones (``data_pipelines.common``) plus ``ann_id``; ``height`` / ``width``
 are the original image size. Unusable records are skipped with a counted warning.
@@ -67,11 +68,10 @@ def coco_segmentation_to_mask(segmentation, height: int, width: int) -> np.ndarr
         if isinstance(counts, list):
             if any(not isinstance(c, int) or c < 0 for c in counts) or sum(counts) != height * width:
                 raise ValueError(f"RLE runs must be non-negative and cover {height * width} pixels")
-            rle = coco_mask.frPyObjects(segmentation, height, width)
-        elif isinstance(counts, (str, bytes)):
-            rle = {"size": size, "counts": counts.encode() if isinstance(counts, str) else counts}
-        else:
+            return coco_mask.decode(coco_mask.frPyObjects(segmentation, height, width)).astype(bool)
+        if not isinstance(counts, (str, bytes)):
             raise ValueError(f"RLE counts of type {type(counts).__name__}")
+        rle = {"size": size, "counts": counts.encode() if isinstance(counts, str) else counts}
         decoded = coco_mask.decode(rle)
         # pycocotools leaves pixels past a short run list unset rather than failing: a valid
         # string is exactly what encoding its own decoding gives back.
