@@ -60,8 +60,10 @@ def test_labelme_polygons_are_drawn_with_their_outline_and_integer_vertices():
 
 
 def test_damaged_polygons_are_named():
-    for points, message in [([[0, 0], [5, 5]], "at least 3"), ([[0, 0], [float("nan"), 0], [5, 5]], "not finite"),
-                            ([[0, 0], [1e30, 0], [5, 5]], "far outside"), ([[0, 0, 1], [1, 1, 1], [2, 2, 2]], "at least 3")]:
+    for points, message in [([[0, 0], [5, 5]], "at least 3"),
+                            ([[0, 0], [float("nan"), 0], [5, 5]], "not finite"),
+                            ([[0, 0], [1e30, 0], [5, 5]], "far outside"),
+                            ([[0, 0, 1], [1, 1, 1], [2, 2, 2]], "at least 3")]:
         with pytest.raises(ValueError, match=message):  # NaN once drew a wrong mask silently
             labelme_masks([{"label": "target", "points": points}], 40, 50)
 
@@ -78,7 +80,8 @@ def test_labelme_masks_equal_lisa_procedure():
             n = int(rng.integers(3, 12))
             centre, radius = rng.uniform([10, 10], [width - 10, height - 10]), rng.uniform(3, 60)
             angles = np.sort(rng.uniform(0, 2 * np.pi, n))
-            points = centre + radius * rng.uniform(0.3, 1, (n, 1)) * np.stack([np.cos(angles), np.sin(angles)], 1)
+            offsets = np.stack([np.cos(angles), np.sin(angles)], 1)
+            points = centre + radius * rng.uniform(0.3, 1, (n, 1)) * offsets
             shapes.append({"label": str(rng.choice(["target", "ignore", "flag"])), "points": points.tolist()})
         kept = [s for s in shapes if s["label"] != "flag"]
         areas = []

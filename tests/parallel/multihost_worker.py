@@ -13,8 +13,8 @@ rests on:
     use once (two processes building it at once fail, depending on timing, when the second
     renames its copy into place), each process's batch equal to the pipeline told its process
     index by hand, the two halves disjoint and assembled into one global batch; then with a
-    `data_dir` of each process's own, named differently (hosts with their own disks): process 0 builds first, the
-    other builds its own copy after it, and both copies feed the same rows.
+    `data_dir` of each process's own, named differently (hosts with their own disks): process 0
+    builds first, the other builds its own copy after it, and both copies feed the same rows.
 
 Prints one `RESULT {json}` line with the differences; the test asserts on them.
 """
