@@ -41,6 +41,7 @@ def reference_config() -> ml_collections.ConfigDict:
     c.rl = dict(
         group_size=8, temperature=1.0, top_p=1.0, max_response_length=1300,
         reward="seg_strict",              # segzero_jax.rl.reward_host.HOST_REWARDS
+        advantage_estimator="grpo",       # segzero_jax.rl.grpo.ADVANTAGE_ESTIMATORS
         clip_ratio=0.2,
         kl_kind="low_var_kl",             # segzero_jax.rl.grpo.KL_PENALTIES
         kl_coef=5e-3,
@@ -122,6 +123,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _in_range(c, "rl.temperature", 1e-3, 10.0)
     _in_range(c, "rl.top_p", 1e-3, 1.0)
     _choice(c, "rl.reward", reward_host.HOST_REWARDS)
+    _choice(c, "rl.advantage_estimator", grpo.ADVANTAGE_ESTIMATORS)
     _in_range(c, "rl.clip_ratio", 1e-6, 1.0)
     _choice(c, "rl.kl_kind", grpo.KL_PENALTIES)
     _in_range(c, "rl.kl_coef", 0.0, 1e3)

@@ -4,7 +4,9 @@ Shapes: N responses (= prompts x group size), T response tokens, V vocabulary;
 `mask` float32/bool[N, T] marks valid response tokens.
 
   advantage_i = (r_i - mean_g) / (std_g + eps),  std with Bessel's correction, eps = 1e-6;
-                a group of one response gets mean 0, std 1 (`compute_grpo_outcome_advantage`)
+                a group of one response gets mean 0, std 1 (`compute_grpo_outcome_advantage`);
+                other estimators by name in `ADVANTAGE_ESTIMATORS` ("grpo_no_std": r_i - mean_g,
+                "rloo": r_i - mean of the group's other rewards)
   policy loss = max(-A * ratio, -A * clip(ratio, 1 - c, 1 + c)),  ratio = exp(logp - old_logp)
                 (`compute_policy_loss`)
   low_var_kl  = clip(exp(ref - logp) - (ref - logp) - 1, -10, 10)  (`kl_penalty`)
@@ -61,6 +63,42 @@ def group_advantages_2d(rewards: jax.Array, eps: float = 1e-6) -> jax.Array:
     mean = r.mean(-1, keepdims=True)
     std = jnp.sqrt(((r - mean) ** 2).sum(-1, keepdims=True) / (g - 1))
     return (r - mean) / (std + eps)
+
+
+def group_mean_advantages(rewards: jax.Array) -> jax.Array:
+    """float32[B, G] rewards minus their group mean, without the std division (Dr. GRPO, Liu et
+    al. 2025; verl's `norm_adv_by_std_in_grpo=False`); a group of one keeps its reward."""
+    r = rewards.astype(jnp.float32)
+    if r.shape[-1] == 1:
+        return r
+    return r - r.mean(-1, keepdims=True)
+
+
+def leave_one_out_advantages(rewards: jax.Array) -> jax.Array:
+    """float32[B, G]: r_i minus the mean of the other G - 1 rewards of its group (RLOO, Ahmadian
+    et al. 2024; verl's `compute_rloo_outcome_advantage`); a group of one keeps its reward."""
+    r = rewards.astype(jnp.float32)
+    g = r.shape[-1]
+    if g == 1:
+        return r
+    return r - (r.sum(-1, keepdims=True) - r) / (g - 1)
+
+
+# Advantage estimators on the [prompts, group] layout of a step's rewards, chosen by name
+# (config `rl.advantage_estimator`).
+ADVANTAGE_ESTIMATORS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "grpo": group_advantages_2d,
+    "grpo_no_std": group_mean_advantages,
+    "rloo": leave_one_out_advantages,
+}
+
+
+def advantages(rewards: jax.Array, estimator: str = "grpo") -> jax.Array:
+    """float32[B, G] advantages of float32[B, G] rewards with the named estimator."""
+    if estimator not in ADVANTAGE_ESTIMATORS:
+        raise KeyError(f"unknown advantage estimator {estimator!r}; "
+                       f"known: {sorted(ADVANTAGE_ESTIMATORS)}")
+    return ADVANTAGE_ESTIMATORS[estimator](rewards)
 
 
 def policy_loss_terms(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array,

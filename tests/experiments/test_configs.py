@@ -17,6 +17,7 @@ def test_config_validates(name):
 
 @pytest.mark.parametrize("field,value,message", [
     ("rl.reward", "seg_fuzzy", r"config.rl.reward: 'seg_fuzzy' is not one of"),
+    ("rl.advantage_estimator", "ppo", r"config.rl.advantage_estimator: 'ppo' is not one of"),
     ("rl.group_size", 0, r"config.rl.group_size: must be a positive integer"),
     ("rl.micro_batch_size", 7, r"config.rl.micro_batch_size: 7 does not divide the 128 responses"),
     ("rl.clip_ratio", 1.5, r"config.rl.clip_ratio: must be a number in"),
