@@ -19,8 +19,10 @@ than `json_window` bytes, a key with a surrogate `\\uD800`-`\\uDFFF` escape or i
 or more than `max_keys` keys (answer components); string-valued coordinates that Python
 would `int()`; numbers with more than 7 significant digits or a decimal exponent beyond
 +-10; for the soft format, string values with escapes or non-ASCII characters. Arithmetic
-is float32: exact for integer coordinates below 4096; a non-integer IoU, L1 or distance
-within about 1e-6 (relative) of its threshold may fall on the other side.
+is float32: the IoU and L1 tests are exact for integer coordinates below 4096, the points
+distance test exactly as Python decides it for integer coordinates (integer
+arithmetic, `points_distance_below_100`); a non-integer IoU, L1 or distance within about 1e-6
+(relative) of its threshold may fall on the other side.
 """
 
 from __future__ import annotations
@@ -54,6 +56,37 @@ def points_distance(pred: jax.Array, gt: jax.Array) -> jax.Array:
                        d(pred[0], gt[1]) + d(pred[1], gt[0])) / 2
 
 
+def _pair_sum_below_200(q1: jax.Array, q2: jax.Array) -> jax.Array:
+    """sqrt(q1) + sqrt(q2) < 200, exactly, for integer-valued float32 q1, q2 >= 0.
+
+    Squaring twice: both q < 40000, K = 40000 + q2 - q1 > 0 and 160000 q2 < K^2; with
+    K = 400 a + b (0 <= b < 400) the last is 160000 (q2 - a^2) < 800 a b + b^2, whose right side
+    stays below 6.5e7, so clipping q2 - a^2 to +-1000 keeps every term inside int32.
+    """
+    small = (q1 < 40000) & (q2 < 40000)
+    i1 = jnp.clip(q1, 0, 40000).astype(jnp.int32)
+    i2 = jnp.clip(q2, 0, 40000).astype(jnp.int32)
+    k = 40000 + i2 - i1
+    a, b = k // 400, k % 400
+    d = jnp.clip(i2 - a * a, -1000, 1000)
+    return small & (k > 0) & (160000 * d < 800 * a * b + b * b)
+
+
+def points_distance_below_100(pred: jax.Array, gt: jax.Array) -> jax.Array:
+    """`points_distance(pred, gt) < 100` as Python decides it in float64. With integer
+    coordinates (the reference truncates predicted points with int(); ground truth is
+    integral) this is exact integer arithmetic: a mean distance can lie within 1e-8 of 100
+    without equalling it, where float32 square roots (error ~3e-5) take the wrong side."""
+    def sq(a, b):
+        return (a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2
+
+    exact = (_pair_sum_below_200(sq(pred[0], gt[0]), sq(pred[1], gt[1]))
+             | _pair_sum_below_200(sq(pred[0], gt[1]), sq(pred[1], gt[0])))
+    coords = jnp.concatenate([pred.reshape(-1), gt.reshape(-1)])
+    integral = jnp.all((coords == jnp.round(coords)) & (jnp.abs(coords) < 2 ** 22))
+    return jnp.where(integral, exact, points_distance(pred, gt) < 100)
+
+
 def _positive(x: jax.Array) -> jax.Array:
     return jnp.where(x > 0, x, 0.0)
 
@@ -71,7 +104,8 @@ def accuracy_terms(a: AnswerFields, gt_bbox: jax.Array, gt_points: jax.Array,
         l1_r, pt_r = _positive(1 - l1 / image_size), _positive(1 - dist / image_size)
     else:
         iou = ((union > 0) & (2 * inter > union)).astype(jnp.float32)
-        l1_r, pt_r = (l1 < 10).astype(jnp.float32), (dist < 100).astype(jnp.float32)
+        l1_r = (l1 < 10).astype(jnp.float32)
+        pt_r = points_distance_below_100(p, gt_points).astype(jnp.float32)
     pts_ok = a.points_ok & a.bbox_ok & inside
     return {"bbox_iou": jnp.where(a.bbox_ok, iou, 0.0), "bbox_l1": jnp.where(a.bbox_ok, l1_r, 0.0),
             "points_l1": jnp.where(pts_ok, pt_r, 0.0)}
