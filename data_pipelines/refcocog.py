@@ -67,8 +67,9 @@ def coco_segmentation_to_mask(segmentation, height: int, width: int) -> np.ndarr
         counts = segmentation["counts"]
         if isinstance(counts, list):
             if any(not isinstance(c, int) or c < 0 for c in counts) or sum(counts) != height * width:
-                raise ValueError(f"RLE runs must be non-negative and cover {height * width} pixels")
-            return coco_mask.decode(coco_mask.frPyObjects(segmentation, height, width)).astype(bool)
+                raise ValueError(f"RLE runs must be non-negative integers covering {height * width} pixels")
+            uncompressed = {"size": size, "counts": counts}
+            return coco_mask.decode(coco_mask.frPyObjects(uncompressed, height, width)).astype(bool)
         if not isinstance(counts, (str, bytes)):
             raise ValueError(f"RLE counts of type {type(counts).__name__}")
         rle = {"size": size, "counts": counts.encode() if isinstance(counts, str) else counts}

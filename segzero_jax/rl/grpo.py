@@ -93,7 +93,7 @@ ADVANTAGE_ESTIMATORS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 
-def advantages(rewards: jax.Array, estimator: str = "grpo") -> jax.Array:
+def compute_advantages(rewards: jax.Array, estimator: str = "grpo") -> jax.Array:
     """float32[B, G] advantages of float32[B, G] rewards with the named estimator."""
     if estimator not in ADVANTAGE_ESTIMATORS:
         raise KeyError(f"unknown advantage estimator {estimator!r}; "

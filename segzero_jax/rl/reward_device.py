@@ -19,9 +19,10 @@ than `json_window` bytes, a key with a surrogate `\\uD800`-`\\uDFFF` escape or i
 or more than `max_keys` keys (answer components); string-valued coordinates that Python
 would `int()`; numbers with more than 7 significant digits or a decimal exponent beyond
 +-10; for the soft format, string values with escapes or non-ASCII characters. Arithmetic
-is float32: the IoU and L1 tests are exact for integer coordinates below 4096, the points
-distance test exactly as Python decides it for integer coordinates (integer
-arithmetic, `points_distance_below_100`); a non-integer IoU, L1 or distance within about 1e-6
+is float32, except that the IoU test (integer coordinates below 8192) and the points
+distance test (integer coordinates) are decided in integer arithmetic exactly as Python
+decides them (`bbox_iou_above_half`, `points_distance_below_100`); the L1 test is exact for
+integer coordinates below 4096; a non-integer IoU, L1 or distance within about 1e-6
 (relative) of its threshold may fall on the other side.
 """
 
@@ -43,7 +44,7 @@ def box_iou(pred: jax.Array, gt: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(inter, union) with the +1-pixel convention of `seg_iou_reward.iou`."""
     ix1, iy1 = jnp.maximum(pred[0], gt[0]), jnp.maximum(pred[1], gt[1])
     ix2, iy2 = jnp.minimum(pred[2], gt[2]), jnp.minimum(pred[3], gt[3])
-    inter = jnp.where((ix1 < ix2) & (iy1 < iy2), (ix2 - ix1 + 1) * (iy2 - iy1 + 1), 0.0)
+    inter = jnp.where((ix1 < ix2) & (iy1 < iy2), (ix2 - ix1 + 1) * (iy2 - iy1 + 1), 0)
     area1 = (pred[2] - pred[0] + 1) * (pred[3] - pred[1] + 1)
     area2 = (gt[2] - gt[0] + 1) * (gt[3] - gt[1] + 1)
     return inter, area1 + area2 - inter
@@ -54,6 +55,19 @@ def points_distance(pred: jax.Array, gt: jax.Array) -> jax.Array:
     d = lambda a, b: jnp.sqrt((a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2)  # noqa: E731
     return jnp.minimum(d(pred[0], gt[0]) + d(pred[1], gt[1]),
                        d(pred[0], gt[1]) + d(pred[1], gt[0])) / 2
+
+
+def bbox_iou_above_half(pred: jax.Array, gt: jax.Array) -> jax.Array:
+    """`iou(pred, gt) > 0.5` as Python decides it, i.e. union > 0 and 2 inter > union. With
+    integer coordinates below 8192 (areas below 2^28) it is computed in int32, since float32
+    sums of areas above 2^24 round; otherwise in float32."""
+    inter, union = box_iou(pred, gt)
+    approx = (union > 0) & (2 * inter > union)
+    coords = jnp.concatenate([pred, gt])
+    integral = jnp.all((coords == jnp.round(coords)) & (jnp.abs(coords) < 2 ** 13))
+    inter_i, union_i = box_iou(jnp.where(integral, pred, 0).astype(jnp.int32),
+                               jnp.where(integral, gt, 0).astype(jnp.int32))
+    return jnp.where(integral, (union_i > 0) & (2 * inter_i > union_i), approx)
 
 
 def _pair_sum_below_200(q1: jax.Array, q2: jax.Array) -> jax.Array:
@@ -75,7 +89,7 @@ def _pair_sum_below_200(q1: jax.Array, q2: jax.Array) -> jax.Array:
 def points_distance_below_100(pred: jax.Array, gt: jax.Array) -> jax.Array:
     """`points_distance(pred, gt) < 100` as Python decides it in float64. With integer
     coordinates (the reference truncates predicted points with int(); ground truth is
-    integral) this is exact integer arithmetic: a mean distance can lie within 1e-8 of 100
+    integral) this is exact integer arithmetic: a mean distance can lie within 4e-8 of 100
     without equalling it, where float32 square roots (error ~3e-5) take the wrong side."""
     def sq(a, b):
         return (a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2
@@ -103,7 +117,7 @@ def accuracy_terms(a: AnswerFields, gt_bbox: jax.Array, gt_points: jax.Array,
         iou = _positive(jnp.where(union > 0, inter / jnp.where(union > 0, union, 1.0), 0.0))
         l1_r, pt_r = _positive(1 - l1 / image_size), _positive(1 - dist / image_size)
     else:
-        iou = ((union > 0) & (2 * inter > union)).astype(jnp.float32)
+        iou = bbox_iou_above_half(a.bbox, gt_bbox).astype(jnp.float32)
         l1_r = (l1 < 10).astype(jnp.float32)
         pt_r = points_distance_below_100(p, gt_points).astype(jnp.float32)
     pts_ok = a.points_ok & a.bbox_ok & inside

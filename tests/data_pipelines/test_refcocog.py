@@ -145,6 +145,8 @@ def test_segmentation_decoding():
         run += 1
     uncompressed["counts"].append(run)
     np.testing.assert_array_equal(coco_segmentation_to_mask(uncompressed, 37, 53), m.astype(bool))
+    no_size = {"counts": uncompressed["counts"]}                         # size taken from the image
+    np.testing.assert_array_equal(coco_segmentation_to_mask(no_size, 37, 53), m.astype(bool))
     # A 10 x 6 rectangle covers 60 pixels; two overlapping ones 60 + 50 - 15.
     one = coco_segmentation_to_mask([[10, 2, 20, 2, 20, 8, 10, 8]], 12, 30)
     assert one.sum() == 60 and one[2:8, 10:20].all()
@@ -155,7 +157,8 @@ def test_segmentation_decoding():
                          ([[0, 0, float("nan"), 0, 5, 5]], "not finite"),      # segfaults pycocotools
                          ([[0, 0, "a", 0, 5, 5]], "could not convert"),
                          ({"size": [30, 53], "counts": rle["counts"]}, "differs from the image"),
-                         ({"size": [37, 53], "counts": [5, 10]}, "cover 1961 pixels"),
+                         ({"size": [37, 53], "counts": [5, 10]}, "integers covering 1961 pixels"),
+                         ({"size": [37, 53], "counts": [5.0, 1956]}, "integers covering"),
                          ({"size": [37, 53], "counts": rle["counts"][:-5]}, "damaged"),
                          ({"size": [37, 53], "counts": b"zzzz"}, "damaged"),
                          ("polygon", "unsupported segmentation")]:

@@ -145,6 +145,20 @@ def test_policy_resize_is_pil_bilinear_and_coordinates_round_trip():
     np.testing.assert_array_equal(P.to_original_frame([[30.9, 110.2]], (420, 1680)), [[15, 220]])
 
 
+def test_policy_frame_rounds_as_seg_zero_preparation():
+    """Seg-Zero's preparation computes x_factor = 840 / width, then int(v * x_factor + 0.5):
+    at exact halves that differs from v * 840 / width (v 32 on a 512-wide image: 53, not 52)."""
+    assert P.to_policy_frame([32, 0], (512, 300)).tolist() == [53, 0]
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        width, height = (int(v) for v in rng.integers(1, 2000, 2))
+        xs, ys = rng.integers(0, width, 8), rng.integers(0, height, 8)
+        x_factor, y_factor = 840 / width, 840 / height
+        expected = [[int(int(x) * x_factor + 0.5), int(int(y) * y_factor + 0.5)] for x, y in zip(xs, ys)]
+        got = P.to_policy_frame(np.stack([xs, ys], 1), (width, height))
+        np.testing.assert_array_equal(got, expected)
+
+
 def test_left_pad_and_errors():
     ids, mask = P.left_pad([5, 6, 7], 5, pad_id=0)
     np.testing.assert_array_equal(ids, [0, 0, 5, 6, 7])

@@ -239,16 +239,16 @@ def test_advantage_estimators():
     rewards = RNG.integers(0, 6, size=(3, 8)).astype(np.float32)
     index = np.repeat(np.arange(3), 8)
     flat = rewards.reshape(-1)
-    np.testing.assert_allclose(grpo.advantages(jnp.asarray(rewards), "grpo").reshape(-1),
+    np.testing.assert_allclose(grpo.compute_advantages(jnp.asarray(rewards), "grpo").reshape(-1),
                                _reference_advantages(flat, index), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(grpo.advantages(jnp.asarray(rewards), "rloo").reshape(-1),
+    np.testing.assert_allclose(grpo.compute_advantages(jnp.asarray(rewards), "rloo").reshape(-1),
                                _reference_rloo(flat, index), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(grpo.advantages(jnp.asarray(rewards), "grpo_no_std"),
+    np.testing.assert_allclose(grpo.compute_advantages(jnp.asarray(rewards), "grpo_no_std"),
                                rewards - rewards.mean(-1, keepdims=True), rtol=1e-6, atol=1e-6)
     # rewards (1, 3, 5): leave-one-out baselines 4, 3, 2
-    np.testing.assert_allclose(grpo.advantages(jnp.asarray([[1.0, 3.0, 5.0]]), "rloo"), [[-3.0, 0.0, 3.0]])
+    np.testing.assert_allclose(grpo.compute_advantages(jnp.asarray([[1.0, 3.0, 5.0]]), "rloo"), [[-3.0, 0.0, 3.0]])
     for name in grpo.ADVANTAGE_ESTIMATORS:   # a group of one response keeps its reward (up to eps)
-        np.testing.assert_allclose(grpo.advantages(jnp.asarray([[4.0]]), name), [[4.0]], rtol=1e-5)
-        assert jax.jit(grpo.advantages, static_argnums=1)(jnp.ones((2, 4)), name).shape == (2, 4)
+        np.testing.assert_allclose(grpo.compute_advantages(jnp.asarray([[4.0]]), name), [[4.0]], rtol=1e-5)
+        assert jax.jit(grpo.compute_advantages, static_argnums=1)(jnp.ones((2, 4)), name).shape == (2, 4)
     with pytest.raises(KeyError, match="unknown advantage estimator"):
-        grpo.advantages(jnp.ones((2, 2)), "ppo")
+        grpo.compute_advantages(jnp.ones((2, 2)), "ppo")

@@ -297,3 +297,27 @@ def test_points_threshold_end_to_end(scorers, tok):
     _compare(scorers, tok, [near], [GT])
     ids, lens, gb, gp, _ = _batch(tok, [near], [GT])
     assert float(jax.device_get(scorers["seg_strict"](ids, lens, gb, gp))["points_l1"][0]) == 1.0
+
+
+def test_bbox_iou_threshold_is_exact_for_large_integer_boxes():
+    """Near IoU 0.5 with areas above 2^24 (where float32 sums round) the device decides as the
+    host's Python integers do; the pair the review found: IoU exactly 0.5 scored 1 in float32."""
+    from segzero_jax.rl.reward_device import bbox_iou_above_half
+    from segzero_jax.rl.reward_host import box_iou as host_iou
+    rng = np.random.default_rng(3)
+    preds, gts = [[0, 538, 4076, 3197]], [[0, 0, 4076, 2136]]
+    for _ in range(400):
+        # same x-range; gt rows [0, a], pred rows [b, c]: IoU > 0.5 iff 3(a - b + 1) > a + c - b + 2
+        x2, a = int(rng.integers(3000, 8000)), int(rng.integers(1000, 5000))
+        b = int(rng.integers(1, a // 2))
+        c = 3 * (a - b + 1) - a + b - 2 + int(rng.integers(-1, 2))
+        if c < 8192:
+            preds.append([0, b, x2, c])
+            gts.append([0, 0, x2, a])
+    got = np.asarray(jax.vmap(bbox_iou_above_half)(jnp.asarray(preds, jnp.float32),
+                                                   jnp.asarray(gts, jnp.float32)))
+    host = np.array([host_iou(p, g) > 0.5 for p, g in zip(preds, gts)])
+    np.testing.assert_array_equal(got, host)
+    assert host.any() and not host.all() and len(preds) > 300
+    # non-integer coordinates keep the float32 test
+    assert bool(bbox_iou_above_half(jnp.asarray([0.5, 0.0, 10.0, 10.0]), jnp.asarray([0.0, 0.0, 10.0, 10.0])))

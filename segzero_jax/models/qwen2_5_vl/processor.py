@@ -174,14 +174,18 @@ def _factors(original_size: tuple[int, int], size: int) -> np.ndarray:
 
 
 def to_policy_frame(coords: Any, original_size: tuple[int, int], size: int = SEGZERO_IMAGE_SIZE) -> np.ndarray:
-    """Original-image (x, y, ...) coordinates -> the ``size`` frame: ``int(v * size / original + 0.5)``.
+    """Original-image (x, y, ...) coordinates -> the ``size`` frame as Seg-Zero's data
+    preparation maps them: ``int(v * (size / original) + 0.5)`` (the factor first, as it does:
+    ``v * size / original`` rounds differently at exact halves, e.g. v 32 on a 512-wide image).
 
     ``coords`` has an even last dimension of interleaved x, y (a bbox [4] or points [..., 2]);
     ``original_size`` is (width, height).
     """
     coords = np.asarray(coords, dtype=np.float64)
-    scale = np.tile(1.0 / _factors(original_size, size), coords.shape[-1] // 2)
-    return np.floor(coords * scale + 0.5).astype(np.int64)
+    _factors(original_size, size)  # validates the size
+    width, height = original_size
+    scale = np.tile(np.array([size / width, size / height], np.float64), coords.shape[-1] // 2)
+    return np.trunc(coords * scale + 0.5).astype(np.int64)
 
 
 def to_original_frame(coords: Any, original_size: tuple[int, int], size: int = SEGZERO_IMAGE_SIZE) -> np.ndarray:
