@@ -61,7 +61,10 @@ def coco_segmentation_to_mask(segmentation, height: int, width: int) -> np.ndarr
         rles = coco_mask.frPyObjects(polys, height, width)
         return coco_mask.decode(rles).any(axis=2)
     if isinstance(segmentation, dict) and "counts" in segmentation:
-        size = [int(v) for v in segmentation.get("size", (height, width))]
+        size = segmentation.get("size", [height, width])
+        if not isinstance(size, (list, tuple)) or len(size) != 2:
+            raise ValueError(f"RLE size must be [height, width], got {size!r:.40}")
+        size = [int(v) for v in size]
         if size != [height, width]:
             raise ValueError(f"RLE size {size} differs from the image's {[height, width]}")
         counts = segmentation["counts"]

@@ -157,6 +157,7 @@ def test_segmentation_decoding():
                          ([[0, 0, float("nan"), 0, 5, 5]], "not finite"),      # segfaults pycocotools
                          ([[0, 0, "a", 0, 5, 5]], "could not convert"),
                          ({"size": [30, 53], "counts": rle["counts"]}, "differs from the image"),
+                         ({"size": 5, "counts": rle["counts"]}, r"size must be \[height, width\]"),
                          ({"size": [37, 53], "counts": [5, 10]}, "integers covering 1961 pixels"),
                          ({"size": [37, 53], "counts": [5.0, 1956]}, "integers covering"),
                          ({"size": [37, 53], "counts": rle["counts"][:-5]}, "damaged"),
