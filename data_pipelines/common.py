@@ -104,6 +104,20 @@ def load_image(data: bytes, where: str) -> tuple[bytes, np.ndarray]:
     return data, rgb
 
 
+def polygon_vertices(points: Any, height: int, width: int) -> np.ndarray:
+    """float64[K, 2] (x, y) vertices of a polygon given as [[x, y], ...] or COCO's flat
+    [x0, y0, x1, y1, ...]; at least 3, finite, within twice the image side (the rasterisers,
+    OpenCV and pycocotools, draw far-off or NaN vertices wrongly or crash on them)."""
+    xy = np.asarray(points, dtype=np.float64)
+    if xy.ndim == 1 and xy.size % 2 == 0:
+        xy = xy.reshape(-1, 2)
+    if xy.ndim != 2 or xy.shape[1] != 2 or len(xy) < 3:
+        raise ValueError(f"polygon must be at least 3 (x, y) vertices, got an array of shape {xy.shape}")
+    if not np.isfinite(xy).all() or np.abs(xy).max() > 2 * max(height, width):
+        raise ValueError(f"polygon vertex not finite or far outside the {width}x{height} image")
+    return xy
+
+
 def encode_png(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG")

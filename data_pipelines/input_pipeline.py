@@ -201,7 +201,7 @@ class SegZeroPreprocess(grain.MapTransform):
             "attention_mask": attention_mask,
             "pixel_values": pixel_values,
             "image_grid_thw": grid.astype(np.int32),
-            # Integer targets on the policy frame, int(v * image_size / stored + 0.5), as
+            # Integer targets on the policy frame, int(v * (image_size / stored) + 0.5), as
             # Seg-Zero's data preparation writes them (an identity for 840-frame records).
             "bbox": P.to_policy_frame(bbox, stored, self.image_size).astype(np.float32),
             "points": P.to_policy_frame(points, stored, self.image_size).astype(np.float32),

@@ -41,12 +41,7 @@ INSTRUCTIONS = (
 
 def _polygon(points, height: int, width: int) -> np.ndarray:
     """int32[1, K, 2] vertices of one labelme polygon, truncated as LISA's ``np.int32`` cast."""
-    raw = np.asarray(points, dtype=np.float64)
-    if raw.ndim != 2 or raw.shape[1] != 2 or len(raw) < 3:
-        raise ValueError(f"polygon must be a list of at least 3 [x, y] pairs, got shape {raw.shape}")
-    if not np.isfinite(raw).all() or np.abs(raw).max() > 2 * max(height, width):
-        raise ValueError(f"polygon vertex not finite or far outside the {width}x{height} image")
-    return raw[None].astype(np.int32)
+    return common.polygon_vertices(points, height, width)[None].astype(np.int32)
 
 
 def _draw(canvas: np.ndarray, polygon: np.ndarray, value: int) -> np.ndarray:

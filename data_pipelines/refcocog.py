@@ -49,15 +49,8 @@ def coco_segmentation_to_mask(segmentation, height: int, width: int) -> np.ndarr
     if isinstance(segmentation, list):
         if not segmentation:
             raise ValueError("no polygons")
-        polys, side = [], max(height, width)
-        for poly in segmentation:
-            if not isinstance(poly, (list, tuple)) or len(poly) < 6 or len(poly) % 2:
-                raise ValueError(f"polygon must be a flat list of >= 3 (x, y) pairs, got {poly!r:.80}")
-            xy = np.asarray(poly, dtype=np.float64)
-            # pycocotools crashes the process (segfault) on NaN or far-off vertices: refuse them.
-            if not np.isfinite(xy).all() or np.abs(xy).max() > 2 * side:
-                raise ValueError(f"polygon vertex not finite or far outside the {width}x{height} image")
-            polys.append(xy.tolist())
+        # (pycocotools segfaults on NaN or far-off vertices: common.polygon_vertices refuses them)
+        polys = [common.polygon_vertices(poly, height, width).reshape(-1).tolist() for poly in segmentation]
         rles = coco_mask.frPyObjects(polys, height, width)
         return coco_mask.decode(rles).any(axis=2)
     if isinstance(segmentation, dict) and "counts" in segmentation:

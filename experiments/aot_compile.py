@@ -24,7 +24,8 @@ Work (global batch `--batch`, split over the data and fsdp axes):
 
 Also reported, for a TPU target: lower bounds on the step time, the larger of the work's matmul
 FLOPs per device at the chip's bf16 peak and its arguments read once at the chip's HBM
-bandwidth (the compiler's figure is memory; time needs the chip). Prints a table and one JSON line; `--json_out` also writes the JSON.
+bandwidth (the compiler's figure is memory; time needs the chip). Prints a table and one JSON
+line; `--json_out` also writes the JSON.
 """
 
 from __future__ import annotations

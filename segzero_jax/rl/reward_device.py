@@ -57,14 +57,19 @@ def points_distance(pred: jax.Array, gt: jax.Array) -> jax.Array:
                        d(pred[0], gt[1]) + d(pred[1], gt[0])) / 2
 
 
+def _integer_valued(*arrays: jax.Array, bound: float) -> jax.Array:
+    """True when every value is an integer of magnitude below `bound` (scalar bool)."""
+    x = jnp.concatenate([a.reshape(-1) for a in arrays])
+    return jnp.all((x == jnp.round(x)) & (jnp.abs(x) < bound))
+
+
 def bbox_iou_above_half(pred: jax.Array, gt: jax.Array) -> jax.Array:
     """`iou(pred, gt) > 0.5` as Python decides it, i.e. union > 0 and 2 inter > union. With
     integer coordinates below 8192 (areas below 2^28) it is computed in int32, since float32
     sums of areas above 2^24 round; otherwise in float32."""
     inter, union = box_iou(pred, gt)
     approx = (union > 0) & (2 * inter > union)
-    coords = jnp.concatenate([pred, gt])
-    integral = jnp.all((coords == jnp.round(coords)) & (jnp.abs(coords) < 2 ** 13))
+    integral = _integer_valued(pred, gt, bound=2 ** 13)
     inter_i, union_i = box_iou(jnp.where(integral, pred, 0).astype(jnp.int32),
                                jnp.where(integral, gt, 0).astype(jnp.int32))
     return jnp.where(integral, (union_i > 0) & (2 * inter_i > union_i), approx)
@@ -96,9 +101,7 @@ def points_distance_below_100(pred: jax.Array, gt: jax.Array) -> jax.Array:
 
     exact = (_pair_sum_below_200(sq(pred[0], gt[0]), sq(pred[1], gt[1]))
              | _pair_sum_below_200(sq(pred[0], gt[1]), sq(pred[1], gt[0])))
-    coords = jnp.concatenate([pred.reshape(-1), gt.reshape(-1)])
-    integral = jnp.all((coords == jnp.round(coords)) & (jnp.abs(coords) < 2 ** 22))
-    return jnp.where(integral, exact, points_distance(pred, gt) < 100)
+    return jnp.where(_integer_valued(pred, gt, bound=2 ** 22), exact, points_distance(pred, gt) < 100)
 
 
 def _positive(x: jax.Array) -> jax.Array:
@@ -108,14 +111,14 @@ def _positive(x: jax.Array) -> jax.Array:
 def accuracy_terms(a: AnswerFields, gt_bbox: jax.Array, gt_points: jax.Array,
                    soft_accuracy: bool, image_size: float) -> dict[str, jax.Array]:
     """bbox_iou, bbox_l1, points_l1 for one response (see `reward_host.score_components`)."""
-    inter, union = box_iou(a.bbox, gt_bbox)
     l1 = jnp.sum(jnp.abs(a.bbox - gt_bbox)) / 4
     b, p = a.bbox, a.points
     inside = jnp.all((b[0] <= p[:, 0]) & (p[:, 0] <= b[2]) & (b[1] <= p[:, 1]) & (p[:, 1] <= b[3]))
-    dist = points_distance(p, gt_points)
     if soft_accuracy:
+        inter, union = box_iou(a.bbox, gt_bbox)
         iou = _positive(jnp.where(union > 0, inter / jnp.where(union > 0, union, 1.0), 0.0))
-        l1_r, pt_r = _positive(1 - l1 / image_size), _positive(1 - dist / image_size)
+        l1_r = _positive(1 - l1 / image_size)
+        pt_r = _positive(1 - points_distance(p, gt_points) / image_size)
     else:
         iou = bbox_iou_above_half(a.bbox, gt_bbox).astype(jnp.float32)
         l1_r = (l1 < 10).astype(jnp.float32)

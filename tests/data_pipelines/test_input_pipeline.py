@@ -50,9 +50,11 @@ def test_batch_contents(data_dir, tokenizer):
         assert tokenizer.decode(batch["input_ids"][b, 200 - n:]) == expected
         assert list(batch["input_ids"][b, 200 - n:]) == tokenizer.encode(expected)
         # Ground truth mapped from the stored 64 px frame onto the 56 px policy frame as
-        # Seg-Zero's data preparation does: int(v * 56 / 64 + 0.5).
-        np.testing.assert_array_equal(batch["bbox"][b], np.floor(rec["bbox"] * 56 / 64 + 0.5))
-        np.testing.assert_array_equal(batch["points"][b], np.floor(rec["points"] * 56 / 64 + 0.5))
+        # Seg-Zero's data preparation does: factor = 56 / 64, then int(v * factor + 0.5).
+        factor = 56 / 64
+        np.testing.assert_array_equal(batch["bbox"][b], [int(v * factor + 0.5) for v in rec["bbox"]])
+        np.testing.assert_array_equal(batch["points"][b].reshape(-1),
+                                      [int(v * factor + 0.5) for v in rec["points"].reshape(-1)])
     # Pixels are the processor's output for the image resized with PIL bilinear.
     import io
     from PIL import Image

@@ -60,10 +60,10 @@ def test_labelme_polygons_are_drawn_with_their_outline_and_integer_vertices():
 
 
 def test_damaged_polygons_are_named():
-    for points, message in [([[0, 0], [5, 5]], "at least 3 \\[x, y\\] pairs"),
+    for points, message in [([[0, 0], [5, 5]], "at least 3 \\(x, y\\) vertices"),
                             ([[0, 0], [float("nan"), 0], [5, 5]], "not finite"),
                             ([[0, 0], [1e30, 0], [5, 5]], "far outside"),
-                            ([[0, 0, 1], [1, 1, 1], [2, 2, 2]], "pairs, got shape \\(3, 3\\)")]:
+                            ([[0, 0, 1], [1, 1, 1], [2, 2, 2]], "array of shape \\(3, 3\\)")]:
         with pytest.raises(ValueError, match=message):  # NaN once drew a wrong mask silently
             labelme_masks([{"label": "target", "points": points}], 40, 50)
 

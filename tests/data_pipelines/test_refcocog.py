@@ -152,7 +152,8 @@ def test_segmentation_decoding():
     assert one.sum() == 60 and one[2:8, 10:20].all()
     two = coco_segmentation_to_mask([[10, 2, 20, 2, 20, 8, 10, 8], [15, 5, 25, 5, 25, 10, 15, 10]], 12, 30)
     assert two.sum() == 95 and two.dtype == bool
-    for bad, message in [([[1, 2, 3, 4]], "polygon must be"), ([], "no polygons"),
+    for bad, message in [([[1, 2, 3, 4]], "at least 3 \\(x, y\\) vertices"), ([], "no polygons"),
+                         ([[1, 2, 3, 4, 5, 6, 7]], "at least 3 \\(x, y\\) vertices"),
                          ([[0, 0, 1e9, 0, 1e9, 1e9]], "far outside"),         # segfaults pycocotools
                          ([[0, 0, float("nan"), 0, 5, 5]], "not finite"),      # segfaults pycocotools
                          ([[0, 0, "a", 0, 5, 5]], "could not convert"),

@@ -46,24 +46,29 @@ def _max_diff(a, b) -> float:
                      for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))))
 
 
+def _fed_by_both(full: np.ndarray, mesh) -> jax.Array:
+    """The global array `full` (the same on every process) assembled from each process feeding
+    only its own half of the rows, sharded over "act_batch"."""
+    me, half = jax.process_index(), full.shape[0] // 2
+    spec = named_sharding(("act_batch",) + (None,) * (full.ndim - 1), full.shape, mesh, DEFAULT_RULES)
+    return jax.make_array_from_process_local_data(spec, full[me * half:(me + 1) * half], full.shape)
+
+
 def _sam2(mesh) -> dict:
     from segzero_jax.models.sam2 import get_preset, low_res_masks, random_params
     from segzero_jax.models.sam2.convert import param_shardings
 
     cfg = get_preset("test_tiny")
     params = random_params(cfg, jax.random.PRNGKey(3))        # same on both processes
-    s, me = cfg.image_size, jax.process_index()
+    s = cfg.image_size
     rs = np.random.RandomState(5)
     images = rs.randn(4, s, s, 3).astype(np.float32)
     boxes = np.array([[10, 12, 90, 100], [5, 5, 60, 40], [30, 20, 120, 110], [0, 40, 64, 127]], np.float32)
     points, labels = rs.uniform(0, s, (4, 2, 2)).astype(np.float32), np.ones((4, 2), np.int32)
-    mine = slice(2 * me, 2 * me + 2)
-    rows = lambda a: jax.make_array_from_process_local_data(
-        named_sharding(("act_batch",) + (None,) * (a.ndim - 1), a.shape, mesh), a[mine], a.shape)
     sharded = jax.device_put(params, param_shardings(cfg, mesh))
     segment = jax.jit(lambda *a: low_res_masks(*a, config=cfg))
     with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
-        low, scores = segment(sharded, *(rows(a) for a in (images, boxes, points, labels)))
+        low, scores = segment(sharded, *(_fed_by_both(a, mesh) for a in (images, boxes, points, labels)))
     ref_low, ref_scores = segment(params, images, boxes, points, labels)
     return {"sam2_logit_diff": _max_diff(multihost_utils.process_allgather(low, tiled=True), ref_low),
             "sam2_score_diff": _max_diff(multihost_utils.process_allgather(scores, tiled=True), ref_scores)}
@@ -129,9 +134,8 @@ def main(port: int, process_id: int, workdir: str) -> None:
     mask = np.ones((ROWS, T), np.int32)
     mask[1, :5] = 0           # a left-padded prompt on process 0
     mask[2, :3] = 0           # and one on process 1
-    mine = slice(me * ROWS // 2, (me + 1) * ROWS // 2)
     batch = named_sharding(("act_batch", "act_length"), (ROWS, T), mesh, DEFAULT_RULES)
-    g_ids, g_mask = (jax.make_array_from_process_local_data(batch, a[mine], (ROWS, T)) for a in (ids, mask))
+    g_ids, g_mask = (_fed_by_both(a, mesh) for a in (ids, mask))
 
     def loss(p, i, m):
         lp, _ = model.apply({"params": p}, i, attention_mask=m, num_targets=R, chunk_size=4,

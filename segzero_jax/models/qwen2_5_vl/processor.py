@@ -166,11 +166,11 @@ def resize_for_policy(image: Image.Image | np.ndarray, size: int = SEGZERO_IMAGE
     return to_rgb(image).resize((size, size), resample=Image.Resampling.BILINEAR)
 
 
-def _factors(original_size: tuple[int, int], size: int) -> np.ndarray:
+def _checked_size(original_size: tuple[int, int]) -> tuple[int, int]:
     width, height = original_size
     if width <= 0 or height <= 0:
         raise ValueError(f"original size (width, height) must be positive, got {original_size}")
-    return np.array([width / size, height / size], dtype=np.float64)
+    return width, height
 
 
 def to_policy_frame(coords: Any, original_size: tuple[int, int], size: int = SEGZERO_IMAGE_SIZE) -> np.ndarray:
@@ -182,8 +182,7 @@ def to_policy_frame(coords: Any, original_size: tuple[int, int], size: int = SEG
     ``original_size`` is (width, height).
     """
     coords = np.asarray(coords, dtype=np.float64)
-    _factors(original_size, size)  # validates the size
-    width, height = original_size
+    width, height = _checked_size(original_size)
     scale = np.tile(np.array([size / width, size / height], np.float64), coords.shape[-1] // 2)
     return np.trunc(coords * scale + 0.5).astype(np.int64)
 
@@ -191,7 +190,8 @@ def to_policy_frame(coords: Any, original_size: tuple[int, int], size: int = SEG
 def to_original_frame(coords: Any, original_size: tuple[int, int], size: int = SEGZERO_IMAGE_SIZE) -> np.ndarray:
     """``size``-frame coordinates -> the original image: ``round(int(v) * original / size)``."""
     coords = np.trunc(np.asarray(coords, dtype=np.float64))
-    scale = np.tile(_factors(original_size, size), coords.shape[-1] // 2)
+    width, height = _checked_size(original_size)
+    scale = np.tile(np.array([width / size, height / size], np.float64), coords.shape[-1] // 2)
     return np.round(coords * scale).astype(np.int64)
 
 
