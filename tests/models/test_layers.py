@@ -165,3 +165,31 @@ def test_tpu_flash_runs_per_device_under_a_mesh():
         assert "manual_computation" in attend("tpu_flash").lower(q, k, v).as_text()
         out = attend("tpu_flash")(q, k, v)
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_gelu_matches_torch(dtype):
+    """`layers.gelu` is torch's exact `nn.GELU()`. Below x = -3, 1 + erf cancels, so both sides
+    carry float32 erf rounding of about 1e-6 absolute there; bfloat16 rounds one float32 value."""
+    x = np.concatenate([np.linspace(-12, 12, 4001), np.random.RandomState(0).randn(4000) * 3])
+    tdt = getattr(torch, dtype)
+    want = torch.nn.functional.gelu(torch.tensor(x, dtype=torch.float32).to(tdt)).float().numpy()
+    got = np.asarray(layers.gelu(jnp.asarray(x, jnp.float32).astype(dtype)).astype(jnp.float32))
+    assert got.dtype == np.float32
+    if dtype == "float32":
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=2e-6)
+    else:   # one rounding of (nearly) the same float32 value: at most one bfloat16 step apart
+        bound = np.abs(want) * 2.0 ** -7 + 2e-6
+        assert np.all(np.abs(got - want) <= bound), np.max(np.abs(got - want) / bound)
+    assert layers.activation("gelu") is layers.gelu
+
+
+def test_gelu_lowers_to_one_erf():
+    """The exact GELU stays one `erf` op in the lowered HLO (what lets XLA:GPU fuse bias, GELU
+    and cast into one pass); `jax.nn.gelu(approximate=False)` expands erfc into ~100 ops with
+    exponentials and divisions."""
+    hlo = jax.jit(layers.gelu).lower(jnp.ones((4, 8), jnp.bfloat16)).as_text(dialect="hlo")
+    ops = [line.split("=", 1)[1].split("(")[0].split()[-1] for line in hlo.splitlines()
+           if " = " in line and not line.lstrip().startswith("ENTRY")]
+    assert ops.count("erf") == 1 and "exponential" not in ops and "divide" not in ops, ops
+    assert len(ops) < 20, ops

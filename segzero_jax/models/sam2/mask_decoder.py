@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segzero_jax.models.layers import logical_param
+from segzero_jax.models.layers import gelu, logical_param
 from segzero_jax.models.sam2.common import ConvTranspose2x2, Dense, LayerNorm, Mlp, StackedMlp
 from segzero_jax.models.sam2.config import Sam2Config
 from segzero_jax.models.sam2.two_way_transformer import TwoWayTransformer
@@ -79,7 +79,6 @@ class MaskDecoder(nn.Module):
 
         x = keys.reshape(b, h, w, d)
         x = ConvTranspose2x2(d // 4, name="upscale_conv1", **kw)(x)
-        gelu = lambda t: jax.nn.gelu(t, approximate=False)
         if cfg.use_high_res_features:
             if high_res is None:
                 raise ValueError("MaskDecoder: this config uses high-res features; pass (feat_s0, feat_s1)")

@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segzero_jax.models.layers import logical_param
+from segzero_jax.models.layers import gelu, logical_param
 from segzero_jax.models.sam2.common import Dense, LayerNorm, PatchConv
 from segzero_jax.models.sam2.config import Sam2Config
 
@@ -78,10 +78,9 @@ class PromptEncoder(nn.Module):
 
     def embed_masks(self, masks: jax.Array) -> jax.Array:
         """float[B, 4Y, 4X] mask logits -> float32[B, Y, X, D]."""
-        act = lambda x: jax.nn.gelu(x, approximate=False)
         x = masks[..., None].astype(jnp.float32)
-        x = act(self.mask_norm0(self.mask_conv0(x)))
-        x = act(self.mask_norm1(self.mask_conv1(x)))
+        x = gelu(self.mask_norm0(self.mask_conv0(x)))
+        x = gelu(self.mask_norm1(self.mask_conv1(x)))
         return self.mask_conv2(x)
 
     def __call__(self, coords: jax.Array, labels: jax.Array, masks: Optional[jax.Array] = None,
