@@ -33,6 +33,9 @@ flags.DEFINE_string("attention_impl", "auto", "auto | xla | cudnn")
 flags.DEFINE_string("peer", "auto", "auto | sam2 | transformers | none")
 flags.DEFINE_integer("warmup", 1, "untimed calls after compilation")
 flags.DEFINE_integer("iters", 5, "timed calls (the median is reported)")
+flags.DEFINE_bool("predict_batch", True, "also time the evaluator's path (one more compilation)")
+flags.DEFINE_string("profile_dir", "", "if set: a jax.profiler trace of two low-res calls and the "
+                    "compiled HLO (lowres.hlo.txt) go here; `experiments.profile_summary` reads both")
 
 
 def _median_seconds(fn, sync, warmup: int, iters: int) -> float:
@@ -82,24 +85,48 @@ def bench_jax(cfg, batch: int) -> dict:
     params = jax.jit(lambda k: random_params(cfg, k))(jax.random.PRNGKey(0))
     images = jax.random.normal(jax.random.PRNGKey(1), (batch, s, s, 3), jnp.float32)
     inputs = (images, *(jnp.asarray(a) for a in _prompts(batch, s)))
-    lowres = jax.jit(_lowres_fn(cfg))
+    lowres_compiled = jax.jit(_lowres_fn(cfg)).lower(params, *inputs).compile()
+
+    def lowres():
+        return lowres_compiled(params, *inputs)
 
     def full():
         return predict_batch(params, *inputs, (s, s), config=cfg, best_only=True)
 
     sync = jax.block_until_ready
-    sync(lowres(params, *inputs))
-    sync(full())
+    sync(lowres())
+    if FLAGS.predict_batch:
+        sync(full())
     setup_s = time.perf_counter() - t0
-    t_low = _median_seconds(lambda: lowres(params, *inputs), sync, FLAGS.warmup, FLAGS.iters)
-    t_full = _median_seconds(full, sync, FLAGS.warmup, FLAGS.iters)
+    t_low = _median_seconds(lowres, sync, FLAGS.warmup, FLAGS.iters)
+    t_full = _median_seconds(full, sync, FLAGS.warmup, FLAGS.iters) if FLAGS.predict_batch else None
+    if FLAGS.profile_dir:
+        _profile(lowres, lowres_compiled, FLAGS.profile_dir)
     # Matmul + convolution FLOPs of the low-res work, counted on the XLA attention path (same math).
     flops = count_flops(_lowres_fn(cfg.replace(attention_implementation="xla")), params, *inputs)
     n_params = sum(x.size for x in jax.tree.leaves(params))
-    return {"name": "segzero_jax", "device": str(jax.devices()[0].device_kind), "jax": jax.__version__,
-            "params_M": round(n_params / 1e6, 1), "setup_and_compile_s": round(setup_s, 1),
-            "flops_per_call": flops, "gflops_per_image": round(flops / batch / 1e9, 1),
-            "lowres": _rate(t_low, batch, flops), "predict_batch": _rate(t_full, batch, flops)}
+    out = {"name": "segzero_jax", "device": str(jax.devices()[0].device_kind), "jax": jax.__version__,
+           "params_M": round(n_params / 1e6, 1), "setup_and_compile_s": round(setup_s, 1),
+           "flops_per_call": flops, "gflops_per_image": round(flops / batch / 1e9, 1),
+           "lowres": _rate(t_low, batch, flops)}
+    if t_full is not None:
+        out["predict_batch"] = _rate(t_full, batch, flops)
+    return out
+
+
+def _profile(call, compiled, directory: str) -> None:
+    """A trace of two calls (TensorBoard / xprof layout under `directory`) and the optimised HLO
+    they ran, whose fusion names and op_name metadata map kernels back to model code."""
+    import os
+
+    import jax
+
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "lowres.hlo.txt"), "w") as f:
+        f.write(compiled.as_text())
+    with jax.profiler.trace(directory):
+        for _ in range(2):
+            jax.block_until_ready(call())
 
 
 def _torch_setup(dtype_name: str):
@@ -219,8 +246,8 @@ def main(argv):
                                              / result["peer"]["lowres"]["images_per_s"], 2)
         except Exception as e:  # report and keep our numbers
             result["peer"] = {"name": peer, "error": repr(e)[:300]}
-    rows = [("segzero_jax lowres", result["ours"]["lowres"]),
-            ("segzero_jax predict_batch", result["ours"]["predict_batch"])]
+    rows = [(f"segzero_jax {path}", result["ours"][path]) for path in ("lowres", "predict_batch")
+            if path in result["ours"]]
     if "lowres" in result.get("peer", {}):
         rows.append((f"{result['peer']['name']} lowres", result["peer"]["lowres"]))
     print(f"SAM2 {FLAGS.preset}, {FLAGS.batch} images {cfg.image_size}^2, box + 2 points, {FLAGS.dtype}, "

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # GPU acceptance run: the SAM2-Large and policy benchmarks (update, decode step) against
-# transformers on the same card, and the cuDNN correctness checks. Needs jax[cuda], flax, optax, transformers and torch;
-# writes logs and JSON to DIR (default ./gpu_check).
+# transformers on the same card, and the cuDNN correctness checks. Needs jax[cuda], flax, optax,
+# transformers and torch. Writes to DIR (default ./gpu_check): steps.log (every step's output),
+# each benchmark's JSON, and SAM2-Large's profile (sam2_large.xplane.pb + sam2_large.hlo.txt, which
+# `python -m experiments.profile_summary --trace=DIR` turns into time per model op).
 #
 #   bash experiments/gpu_check.sh [DIR [SECONDS]]
 #
@@ -16,27 +18,34 @@ out="${1:-gpu_check}"
 deadline=$((SECONDS + ${2:-540}))
 mkdir -p "$out"
 export JAX_PLATFORMS=cuda PYTHONUNBUFFERED=1
-step() {  # step NAME SECONDS COMMAND...
+step() {  # step NAME SECONDS COMMAND...: output to NAME.log, appended to steps.log
   local name=$1 limit=$2 left=$((deadline - SECONDS)); shift 2
   ((limit > left)) && limit=$left
-  if ((limit < 30)); then echo "== $name: skipped, ${left}s of the budget left"; return; fi
+  if ((limit < 30)); then echo "== $name: skipped, ${left}s of the budget left" | tee -a "$out/steps.log"; return; fi
   echo "== $name (limit ${limit}s)"
   local t0=$SECONDS
   timeout "$limit" "$@" >"$out/$name.log" 2>&1
-  echo "   exit $? after $((SECONDS - t0))s ($name.log)"; tail -n 6 "$out/$name.log"
+  local rc=$?
+  echo "   exit $rc after $((SECONDS - t0))s"; tail -n 6 "$out/$name.log"
+  { echo "== $name: exit $rc after $((SECONDS - t0))s"; cat "$out/$name.log"; } >>"$out/steps.log"
+  rm -f "$out/$name.log"
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python -c "import jax, flax, transformers, torch; print(jax.__version__, flax.__version__, transformers.__version__, torch.__version__, jax.devices())"
 step sam2_large 200 python -m experiments.benchmark_sam2 --preset=hiera_large --batch=16 --dtype=bfloat16 \
-  --peer=transformers --json_out="$out/sam2_large.json"
+  --peer=transformers --json_out="$out/sam2_large.json" --profile_dir="$out/profile"
+# the trace and its HLO, flat (a device call returns files at most two folders down), for
+# `python -m experiments.profile_summary --trace=DIR` on a machine with xprof
+find "$out/profile" -name '*.xplane.pb' -exec mv {} "$out/sam2_large.xplane.pb" \; 2>/dev/null
+mv "$out/profile/lowres.hlo.txt" "$out/sam2_large.hlo.txt" 2>/dev/null; rm -rf "$out/profile"
 if python -c "import pytest" 2>/dev/null; then
-  step cudnn_tests 150 python -m pytest -q -p no:cacheprovider tests/test_gpu.py
+  step cudnn_tests 200 python -m pytest -q -p no:cacheprovider tests/test_gpu.py
 else
-  step cudnn_tests 150 python -m tests.test_gpu
+  step cudnn_tests 200 python -m tests.test_gpu
 fi
-step sam2_large_xla 90 python -m experiments.benchmark_sam2 --preset=hiera_large --batch=16 --dtype=bfloat16 \
-  --attention_impl=xla --peer=none --json_out="$out/sam2_large_xla.json"
-step qwen3b_train 180 python -m experiments.benchmark_qwen --mode=train --preset=3b --dtype=bfloat16 --batch=1 \
+step sam2_large_xla 100 python -m experiments.benchmark_sam2 --preset=hiera_large --batch=16 --dtype=bfloat16 \
+  --attention_impl=xla --peer=none --predict_batch=false --json_out="$out/sam2_large_xla.json"
+step qwen3b_train 150 python -m experiments.benchmark_qwen --mode=train --preset=3b --dtype=bfloat16 --batch=1 \
   --seq=1228 --new_tokens=256 --image_px=840 --remat=none --warmup=1 --iters=3 --json_out="$out/qwen3b_train.json"
 step qwen3b_decode 120 python -m experiments.benchmark_qwen --mode=decode --preset=3b --dtype=bfloat16 --batch=128 \
   --seq=1228 --image_px=840 --warmup=2 --iters=10 --json_out="$out/qwen3b_decode.json"

@@ -43,6 +43,19 @@ def test_benchmark_sam2():
             == pytest.approx(row["speedup_lowres"], rel=0.05))
 
 
+def test_benchmark_sam2_profile(tmp_path):
+    """`--profile_dir` leaves a trace and the optimised HLO that `experiments.profile_summary`
+    reads; `--predict_batch=false` skips the evaluator's path."""
+    row, _ = _run("experiments.benchmark_sam2", "--preset=test_tiny", "--batch=1", "--dtype=float32",
+                  "--peer=none", "--warmup=0", "--iters=1", "--predict_batch=false", f"--profile_dir={tmp_path}")
+    assert "predict_batch" not in row["ours"] and row["ours"]["lowres"]["images_per_s"] > 0
+    traces = list(tmp_path.glob("plugins/profile/*/*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0
+    from experiments.profile_summary import hlo_op_names
+    names = hlo_op_names((tmp_path / "lowres.hlo.txt").read_text())
+    assert any("Sam2.encode_image/trunk" in op for op in names.values())
+
+
 @pytest.mark.parametrize("module,flag,words", [
     ("experiments.benchmark_qwen", "--preset=13b", "unknown Qwen2.5-VL preset '13b'"),
     ("experiments.benchmark_qwen", "--image_px=30", "--image_px=30 must be a multiple of 28"),
