@@ -92,6 +92,21 @@ def test_attention_xla_masks_against_oracle():
     np.testing.assert_allclose(np.asarray(got)[1, 2:], _np_attention(q, k, v, dense)[1, 2:], atol=1e-5)
 
 
+def test_gpu_auto_rule(monkeypatch):
+    """On a GPU "auto" takes cuDNN for half-precision attention unless queries and keys are both
+    short (SAM2's 16-token windows), where XLA's small score matrices are cheaper."""
+    monkeypatch.setattr(layers.jax, "default_backend", lambda: "gpu")
+    pick = lambda shape, kv=None, dtype=jnp.bfloat16: layers.resolve_attention_implementation(
+        "auto", jax.ShapeDtypeStruct(shape, dtype), kv_length=kv)
+    assert pick((16384, 16, 4, 72)) == "xla"                 # Hiera-L stage 2 windows
+    assert pick((16384, 4, 8, 72), kv=16) == "xla"           # pooled queries over a 16-token window
+    assert pick((16384, 64, 2, 72)) == "cudnn"               # stage 1 windows
+    assert pick((128, 1, 16, 128), kv=1228) == "cudnn"       # a decode step over a long cache
+    assert pick((16, 7, 8, 16), kv=4096) == "cudnn"          # decoder tokens over the image
+    assert pick((2, 64, 2, 72), dtype=jnp.float32) == "xla"  # cuDNN takes half precision only
+    assert pick((2, 64, 2, 136)) == "xla"                    # head dim above 128
+
+
 def test_registries_and_errors():
     with pytest.raises(ValueError, match="remat policy 'some'"):
         layers.maybe_remat(layers.GatedMLP, "some")
