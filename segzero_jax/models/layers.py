@@ -33,10 +33,11 @@ Initializer = Callable[..., jax.Array]
 
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "tpu_flash", "tpu_auto")
 TPU_BLOCK = 128  # the Pallas TPU kernel's sequence block (keys: a multiple of the 128 lanes)
-# Up to this many query and key positions "auto" takes XLA over cuDNN on a GPU. cuDNN's flash
-# kernel works on 64 x 128 tiles: on SAM2-Large's 16-token windows (16,384 windows x 4 heads,
-# 16 images) it spent 1.37 ms a block on an H100, about 1 TFLOP/s, 7% of the model's time for
-# 0.1% of its FLOPs; XLA's score matrix there is only 256 entries per window and head.
+# On a GPU "auto" takes cuDNN once queries or keys reach this many positions, XLA below. cuDNN's
+# flash kernel works on 64 x 128 tiles: on SAM2-Large's 16-token windows (16,384 windows x 4
+# heads, 16 images) it spent 1.37 ms per stage-2 block on an H100, about 1 TFLOP/s; with the
+# pooled block over such windows that was 7.6% of the model's time for 0.1% of its FLOPs, while
+# XLA's score matrix there is 256 entries per window and head.
 CUDNN_MIN_TOKENS = 33
 
 
@@ -178,7 +179,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
 
 
 def gelu(x: jax.Array) -> jax.Array:
-    """Exact GELU, x * (1 + erf(x / sqrt 2)) / 2, computed in float32 and returned in x's dtype.
+    """Exact GELU, x * (1 + erf(x / sqrt 2)) / 2, computed in (at least) float32 and returned in
+    x's dtype.
 
     torch's formula (`nn.GELU()`, also in bfloat16, where torch computes in float32). Written
     with `lax.erf` rather than `jax.nn.gelu(approximate=False)`: that one lowers erfc to about
@@ -186,8 +188,8 @@ def gelu(x: jax.Array) -> jax.Array:
     input is read too many times to fuse), while `erf` is one HLO op the bias add, the
     activation and the cast fuse around.
     """
-    x32 = x.astype(jnp.float32)
-    return (0.5 * x32 * (1.0 + jax.lax.erf(x32 * 0.7071067811865476))).astype(x.dtype)
+    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))   # float64 stays float64
+    return (0.5 * xf * (1.0 + jax.lax.erf(xf * 0.7071067811865476))).astype(x.dtype)
 
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
