@@ -43,12 +43,13 @@ if python -c "import pytest" 2>/dev/null; then
 else
   step cudnn_tests 200 python -m tests.test_gpu
 fi
-step sam2_large_xla 100 python -m experiments.benchmark_sam2 --preset=hiera_large --batch=16 --dtype=bfloat16 \
-  --attention_impl=xla --peer=none --predict_batch=false --json_out="$out/sam2_large_xla.json"
 step qwen3b_train 150 python -m experiments.benchmark_qwen --mode=train --preset=3b --dtype=bfloat16 --batch=1 \
   --seq=1228 --new_tokens=256 --image_px=840 --remat=none --warmup=1 --iters=3 --json_out="$out/qwen3b_train.json"
 step qwen3b_decode 120 python -m experiments.benchmark_qwen --mode=decode --preset=3b --dtype=bfloat16 --batch=128 \
   --seq=1228 --image_px=840 --warmup=2 --iters=10 --json_out="$out/qwen3b_decode.json"
+# a diagnostic: SAM2-Large with XLA attention everywhere (what "auto" saves)
+step sam2_large_xla 100 python -m experiments.benchmark_sam2 --preset=hiera_large --batch=16 --dtype=bfloat16 \
+  --attention_impl=xla --peer=none --predict_batch=false --json_out="$out/sam2_large_xla.json"
 if [[ -f .bench/peer_hf_gpu.py ]]; then
   OUT="$out" PHASE=train MB=1 REMAT=0 step peer_hf_gpu 150 python .bench/peer_hf_gpu.py
 fi
