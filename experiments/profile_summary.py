@@ -12,6 +12,9 @@ directory, e.g. the `--profile_dir` of `experiments.benchmark_sam2`) with `xprof
     last two parts of that path with layer indices and scan / jit wrappers dropped, e.g.
     "mlp/mul" or "attn/add".
 Prints milliseconds per iteration and shares, one JSON line (also written to --json_out).
+`--calls=REGEX` also lists every launch of the matching kernels in time order with its duration
+(e.g. `--calls=sdpa` gives each attention call, where one kernel name hides blocks of very
+different cost).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ flags.DEFINE_string("trace", "", "an .xplane.pb file or a directory holding one 
 flags.DEFINE_string("hlo", "", "optimised HLO text of the profiled program (default: *.hlo.txt beside --trace)")
 flags.DEFINE_integer("iterations", 2, "calls the trace holds (times are divided by it)")
 flags.DEFINE_integer("top", 25, "groups to print")
+flags.DEFINE_string("calls", "", "regex: list each launch of the matching kernels in time order")
 
 _MATMUL = re.compile(r"^(nvjet|cutlass|sm\d+_xmma|ampere_|hopper_|gemm_fusion|triton_gemm)|gemm|xmma_fprop|"
                      r"implicit_gemm|convolve", re.IGNORECASE)
@@ -110,6 +114,30 @@ def read_kernels(xplane: str) -> list[dict]:
              "occurrences": float(r["occurrences"])} for r in rows]
 
 
+def read_launches(xplane: str) -> list[dict]:
+    """Every kernel launch on the GPU's compute streams, in time order: [{"kernel_name", "us"}]."""
+    try:
+        from xprof.convert import raw_to_tool_data
+    except ImportError:
+        raise app.UsageError("reading a trace needs xprof: pip install xprof") from None
+    data, _ = raw_to_tool_data.xspace_to_tool_data([xplane], "trace_viewer", {})
+    events = json.loads(data)["traceEvents"]
+    return stream_launches(events)
+
+
+def stream_launches(events: list[dict]) -> list[dict]:
+    """The kernel launches of a trace-viewer event list: complete events on the "Stream #..."
+    threads of "/device:GPU:*" processes (not the XLA op / module lines drawn over them)."""
+    meta = [e for e in events if e.get("ph") == "M"]
+    gpus = {e["pid"] for e in meta if e.get("name") == "process_name"
+            and str(e.get("args", {}).get("name", "")).startswith("/device:GPU")}
+    streams = {(e["pid"], e["tid"]) for e in meta if e.get("name") == "thread_name" and e.get("pid") in gpus
+               and str(e.get("args", {}).get("name", "")).startswith("Stream #")}
+    launches = sorted((e for e in events if e.get("ph") == "X" and (e.get("pid"), e.get("tid")) in streams),
+                      key=lambda e: e["ts"])
+    return [{"kernel_name": e["name"], "us": float(e["dur"])} for e in launches]
+
+
 def _find(trace: str) -> tuple[str, str]:
     if os.path.isfile(trace):
         xplane, base = trace, os.path.dirname(trace)
@@ -141,6 +169,12 @@ def main(argv):
         print(f"{r['group'][:44]:44s} {r['ms_per_iteration']:9.3f} {r['share'] * 100:6.1f}% "
               f"{r['launches_per_iteration']:9.1f}")
     print(f"{'kernels in all':44s} {result['kernel_ms_per_iteration']:9.3f}")
+    if FLAGS.calls:
+        pattern = re.compile(FLAGS.calls)
+        calls = [c for c in read_launches(xplane) if pattern.search(c["kernel_name"])]
+        result["calls_us"] = [round(c["us"], 1) for c in calls]
+        print(f"{len(calls)} launches matching {FLAGS.calls!r} (us, in order, all iterations):")
+        print(" ".join(f"{c['us']:.1f}" for c in calls))
     emit(result)
 
 

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from experiments.profile_summary import hlo_op_names, kernel_group, op_group, summarize
+from experiments.profile_summary import hlo_op_names, kernel_group, op_group, stream_launches, summarize
 from tests.experiments.scripts import run_module
 
 
@@ -61,3 +61,17 @@ def test_summary_divides_by_iterations_and_sorts():
 def test_a_directory_without_a_trace_is_named(tmp_path):
     proc = run_module("experiments.profile_summary", f"--trace={tmp_path}", timeout=120)
     assert proc.returncode != 0 and "no .xplane.pb file there" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_launches_come_from_the_gpu_streams_in_time_order():
+    """Trace-viewer events as xprof writes them: the "XLA Ops" line repeats each kernel's span and
+    the host has its own lines; only the GPU's "Stream #" threads are kernel launches."""
+    meta = lambda pid, tid, kind, name: {"ph": "M", "pid": pid, "tid": tid, "name": kind, "args": {"name": name}}
+    events = [meta(1, 0, "process_name", "/device:GPU:0"), meta(701, 0, "process_name", "/host:CPU"),
+              meta(1, 1, "thread_name", "Stream #14(Compute,MemcpyD2D,Memset)"),
+              meta(1, 5, "thread_name", "XLA Ops - from #14"), meta(701, 2, "thread_name", "Stream #1"),
+              {"ph": "X", "pid": 1, "tid": 1, "name": "sdpa_b", "ts": 20.0, "dur": 5.0},
+              {"ph": "X", "pid": 1, "tid": 1, "name": "sdpa_a", "ts": 10.0, "dur": 7.5},
+              {"ph": "X", "pid": 1, "tid": 5, "name": "fusion.3", "ts": 10.0, "dur": 7.5},
+              {"ph": "X", "pid": 701, "tid": 2, "name": "host_thing", "ts": 1.0, "dur": 100.0}]
+    assert stream_launches(events) == [{"kernel_name": "sdpa_a", "us": 7.5}, {"kernel_name": "sdpa_b", "us": 5.0}]
