@@ -22,6 +22,8 @@ the matmul FLOPs of our call (`segzero_jax.flops`, counted on the XLA attention 
 attends over the whole cache capacity) over each side's time - one numerator for both, so the
 figures compare like tokens/s and give the utilisation against the card's peak (transformers'
 train mode does more work than that: logits at every position). Prints a table and one JSON line.
+`--profile_dir=DIR` also traces two of our calls (decode: two more steps) and keeps their HLO for
+`python -m experiments.profile_summary --trace=DIR`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import time
 
 from absl import app, flags
 
+from experiments.profiling import PROFILE_DIR, profile
 from experiments.report import emit
 
 FLAGS = flags.FLAGS
@@ -157,6 +160,7 @@ def bench_ours(cfg, params, ids, pixels, grid):
         jax.block_until_ready(out)
         dt = (time.perf_counter() - t0) / FLAGS.iters
     check = out if FLAGS.mode == "forward" else out[0]
+    profile(lambda: compiled(*args), compiled, f"qwen_{FLAGS.mode}")   # with --profile_dir
     return _jax_result(compiled, dt, compile_s, rss, flops), check
 
 
@@ -167,7 +171,7 @@ def bench_ours_decode(cfg, params, ids, pixels, grid):
     from segzero_jax.models.qwen2_5_vl import Qwen2_5_VL, init_cache, vision_layout
     model = Qwen2_5_VL(cfg)
     b, t = ids.shape
-    capacity = t + FLAGS.warmup + FLAGS.iters + 1
+    capacity = t + FLAGS.warmup + FLAGS.iters + 1 + (2 if PROFILE_DIR.value else 0)
     layout = None if grid is None else vision_layout(grid, cfg.vision)
     gridj = None if grid is None else jnp.asarray(grid)
 
@@ -201,6 +205,13 @@ def bench_ours_decode(cfg, params, ids, pixels, grid):
             tok, _, cache = compiled(params, tok, cache)
         jax.block_until_ready(cache)
         dt = (time.perf_counter() - t0) / FLAGS.iters
+    state = [tok, cache]
+
+    def one_step():   # the cache is donated: each traced step continues from the last
+        state[0], _, state[1] = compiled(params, *state)
+        return state[1]
+
+    profile(one_step, compiled, "qwen_decode")   # with --profile_dir
     return _jax_result(compiled, dt, compile_s, rss, flops), first_logits
 
 

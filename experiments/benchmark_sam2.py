@@ -12,7 +12,8 @@ package) or transformers' `Sam2Model` (`--peer=transformers`); `auto` takes sam2
 else transformers, else none. TFLOP/s divide the work's matmul + convolution FLOPs
 (`segzero_jax.flops`, counted once on our XLA attention path) by each run's time, so they
 compare like images/s and give the utilisation against the card's peak. Prints a table and one
-JSON line (also written to --json_out).
+JSON line (also written to --json_out). `--profile_dir=DIR` also traces two low-res calls and
+keeps their HLO for `python -m experiments.profile_summary --trace=DIR`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 
 from absl import app, flags
 
+from experiments.profiling import profile
 from experiments.report import emit
 
 FLAGS = flags.FLAGS
@@ -34,8 +36,6 @@ flags.DEFINE_string("peer", "auto", "auto | sam2 | transformers | none")
 flags.DEFINE_integer("warmup", 1, "untimed calls after compilation")
 flags.DEFINE_integer("iters", 5, "timed calls (the median is reported)")
 flags.DEFINE_bool("predict_batch", True, "also time the evaluator's path (one more compilation)")
-flags.DEFINE_string("profile_dir", "", "if set: a jax.profiler trace of two low-res calls and the "
-                    "compiled HLO (lowres.hlo.txt) go here; `experiments.profile_summary` reads both")
 
 
 def _median_seconds(fn, sync, warmup: int, iters: int) -> float:
@@ -100,8 +100,7 @@ def bench_jax(cfg, batch: int) -> dict:
     setup_s = time.perf_counter() - t0
     t_low = _median_seconds(lowres, sync, FLAGS.warmup, FLAGS.iters)
     t_full = _median_seconds(full, sync, FLAGS.warmup, FLAGS.iters) if FLAGS.predict_batch else None
-    if FLAGS.profile_dir:
-        _profile(lowres, lowres_compiled, FLAGS.profile_dir)
+    profile(lowres, lowres_compiled, "lowres")   # with --profile_dir
     # Matmul + convolution FLOPs of the low-res work, counted on the XLA attention path (same math).
     flops = count_flops(_lowres_fn(cfg.replace(attention_implementation="xla")), params, *inputs)
     n_params = sum(x.size for x in jax.tree.leaves(params))
@@ -112,21 +111,6 @@ def bench_jax(cfg, batch: int) -> dict:
     if t_full is not None:
         out["predict_batch"] = _rate(t_full, batch, flops)
     return out
-
-
-def _profile(call, compiled, directory: str) -> None:
-    """A trace of two calls (TensorBoard / xprof layout under `directory`) and the optimised HLO
-    they ran, whose fusion names and op_name metadata map kernels back to model code."""
-    import os
-
-    import jax
-
-    os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "lowres.hlo.txt"), "w") as f:
-        f.write(compiled.as_text())
-    with jax.profiler.trace(directory):
-        for _ in range(2):
-            jax.block_until_ready(call())
 
 
 def _torch_setup(dtype_name: str):

@@ -2,8 +2,9 @@
 # GPU acceptance run: the SAM2-Large and policy benchmarks (update, decode step) against
 # transformers on the same card, and the cuDNN correctness checks. Needs jax[cuda], flax, optax,
 # transformers and torch. Writes to DIR (default ./gpu_check): steps.log (every step's output),
-# each benchmark's JSON, and SAM2-Large's profile (sam2_large.xplane.pb + sam2_large.hlo.txt, which
-# `python -m experiments.profile_summary --trace=DIR` turns into time per model op).
+# each benchmark's JSON, and profiles.tgz with the traces + HLO of SAM2-Large and the policy's
+# update and decode step (`tar xzf profiles.tgz; python -m experiments.profile_summary
+# --trace=profiles/sam2_large` gives the time per model op; needs xprof).
 #
 #   bash experiments/gpu_check.sh [DIR [SECONDS]]
 #
@@ -18,6 +19,9 @@ out="${1:-gpu_check}"
 deadline=$((SECONDS + ${2:-540}))
 mkdir -p "$out"
 export JAX_PLATFORMS=cuda PYTHONUNBUFFERED=1
+pack_profiles() {  # every trace so far in one file (a device call returns few files, two folders deep)
+  tar czf "$out/profiles.tgz" -C "$out" profiles 2>/dev/null
+}
 step() {  # step NAME SECONDS COMMAND...: output to NAME.log, appended to steps.log
   local name=$1 limit=$2 left=$((deadline - SECONDS)); shift 2
   ((limit > left)) && limit=$left
@@ -33,24 +37,26 @@ step() {  # step NAME SECONDS COMMAND...: output to NAME.log, appended to steps.
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python -c "import jax, flax, transformers, torch; print(jax.__version__, flax.__version__, transformers.__version__, torch.__version__, jax.devices())"
 step sam2_large 200 python -m experiments.benchmark_sam2 --preset=hiera_large --batch=16 --dtype=bfloat16 \
-  --peer=transformers --json_out="$out/sam2_large.json" --profile_dir="$out/profile"
-# the trace and its HLO, flat (a device call returns files at most two folders down), for
-# `python -m experiments.profile_summary --trace=DIR` on a machine with xprof
-find "$out/profile" -name '*.xplane.pb' -exec mv {} "$out/sam2_large.xplane.pb" \; 2>/dev/null
-mv "$out/profile/lowres.hlo.txt" "$out/sam2_large.hlo.txt" 2>/dev/null; rm -rf "$out/profile"
+  --peer=transformers --json_out="$out/sam2_large.json" --profile_dir="$out/profiles/sam2_large"
+pack_profiles
 if python -c "import pytest" 2>/dev/null; then
   step cudnn_tests 200 python -m pytest -q -p no:cacheprovider tests/test_gpu.py
 else
   step cudnn_tests 200 python -m tests.test_gpu
 fi
 step qwen3b_train 150 python -m experiments.benchmark_qwen --mode=train --preset=3b --dtype=bfloat16 --batch=1 \
-  --seq=1228 --new_tokens=256 --image_px=840 --remat=none --warmup=1 --iters=3 --json_out="$out/qwen3b_train.json"
+  --seq=1228 --new_tokens=256 --image_px=840 --remat=none --warmup=1 --iters=3 --json_out="$out/qwen3b_train.json" \
+  --profile_dir="$out/profiles/qwen3b_train"
+pack_profiles
 step qwen3b_decode 120 python -m experiments.benchmark_qwen --mode=decode --preset=3b --dtype=bfloat16 --batch=128 \
-  --seq=1228 --image_px=840 --warmup=2 --iters=10 --json_out="$out/qwen3b_decode.json"
+  --seq=1228 --image_px=840 --warmup=2 --iters=10 --json_out="$out/qwen3b_decode.json" \
+  --profile_dir="$out/profiles/qwen3b_decode"
+pack_profiles
 # a diagnostic: SAM2-Large with XLA attention everywhere (what "auto" saves)
 step sam2_large_xla 100 python -m experiments.benchmark_sam2 --preset=hiera_large --batch=16 --dtype=bfloat16 \
   --attention_impl=xla --peer=none --predict_batch=false --json_out="$out/sam2_large_xla.json"
 if [[ -f .bench/peer_hf_gpu.py ]]; then
   OUT="$out" PHASE=train MB=1 REMAT=0 step peer_hf_gpu 150 python .bench/peer_hf_gpu.py
 fi
+rm -rf "$out/profiles"   # kept in profiles.tgz
 echo "== done, $((deadline - SECONDS))s of the budget left"

@@ -20,10 +20,13 @@ def test_benchmark_rewards(tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["forward", "train", "decode"])
-def test_benchmark_qwen(mode):
+def test_benchmark_qwen(mode, tmp_path):
     row, _ = _run("experiments.benchmark_qwen", f"--mode={mode}", "--preset=tiny", "--batch=2", "--seq=48",
-                  "--new_tokens=8", "--chunk_size=4", "--warmup=0", "--iters=1")
+                  "--new_tokens=8", "--chunk_size=4", "--warmup=0", "--iters=1", f"--profile_dir={tmp_path}")
     assert row["mode"] == mode and row["ours_tokens_per_s"] > 0 and row["hf_tokens_per_s"] > 0
+    # --profile_dir: the trace (decode continues from the donated cache) and the compiled HLO
+    assert len(list(tmp_path.glob("plugins/profile/*/*.xplane.pb"))) == 1
+    assert "HloModule" in (tmp_path / f"qwen_{mode}.hlo.txt").read_text()[:200]
     assert row["max_abs_diff"] < 1e-4
     if mode == "forward":   # the output layer alone: 2 x tokens x 64 x 151,936; tiny layers add little
         head = 2 * 2 * 48 * 64 * 151936

@@ -37,7 +37,8 @@ def test_every_step_runs_in_order_within_the_budget(tmp_path):
     modules = [c.split()[2] for c in calls if c.startswith("python -m ")]
     assert modules[0] == "experiments.benchmark_sam2" and "experiments.benchmark_qwen" in modules
     assert f"--json_out={tmp_path}/out/sam2_large.json" in " ".join(calls)
-    assert f"--profile_dir={tmp_path}/out/profile" in calls[2]
+    assert f"--profile_dir={tmp_path}/out/profiles/sam2_large" in calls[2]
+    assert sum("--profile_dir=" in c for c in calls) == 3
     log = (tmp_path / "out" / "steps.log").read_text()
     assert log.startswith("== sam2_large: exit 0") and "== qwen3b_decode: exit 0" in log
 
