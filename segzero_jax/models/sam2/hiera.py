@@ -94,10 +94,14 @@ class MultiScaleAttention(nn.Module):
                               (None, "heads", "head_dim"), cfg.param_dtype)
         # One matmul per projection, each written straight in the [B, Y, X, N, H] layout the
         # attention call takes: a fused [3, ...] product costs a transpose and a split of the
-        # whole q/k/v tensor (about an eighth of SAM2-Large's time on an H100).
+        # whole q/k/v tensor (about an eighth of SAM2-Large's time on an H100). Each is a plain
+        # [D, N*H] product plus an [N*H] bias, the form XLA:GPU gives to cuBLAS with the bias
+        # in its epilogue; with [N, H] weights and bias the bias was broadcast to the output's
+        # full size first and read back by the matmul.
         x = x.astype(cfg.dtype)
-        q, k, v = (jnp.einsum("BYXD,DNH->BYXNH", x, w_qkv[:, c].astype(cfg.dtype))
-                   + b_qkv[c].astype(cfg.dtype) for c in range(3))
+        q, k, v = ((jnp.einsum("BYXD,DF->BYXF", x, w_qkv[:, c].reshape(spec.dim, n * hd).astype(cfg.dtype))
+                    + b_qkv[c].reshape(n * hd).astype(cfg.dtype)).reshape(*x.shape[:3], n, hd)
+                   for c in range(3))
         if spec.q_pool:
             q = max_pool_2x2(q)
         b, qy, qx = q.shape[:3]
