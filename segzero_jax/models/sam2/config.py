@@ -14,6 +14,7 @@ from typing import Any, Callable
 import jax.numpy as jnp
 
 Dtype = Any
+TRUNK_GELUS = ("auto", "exact", "tanh")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,12 +74,22 @@ class Sam2Config:
     dtype: Dtype = jnp.float32
     attention_implementation: str = "auto"
     remat_policy: str = "none"
+    # The trunk MLP's GELU: "exact" (erf, the reference's `nn.GELU()`), "tanh" (its tanh form)
+    # or "auto": tanh when the compute dtype is 16-bit, exact otherwise. In bfloat16 the tanh
+    # form is the faster and not the less accurate choice: XLA:GPU hands bias + tanh-GELU to
+    # cuBLAS as the first MLP matmul's epilogue, applied to the float32 accumulator and rounded
+    # once, while the exact form is a separate pass over a bfloat16-rounded activation four
+    # times the block's width; the forms differ by at most 4.8e-4 (near x = 2.7, where
+    # bfloat16's rounding step is 0.0156).
+    trunk_gelu: str = "auto"
 
     def __post_init__(self):
         from segzero_jax.models.layers import ATTENTION_IMPLEMENTATIONS, REMAT_POLICIES
         if self.attention_implementation not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"Sam2Config.attention_implementation={self.attention_implementation!r} is not "
                              f"one of {ATTENTION_IMPLEMENTATIONS}")
+        if self.trunk_gelu not in TRUNK_GELUS:
+            raise ValueError(f"Sam2Config.trunk_gelu={self.trunk_gelu!r} is not one of {TRUNK_GELUS}")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"Sam2Config.remat_policy={self.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}")
         if len(self.stages) != len(self.window_spec):
@@ -100,6 +111,12 @@ class Sam2Config:
                              f"of window_spec[0]={self.window_spec[0]} (the tiled window pos-embed)")
         if len(self.stages) - self.scalp < 3 and self.use_high_res_features:
             raise ValueError("Sam2Config: use_high_res_features needs 3 FPN levels after the scalp")
+
+    @property
+    def trunk_activation(self) -> str:
+        """The trunk MLP's activation by name (`segzero_jax.models.layers.ACTIVATIONS`)."""
+        tanh = self.trunk_gelu == "tanh" or (self.trunk_gelu == "auto" and jnp.dtype(self.dtype).itemsize == 2)
+        return "gelu_pytorch_tanh" if tanh else "gelu"
 
     # --- derived, mirroring Hiera.__init__ -------------------------------------------------
     @property

@@ -236,6 +236,26 @@ def test_bf16_compute_stays_close(setup, batch_case):
     assert float((a["masks"] == b["masks"]).mean()) > 0.9
 
 
+def test_bf16_trunk_gelu_forms(setup, batch_case):
+    """In bfloat16 "auto" takes the trunk MLP's tanh GELU (cuBLAS's epilogue on a GPU): it stays as
+    close to the float32 reference (exact GELU) as the exact form computed in bfloat16 does."""
+    cfg = setup["cfg"]
+    assert cfg.trunk_activation == "gelu" and cfg.replace(trunk_gelu="tanh").trunk_activation == "gelu_pytorch_tanh"
+    assert cfg.replace(dtype=jnp.bfloat16).trunk_activation == "gelu_pytorch_tanh"
+    assert cfg.replace(dtype=jnp.bfloat16, trunk_gelu="exact").trunk_activation == "gelu"
+    with pytest.raises(ValueError, match="Sam2Config.trunk_gelu='erf'"):
+        cfg.replace(trunk_gelu="erf")
+    ref = batch_case["out"]
+    errors, agreement = {}, {}
+    for form in ("exact", "auto"):
+        out = predict_batch(setup["params"], *batch_case["args"],
+                            config=cfg.replace(dtype=jnp.bfloat16, trunk_gelu=form))
+        errors[form] = float(jnp.abs(out["low_res_logits"] - ref["low_res_logits"]).mean())
+        agreement[form] = float((out["masks"] == ref["masks"]).mean())
+    assert errors["auto"] <= 1.25 * errors["exact"], errors
+    assert agreement["auto"] >= agreement["exact"] - 0.005, agreement
+
+
 def test_bad_inputs_are_named(setup):
     cfg, params = setup["cfg"], setup["params"]
     fresh = SamPredictor(cfg, params)
