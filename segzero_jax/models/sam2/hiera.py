@@ -14,7 +14,9 @@ E block output width, C the q/k/v triple, N heads, H head dim, F mlp width.
 Windows are zero-padded to a multiple of the window size (after norm1) and padded tokens take
 part in attention, exactly as in the reference. Runs of identical blocks (same widths, window,
 no pooling) are one `nn.scan` with params stacked on a leading "layers" axis; a block that
-changes width or pools is applied on its own.
+changes width or pools is applied on its own. A windowed run whose windows tile the map
+carries x partitioned into windows through the whole run (norms and MLP are per token, so only
+the layout changes); with padding each block partitions for itself.
 """
 
 from __future__ import annotations
@@ -50,6 +52,13 @@ def is_scanned(spec: BlockSpec) -> bool:
     """Shape-preserving blocks run under `nn.scan` (params stacked on a leading axis); a block
     that changes width or pools runs on its own (unstacked params)."""
     return spec.dim == spec.dim_out and not spec.q_pool
+
+
+def carries_windows(spec: BlockSpec, hw: tuple[int, int]) -> bool:
+    """Whether a scanned run of `spec` blocks on a `hw` map keeps x partitioned into windows
+    from block to block: windowed attention whose windows tile the map without padding."""
+    ws = spec.window_size
+    return is_scanned(spec) and ws > 0 and hw[0] % ws == 0 and hw[1] % ws == 0
 
 
 def window_partition(x: jax.Array, ws: int) -> tuple[jax.Array, tuple[int, int]]:
@@ -117,14 +126,22 @@ class MultiScaleAttention(nn.Module):
 
 
 class MultiScaleBlock(nn.Module):
-    """One Hiera block: float[B, Y, X, D] -> float[B, Y', X', E] (see the module docstring)."""
+    """One Hiera block: float[B, Y, X, D] -> float[B, Y', X', E] (see the module docstring).
+
+    `windowed`: x arrives and leaves already partitioned into the block's windows,
+    float[B * nY * nX, ws, ws, D] with no padding (a shape-preserving windowed block only).
+    """
 
     spec: BlockSpec
     config: Sam2Config
+    windowed: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg, spec = self.config, self.spec
+        if self.windowed and not (is_scanned(spec) and spec.window_size > 0
+                                  and x.shape[1:3] == (spec.window_size,) * 2):
+            raise ValueError(f"MultiScaleBlock: windowed input {x.shape} does not fit the block {spec}")
         kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
         shortcut = x
         x = LayerNorm(eps=1e-6, name="norm1", **kw)(x)
@@ -134,14 +151,14 @@ class MultiScaleBlock(nn.Module):
                 shortcut = max_pool_2x2(shortcut)
         ws = spec.window_size
         h, w = x.shape[1:3]
-        if ws > 0:
+        if ws > 0 and not self.windowed:
             x, pad_hw = window_partition(x, ws)
         x = MultiScaleAttention(spec, cfg, name="attn")(x)
         if spec.q_pool:
             ws = ws // cfg.q_stride[0]
             h, w = shortcut.shape[1:3]
             pad_hw = (h + (-h) % ws, w + (-w) % ws) if ws > 0 else (h, w)
-        if spec.window_size > 0:
+        if spec.window_size > 0 and not self.windowed:
             x = window_unpartition(x, ws, pad_hw, (h, w))
         x = shortcut + x
         y = LayerNorm(eps=1e-6, name="norm2", **kw)(x)
@@ -192,10 +209,23 @@ class Hiera(nn.Module):
         outputs = []
         for j, (start, count, spec) in enumerate(block_segments(cfg)):
             if is_scanned(spec):
+                # A run of windowed blocks whose windows tile the map exactly carries x in window
+                # layout from block to block: one partition before the run and one reversal after
+                # it instead of both in every block, and each block's attention output projection
+                # then adds its residual in the matmul's epilogue. With padding the reference
+                # re-pads every block's normalised input with zeros, so those blocks partition
+                # for themselves.
+                ws, hw = spec.window_size, x.shape[1:3]
+                windowed = carries_windows(spec, hw)
+                if windowed:
+                    x, _ = window_partition(x, ws)
+                    x = constrain(x, ACT)
                 block_cls = maybe_remat(_ScannedBlock, cfg.remat_policy)
                 stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                                 length=count, metadata_params={nn.PARTITION_NAME: "layers"})
-                x, _ = stack(spec, cfg, name=f"segment_{j}")(x, None)
+                x, _ = stack(spec, cfg, windowed, name=f"segment_{j}")(x, None)
+                if windowed:
+                    x = constrain(window_unpartition(x, ws, hw, hw), ACT)
             else:
                 block_cls = maybe_remat(MultiScaleBlock, cfg.remat_policy)
                 x = block_cls(spec, cfg, name=f"segment_{j}")(x)

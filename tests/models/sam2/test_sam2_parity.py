@@ -56,6 +56,22 @@ def test_neck_levels_and_position_encoding_match(setup):
         assert_close(enc["vision_pos_enc"][i], out["vision_pos_enc"][i][0].numpy().transpose(1, 2, 0), f"pos[{i}]")
 
 
+def test_trunk_runs_both_window_layouts(setup):
+    """The parity above covers both trunk paths: `test_tiny` has runs that carry x in window
+    layout (windows tile the map) and runs that re-pad every block, as the reference does."""
+    from segzero_jax.models.sam2.hiera import MultiScaleBlock, block_segments, carries_windows
+    cfg = setup["cfg"]
+    side = cfg.image_size // 4
+    layouts = []
+    for start, _, spec in block_segments(cfg):
+        stage = sum(start > end for end in cfg.stage_ends)
+        layouts.append(carries_windows(spec, (side >> stage,) * 2))
+    assert True in layouts and False in layouts, layouts
+    spec = cfg.blocks[-1]
+    with pytest.raises(ValueError, match="does not fit the block"):
+        MultiScaleBlock(spec, cfg, windowed=True).init(jax.random.PRNGKey(0), jnp.zeros((1, 5, 5, spec.dim)))
+
+
 PROMPTS = {
     "box": dict(box=BOX),
     "points": dict(point_coords=PTS, point_labels=LAB),
