@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU acceptance run: the SAM2-Large and policy benchmarks (update, decode step) against
-# transformers on the same card, and the cuDNN correctness checks. Needs jax[cuda], flax, optax,
+# transformers on the same card, two SAM2-Large diagnostics, and the cuDNN correctness checks. Needs jax[cuda], flax, optax,
 # transformers and torch. Writes to DIR (default ./gpu_check): steps.log (every step's output),
 # each benchmark's JSON, and profiles.tgz with the traces + HLO of SAM2-Large and the policy's
 # update and decode step (`tar xzf profiles.tgz; python -m experiments.profile_summary
@@ -39,6 +39,13 @@ python -c "import jax, flax, transformers, torch; print(jax.__version__, flax.__
 step sam2_large 200 python -m experiments.benchmark_sam2 --preset=hiera_large --batch=16 --dtype=bfloat16 \
   --peer=transformers --json_out="$out/sam2_large.json" --profile_dir="$out/profiles/sam2_large"
 pack_profiles
+# SAM2 diagnostics: the same work with Triton GEMMs off (cuBLAS, with its bias/GELU/residual
+# epilogues, for every matmul) and with the exact trunk GELU (what the tanh form saves)
+XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_triton_gemm=false" step sam2_large_cublas 100 \
+  python -m experiments.benchmark_sam2 --preset=hiera_large --batch=16 --dtype=bfloat16 --peer=none \
+  --predict_batch=false --json_out="$out/sam2_large_cublas.json"
+step sam2_large_exact_gelu 100 python -m experiments.benchmark_sam2 --preset=hiera_large --batch=16 \
+  --dtype=bfloat16 --trunk_gelu=exact --peer=none --predict_batch=false --json_out="$out/sam2_large_exact_gelu.json"
 if python -c "import pytest" 2>/dev/null; then
   step cudnn_tests 200 python -m pytest -q -p no:cacheprovider tests/test_gpu.py
 else
@@ -52,9 +59,6 @@ step qwen3b_decode 120 python -m experiments.benchmark_qwen --mode=decode --pres
   --seq=1228 --image_px=840 --warmup=2 --iters=10 --json_out="$out/qwen3b_decode.json" \
   --profile_dir="$out/profiles/qwen3b_decode"
 pack_profiles
-# a diagnostic: SAM2-Large with XLA attention everywhere (what "auto" saves)
-step sam2_large_xla 100 python -m experiments.benchmark_sam2 --preset=hiera_large --batch=16 --dtype=bfloat16 \
-  --attention_impl=xla --peer=none --predict_batch=false --json_out="$out/sam2_large_xla.json"
 if [[ -f .bench/peer_hf_gpu.py ]]; then
   OUT="$out" PHASE=train MB=1 REMAT=0 step peer_hf_gpu 150 python .bench/peer_hf_gpu.py
 fi
