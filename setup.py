@@ -53,5 +53,7 @@ setuptools.setup(
     install_requires=CORE,
     extras_require={"data": DATA, "test": DATA + TEST, "tfds-build": ["tensorflow-cpu>=2.16"],
                     # libtpu: compiles for TPU topologies from any host (experiments.aot_compile).
-                    "aot": ["jax[tpu]"]},
+                    "aot": ["jax[tpu]"],
+                    # JAX's CUDA plugin: compiles for an H100 / H200 from any host (no GPU needed).
+                    "aot-gpu": ["jax[cuda13]"]},
 )

@@ -7,8 +7,11 @@ memory: will this shape fit, on this mesh, before a pod is ever booked?
   python -m experiments.aot_compile --work=train --preset=tiny --mesh=2,2,2      (this host's devices)
 
 `--topology` names a TPU slice (`v5p:2x2x1`, `v5e:2x2`, `v4:2x2x1`, `v6e:2x2`; needs `libtpu`,
-`pip install -e ".[aot]"`, no TPU) with `--num_slices` for multi-slice (then `--dcn_mesh` spreads mesh axes over slices);
-empty compiles for this host's devices. Params and inputs are abstract (shapes + shardings from
+`pip install -e ".[aot]"`, no TPU) with `--num_slices` for multi-slice (then `--dcn_mesh` spreads mesh axes over slices),
+or one NVIDIA GPU (`gpu:h100`, `gpu:h200`; needs the CUDA plugin, `pip install -e ".[aot-gpu]"`, no GPU:
+XLA compiles from the card's description, with cuBLAS for every matmul since Triton GEMMs need the
+card to pick their tiles); empty compiles for this host's devices. `--census` (a GPU program) also
+prints `experiments.hlo_census`'s kernel census: kernels, bytes moved and a roofline time. Params and inputs are abstract (shapes + shardings from
 the logical-axis rules), so nothing is allocated; XLA's memory analysis of the compiled program
 gives the per-device figures.
 
@@ -43,7 +46,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_enum("work", "train", ["train", "forward", "prefill", "decode", "sam2"], "what to compile")
 flags.DEFINE_string("preset", "3b", "Qwen2.5-VL preset (3b, 7b, tiny)")
 flags.DEFINE_string("sam2_preset", "hiera_large", "SAM2 preset for --work=sam2")
-flags.DEFINE_string("topology", "", "TPU topology, e.g. v5p:2x2x1 (empty: this host's devices)")
+flags.DEFINE_string("topology", "", "TPU topology, e.g. v5p:2x2x1, or gpu:h100 / gpu:h200 (empty: this host's devices)")
+flags.DEFINE_bool("census", False, "print the compiled GPU program's kernel census (experiments.hlo_census)")
+flags.DEFINE_string("hlo_out", "", "write the compiled program's text here")
 flags.DEFINE_integer("num_slices", 1, "TPU slices joined over DCN")
 flags.DEFINE_string("mesh", "1,-1,1", "ICI mesh sizes for (data, fsdp, tensor); one -1 takes the rest")
 flags.DEFINE_string("dcn_mesh", "", "DCN mesh sizes over slices for (data, fsdp, tensor), e.g. 2,1,1")
@@ -56,15 +61,75 @@ flags.DEFINE_string("param_dtype", "", "param dtype (default: float32 for train,
 flags.DEFINE_string("remat", "full", "remat policy for train (none, full, dots, dots_no_batch, everything)")
 flags.DEFINE_integer("chunk_size", 256, "positions per logits chunk in train")
 flags.DEFINE_string("attention_impl", "auto",
-                    "auto | xla | cudnn | tpu_flash (auto: what a TPU would pick for a --topology)")
+                    "auto | xla | cudnn | tpu_flash (auto: what the --topology's backend would pick)")
 
 # HBM per chip by JAX device_kind, for the "fits" column, and dense bf16 peak TFLOP/s per chip, for
 # the compute-bound time (public TPU specifications).
-HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v5p": 95, "TPU v6 lite": 32, "TPU7x": 192}
+HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v5p": 95, "TPU v6 lite": 32, "TPU7x": 192,
+           "NVIDIA H100 80GB HBM3": 79.1, "NVIDIA H200": 140.4}
 PEAK_BF16_TFLOPS = {"TPU v4": 275, "TPU v5 lite": 197, "TPU v5": 459, "TPU v5p": 459, "TPU v6 lite": 918,
-                    "TPU7x": 2307}
+                    "TPU7x": 2307, "NVIDIA H100 80GB HBM3": 989, "NVIDIA H200": 989}
 HBM_GBPS = {"TPU v4": 1228, "TPU v5 lite": 819, "TPU v5": 2765, "TPU v5p": 2765, "TPU v6 lite": 1640,
-            "TPU7x": 7380}
+            "TPU7x": 7380, "NVIDIA H100 80GB HBM3": 3350, "NVIDIA H200": 4800}
+# Descriptions XLA compiles a GPU program from without the card (public SXM specifications:
+# Hopper, compute capability 9.0, 132 SMs; memory size, bandwidth and L2 per card). CUDA 13.0
+# and cuDNN 9.10 are the library versions the compiler may assume.
+GPU_TARGETS = {
+    "h100": dict(name="NVIDIA H100 80GB HBM3", memory_bytes=84_929_347_584, bandwidth_bps=3_352_320_000_000,
+                 l2_bytes=52_428_800),
+    "h200": dict(name="NVIDIA H200", memory_bytes=150_754_820_096, bandwidth_bps=4_800_000_000_000,
+                 l2_bytes=52_428_800),
+}
+
+
+def gpu_target_config(card: str) -> str:
+    """The `GpuTargetConfig` text proto of a Hopper card in `GPU_TARGETS`."""
+    t = GPU_TARGETS[card]
+    return f"""gpu_device_info {{
+  threads_per_block_limit: 1024
+  threads_per_warp: 32
+  shared_memory_per_block: 49152
+  shared_memory_per_core: 233472
+  threads_per_core_limit: 2048
+  core_count: 132
+  fpus_per_core: 128
+  block_dim_limit_x: 2147483647
+  block_dim_limit_y: 65535
+  block_dim_limit_z: 65535
+  memory_bandwidth: {t["bandwidth_bps"]}
+  l2_cache_size: {t["l2_bytes"]}
+  clock_rate_ghz: 1.98
+  device_memory_size: {t["memory_bytes"]}
+  shared_memory_per_block_optin: 232448
+  cuda_compute_capability {{ major: 9 minor: 0 }}
+  registers_per_core_limit: 65536
+  registers_per_block_limit: 65536
+}}
+platform_name: "CUDA"
+dnn_version_info {{ major: 9 minor: 10 }}
+runtime_version {{ major: 13 minor: 0 }}
+device_description_str: "{t["name"]}"
+"""
+
+
+def gpu_target() -> str:
+    """The card of a `gpu:NAME` topology, or "" for a TPU topology or this host."""
+    if not FLAGS.topology.startswith("gpu:"):
+        return ""
+    card = FLAGS.topology[4:]
+    if card not in GPU_TARGETS:
+        raise app.UsageError(f"--topology={FLAGS.topology!r}: the GPU targets are "
+                             f"{', '.join('gpu:' + c for c in GPU_TARGETS)}")
+    return card
+
+
+def prepare_gpu_target() -> None:
+    """Before JAX starts its backends: let the CUDA plugin load on a host without the driver it
+    checks versions against, and keep GEMMs on cuBLAS (Triton's tiles need the card)."""
+    import os
+    if gpu_target():
+        os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_enable_triton_gemm=false").strip()
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -79,6 +144,15 @@ def target_devices() -> list:
     if not FLAGS.topology:
         return list(jax.devices())
     from jax.experimental import topologies
+    card = gpu_target()
+    if card:
+        try:
+            topo = topologies.get_topology_desc(platform="cuda", target_config=gpu_target_config(card),
+                                                topology="1x1x1")
+        except Exception as e:  # no CUDA plugin
+            raise app.UsageError(f"--topology={FLAGS.topology!r}: cannot describe this GPU ({type(e).__name__}: "
+                                 f"{e}); it needs JAX's CUDA plugin: pip install -e \".[aot-gpu]\"") from None
+        return list(topo.devices)
     try:
         topo = topologies.get_topology_desc(platform="tpu", topology_name=FLAGS.topology,
                                             num_slices=FLAGS.num_slices)
@@ -131,9 +205,12 @@ def _policy_inputs(cfg, mesh, rules, batch: int, seq: int):
 
 
 def attention_impl() -> str:
-    """"auto" resolves by the backend at trace time, which is this host's; for a TPU target it
-    means what a TPU backend picks (`tpu_auto`: the TPU kernel for long queries, else XLA)."""
-    return "tpu_auto" if FLAGS.attention_impl == "auto" and FLAGS.topology else FLAGS.attention_impl
+    """"auto" resolves by the backend at trace time, which is this host's; for a TPU or GPU target
+    it means what that backend picks (`tpu_auto`: the TPU kernel for long queries, else XLA;
+    `gpu_auto`: cuDNN unless queries and keys are both short)."""
+    if FLAGS.attention_impl != "auto" or not FLAGS.topology:
+        return FLAGS.attention_impl
+    return "gpu_auto" if gpu_target() else "tpu_auto"
 
 
 def build_policy_work(mesh, rules, attention: str):
@@ -287,6 +364,7 @@ def roofline_row(build, mesh, rules, devices, argument_bytes: int) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    prepare_gpu_target()
     import flax.linen as nn
     import jax
 
@@ -301,6 +379,10 @@ def main(argv):
     if FLAGS.work != "sam2" and FLAGS.preset not in qwen2_5_vl.PRESETS:
         raise app.UsageError(f"--preset={FLAGS.preset!r} is not one of {sorted(qwen2_5_vl.PRESETS)}")
     devices = target_devices()
+    on_gpu = bool(gpu_target()) or (not FLAGS.topology and devices[0].platform == "gpu")
+    if FLAGS.census and not on_gpu:
+        raise app.UsageError("--census reads a GPU program: pass --topology=gpu:h100 (or gpu:h200) "
+                             "or run on a GPU host")
     dcn = _ints(FLAGS.dcn_mesh) if FLAGS.dcn_mesh else None
     try:
         mesh = make_mesh(_ints(FLAGS.mesh), dcn_mesh_shape=dcn, devices=devices)
@@ -319,6 +401,10 @@ def main(argv):
            "mesh": dict(zip(mesh.axis_names, (int(x) for x in mesh.devices.shape))), "batch": FLAGS.batch,
            **desc, "compile_s": round(compile_s, 1), **memory_row(compiled, devices)}
     row.update(roofline_row(build, mesh, rules, devices, row["argument_bytes"]))
+    text = compiled.as_text() if (FLAGS.census or FLAGS.hlo_out) else ""
+    if FLAGS.hlo_out:
+        with open(FLAGS.hlo_out, "w") as f:
+            f.write(text)
     gib = lambda x: f"{x / 2**30:.2f} GiB"
     print(f"{FLAGS.work} on {row['topology']} ({row['device_kind']}, {len(devices)} devices), mesh {row['mesh']}, "
           f"batch {FLAGS.batch}; compiled in {compile_s:.1f} s")
@@ -331,6 +417,14 @@ def main(argv):
     if row["ms_lower_bound"] is not None:
         print(f"{'step time >=':>22} {row['ms_lower_bound']:>8.2f} ms (compute at the bf16 peak "
               f"{row['ms_compute_at_peak']} ms, reading the arguments once {row['ms_reading_arguments']} ms)")
+    if FLAGS.census:
+        from experiments import hlo_census
+        kind = row["device_kind"]
+        bandwidth, peak = HBM_GBPS.get(kind, 3350), PEAK_BF16_TFLOPS.get(kind, 989)
+        kernels = hlo_census.census(text)
+        row["census"] = hlo_census.summarize(kernels, bandwidth, peak)
+        print()
+        hlo_census.print_summary(row["census"], kernels, 15, bandwidth, peak)
     emit(row)
 
 

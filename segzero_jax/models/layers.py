@@ -12,8 +12,8 @@ keys/values (grouped-query attention when K < N) and routes to one backend:
     for grouped queries; runs on CPU under `pltpu.force_tpu_interpret_mode()` for tests;
   * "auto"  - cuDNN on a GPU unless queries and keys are both at most 32 positions long,
     tpu_flash on a TPU for queries of >= 128 positions, else XLA;
-  * "tpu_auto" - the TPU's "auto" choice on any backend (ahead-of-time compiles for a TPU
-    from another host).
+  * "tpu_auto" / "gpu_auto" - the TPU's / the GPU's "auto" choice on any backend (ahead-of-time
+    compiles for a TPU or a GPU from another host).
 Masks: `is_causal`, per-sequence valid lengths (`query_lengths`, `kv_lengths`, right padding)
 and an optional boolean `mask` broadcastable to `[B, N, T, S]` (XLA only). Queries past their
 length produce finite garbage in every backend.
@@ -31,7 +31,7 @@ from jax.sharding import PartitionSpec
 Dtype = Any
 Initializer = Callable[..., jax.Array]
 
-ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "tpu_flash", "tpu_auto")
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "tpu_flash", "tpu_auto", "gpu_auto")
 TPU_BLOCK = 128  # the Pallas TPU kernel's sequence block (keys: a multiple of the 128 lanes)
 # On a GPU "auto" takes cuDNN once queries or keys reach this many positions, XLA below. cuDNN's
 # flash kernel works on 64 x 128 tiles: on SAM2-Large's 16-token windows (16,384 windows x 4
@@ -89,6 +89,8 @@ def resolve_attention_implementation(implementation: str, q: jax.Array,
         return "xla"
     if implementation == "tpu_auto":
         return "tpu_flash" if _tpu_flash_qualifies(q, mask) else "xla"
+    if implementation == "gpu_auto":
+        return "cudnn" if _cudnn_qualifies(q, mask, kv_length) else "xla"
     return implementation
 
 

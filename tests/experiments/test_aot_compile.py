@@ -51,3 +51,32 @@ def test_bad_mesh_and_topology_are_named():
                         ("--preset=13b", "--preset='13b' is not one of")):
         proc = run_module("experiments.aot_compile", *POLICY, flag, devices=8, timeout=300)
         assert proc.returncode != 0 and words in proc.stderr, proc.stderr[-2000:]
+
+
+def test_gpu_target_errors_are_named():
+    """A GPU target needs JAX's CUDA plugin (`.[aot-gpu]`, not in the test environment): without it
+    the error says what to install; unknown cards and a census of a CPU program are refused."""
+    import importlib.util
+
+    def installed(name):
+        try:
+            return importlib.util.find_spec(name) is not None
+        except ModuleNotFoundError:   # its parent package is missing
+            return False
+    proc = run_module("experiments.aot_compile", "--work=sam2", "--sam2_preset=test_tiny", "--topology=gpu:a100")
+    assert proc.returncode != 0 and "the GPU targets are gpu:h100, gpu:h200" in proc.stderr
+    proc = run_module("experiments.aot_compile", "--work=sam2", "--sam2_preset=test_tiny", "--mesh=1,1,1",
+                      "--census")
+    assert proc.returncode != 0 and "--census reads a GPU program" in proc.stderr
+    if not any(installed(m) for m in ("jax_plugins.xla_cuda13", "jax_plugins.xla_cuda12")):
+        proc = run_module("experiments.aot_compile", "--work=sam2", "--sam2_preset=test_tiny", "--mesh=1,1,1",
+                          "--topology=gpu:h100")
+        assert proc.returncode != 0 and 'pip install -e ".[aot-gpu]"' in proc.stderr, proc.stderr[-2000:]
+
+
+def test_gpu_target_config_describes_the_card():
+    from experiments.aot_compile import GPU_TARGETS, gpu_target_config
+    for card, spec in GPU_TARGETS.items():
+        text = gpu_target_config(card)
+        assert f'device_description_str: "{spec["name"]}"' in text and "major: 9 minor: 0" in text
+        assert f"device_memory_size: {spec['memory_bytes']}" in text and text.count("{") == text.count("}")

@@ -105,6 +105,12 @@ def test_gpu_auto_rule(monkeypatch):
     assert pick((16, 7, 8, 16), kv=4096) == "cudnn"          # decoder tokens over the image
     assert pick((2, 64, 2, 72), dtype=jnp.float32) == "xla"  # cuDNN takes half precision only
     assert pick((2, 64, 2, 136)) == "xla"                    # head dim above 128
+    # "gpu_auto" is that choice on any backend (compiling for a GPU elsewhere)
+    monkeypatch.setattr(layers.jax, "default_backend", lambda: "cpu")
+    assert pick((16384, 64, 2, 72)) == "xla"
+    gpu_pick = lambda shape, kv=None: layers.resolve_attention_implementation(
+        "gpu_auto", jax.ShapeDtypeStruct(shape, jnp.bfloat16), kv_length=kv)
+    assert gpu_pick((16384, 64, 2, 72)) == "cudnn" and gpu_pick((16384, 16, 4, 72)) == "xla"
 
 
 def test_registries_and_errors():

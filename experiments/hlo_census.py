@@ -1,0 +1,225 @@
+"""Kernel census of an optimized XLA:GPU program: every kernel it launches (fusions, cuBLAS and
+cuDNN calls, copies), how often (loop trip counts multiplied in), the bytes it reads and
+writes and the FLOPs of its matmuls and attention, grouped by kind, with a roofline time per
+kernel: the larger of its bytes at the card's memory bandwidth and its FLOPs at the card's
+matmul peak.
+
+  python -m experiments.hlo_census --hlo=PROGRAM.hlo.txt [--bandwidth_gbps=3350 --peak_tflops=989]
+  python -m experiments.aot_compile --work=sam2 --topology=gpu:h100 --census      (no GPU needed)
+
+The input is the text of a compiled program (`jax.jit(f).lower(...).compile().as_text()`, or
+the `NAME.hlo.txt` that `--profile_dir` keeps). What it tells without a GPU: which passes over
+memory a change adds or removes (a transpose that appeared, a bias or activation that cuBLAS now
+applies in its epilogue, a loop's per-iteration kernels) and a lower bound on the time. What it
+cannot tell: how close each kernel gets to its bound; small-tile attention and batched matmuls
+land well above it, so time on the card stays a measurement (`experiments.benchmark_sam2`).
+
+Bytes count each operand and result once at full size, except that a fusion that slices a
+stacked operand (a scanned layer's weights) is counted at its result's size and cuBLAS
+workspaces are left out.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import re
+from typing import Optional
+
+from absl import app, flags
+
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
+                "f32": 4, "s64": 8, "u64": 8, "f64": 8, "f8e4m3fn": 1, "f8e5m2": 1}
+_ARRAY = re.compile(r"\b(" + "|".join(sorted(_DTYPE_BYTES, key=len, reverse=True)) + r")\[([\d,]*)\]")
+_COMPUTATION = re.compile(r"^(ENTRY )?%(\S+) \(.*?\{\n(.*?)^\}", re.M | re.S)
+_INSTRUCTION = re.compile(r"\s*(?:ROOT )?%(\S+) = (.*?) ([a-z][a-z0-9\-]*)\((.*)$")
+# Instructions that launch nothing: views, tuples, constants, control flow (walked into).
+_NO_KERNEL = {"get-tuple-element", "bitcast", "parameter", "constant", "tuple", "after-all",
+              "partition-id", "replica-id", "opt-barrier", "add-dependency"}
+
+
+def array_bytes(type_text: str, workspace: bool = False) -> int:
+    """Bytes of every array in an HLO type (a tuple sums its elements); int8/uint8 arrays, the
+    cuBLAS / cuDNN scratch outputs, are left out unless `workspace`."""
+    total = 0
+    for dtype, dims in _ARRAY.findall(type_text):
+        if dtype in ("s8", "u8") and not workspace:
+            continue
+        total += _DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d)
+    return total
+
+
+def _dims(type_text: str) -> list[int]:
+    m = _ARRAY.search(type_text)
+    return [int(d) for d in m.group(2).split(",") if d] if m else []
+
+
+@dataclasses.dataclass
+class Kernel:
+    name: str           # the instruction
+    kind: str           # the census group
+    target: str         # fused computation or custom-call target
+    loop: str           # the while body it runs in ("entry" outside loops)
+    launches: int       # per program run (trip counts multiplied in)
+    bytes: int          # read + written per launch
+    flops: int          # matmul / attention FLOPs per launch
+    epilogue: str       # cuBLAS epilogue (BIAS, BIAS_GELU, ...) where one is fused
+    op_name: str        # the JAX source op (metadata)
+
+
+def _kind(op: str, target: str, body: str) -> str:
+    if "fmha" in target:
+        return "attention (cuDNN)"
+    if "matmul" in target or target.startswith("__cublas"):
+        return "matmul (cuBLAS)"
+    if "$conv" in target:
+        return "convolution (cuDNN)"
+    if op == "fusion":
+        if " dot(" in body:
+            return "matmul (fusion)"
+        if " erf(" in body or " tanh(" in body:
+            return "activation"
+        if " reduce(" in body:
+            return "reduction (norms, softmax)"
+        if " transpose(" in body:
+            return "transpose"
+        if "dynamic-slice(" in body or "dynamic-update-slice(" in body:
+            return "layer slicing"
+        return "elementwise / other fusion"
+    return op
+
+
+def census(hlo_text: str) -> list[Kernel]:
+    """Every kernel launch of the compiled program `hlo_text`, loops unrolled by trip count."""
+    computations = {m.group(2): (bool(m.group(1)), m.group(3)) for m in _COMPUTATION.finditer(hlo_text)}
+    entries = [name for name, (is_entry, _) in computations.items() if is_entry]
+    if len(entries) != 1:
+        raise ValueError(f"expected one ENTRY computation in the HLO text, found {len(entries)}")
+    kernels: list[Kernel] = []
+
+    def walk(name: str, launches: int, loop: str) -> None:
+        types: dict[str, str] = {}
+        for line in computations[name][1].splitlines():
+            m = _INSTRUCTION.match(line)
+            if not m:
+                continue
+            inst, type_text, op, rest = m.groups()
+            types[inst] = type_text
+            if op in _NO_KERNEL:
+                continue
+            if op == "while":
+                body = re.search(r"body=%([\w.\-]+)", line).group(1)
+                trips = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', line)
+                walk(body, launches * (int(trips.group(1)) if trips else 1), body)
+                continue
+            if op in ("call", "conditional", "async-start"):
+                for callee in re.findall(r"(?:to_apply|calls|branch_computations)=\{?%([\w.\-]+)", line):
+                    if callee in computations:
+                        walk(callee, launches, loop)
+                continue
+            operands = re.findall(r"%([\w.\-]+)", rest.split("), ")[0])
+            called = re.search(r"calls=%([\w.\-]+)", line)
+            custom = re.search(r'custom_call_target="([^"]+)"', line)
+            target = custom.group(1) if custom else called.group(1) if called else op
+            body = computations.get(called.group(1), (False, ""))[1] if called else ""
+            out_bytes = array_bytes(type_text)
+            in_bytes = sum(array_bytes(types.get(o, "")) for o in operands)
+            kind = _kind(op, target, body)
+            if kind == "layer slicing" or (op == "dynamic-slice"):
+                in_bytes = out_bytes
+            flops = 0
+            if kind == "matmul (cuBLAS)" and operands:
+                lhs = _dims(types.get(operands[0], ""))
+                contracting = re.search(r'"lhs_contracting_dimensions":\["(\d+)"', line)
+                k = lhs[int(contracting.group(1))] if contracting and lhs else (lhs[-1] if lhs else 0)
+                flops = 2 * math.prod(_dims(type_text)) * k
+            elif kind == "attention (cuDNN)" and len(operands) >= 2:
+                q, kv = _dims(types.get(operands[0], "")), _dims(types.get(operands[1], ""))
+                if len(q) == 4 and len(kv) == 4:   # [B, T, N, H] and [B, S, N, H]
+                    flops = 4 * q[0] * q[1] * q[2] * q[3] * kv[1]
+            epilogue = re.search(r'"epilogue":"([A-Z_]+)"', line)
+            op_name = re.search(r'op_name="([^"]+)"', line)
+            kernels.append(Kernel(inst, kind, target, loop, launches, in_bytes + out_bytes, flops,
+                                  epilogue.group(1) if epilogue else "", op_name.group(1) if op_name else ""))
+
+    walk(entries[0], 1, "entry")
+    return kernels
+
+
+def roofline_seconds(kernel: Kernel, bandwidth_gbps: float, peak_tflops: float) -> float:
+    """One launch's lower bound: its bytes at full bandwidth or its FLOPs at peak, the larger."""
+    return max(kernel.bytes / (bandwidth_gbps * 1e9), kernel.flops / (peak_tflops * 1e12))
+
+
+def summarize(kernels: list[Kernel], bandwidth_gbps: float, peak_tflops: float) -> dict:
+    """Totals and per-kind rows (launches, GB, TFLOP, roofline ms), largest time first."""
+    groups: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0, 0.0, 0.0])
+    for k in kernels:
+        g = groups[k.kind]
+        g[0] += k.launches
+        g[1] += k.bytes * k.launches / 1e9
+        g[2] += k.flops * k.launches / 1e12
+        g[3] += roofline_seconds(k, bandwidth_gbps, peak_tflops) * k.launches * 1e3
+    rows = [{"kind": kind, "launches": int(n), "gb": round(gb, 3), "tflop": round(tf, 4), "roofline_ms": round(ms, 3)}
+            for kind, (n, gb, tf, ms) in sorted(groups.items(), key=lambda kv: -kv[1][3])]
+    epilogues = collections.Counter()
+    for k in kernels:
+        if k.epilogue:
+            epilogues[k.epilogue] += k.launches
+    return {"launches": sum(k.launches for k in kernels),
+            "gb": round(sum(r["gb"] for r in rows), 3), "tflop": round(sum(r["tflop"] for r in rows), 4),
+            "roofline_ms": round(sum(r["roofline_ms"] for r in rows), 3),
+            "bandwidth_gbps": bandwidth_gbps, "peak_tflops": peak_tflops,
+            "cublas_epilogues": dict(epilogues), "kinds": rows}
+
+
+def print_summary(summary: dict, kernels: Optional[list[Kernel]] = None, top: int = 0,
+                  bandwidth_gbps: float = 0.0, peak_tflops: float = 0.0) -> None:
+    print(f"{summary['launches']} kernel launches, {summary['gb']:.1f} GB moved, {summary['tflop']:.2f} TFLOP; "
+          f"roofline {summary['roofline_ms']:.2f} ms at {summary['bandwidth_gbps']:g} GB/s and "
+          f"{summary['peak_tflops']:g} TFLOP/s")
+    print(f"{'kind':30s} {'launches':>9s} {'GB':>9s} {'TFLOP':>8s} {'roofline ms':>12s}")
+    for r in summary["kinds"]:
+        print(f"{r['kind']:30s} {r['launches']:9d} {r['gb']:9.2f} {r['tflop']:8.3f} {r['roofline_ms']:12.3f}")
+    if summary["cublas_epilogues"]:
+        print("cuBLAS epilogues (launches): " + ", ".join(f"{k} {v}" for k, v in sorted(summary["cublas_epilogues"].items())))
+    if kernels and top:
+        print(f"\nlargest {top} kernels by roofline time (all launches):")
+        ranked = sorted(kernels, key=lambda k: -roofline_seconds(k, bandwidth_gbps, peak_tflops) * k.launches)
+        for k in ranked[:top]:
+            ms = roofline_seconds(k, bandwidth_gbps, peak_tflops) * k.launches * 1e3
+            print(f"{ms:8.3f} ms  x{k.launches:<4d} {k.kind:26s} {k.epilogue:10s} {k.bytes / 1e6:9.1f} MB  {k.op_name[-70:]}")
+
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    """The command line's flags (not defined on import: `experiments.aot_compile` uses this module)."""
+    flags.DEFINE_string("hlo", "", "text of a compiled XLA:GPU program")
+    flags.DEFINE_float("bandwidth_gbps", 3350.0, "memory bandwidth for the roofline (H100 SXM: 3350)")
+    flags.DEFINE_float("peak_tflops", 989.0, "dense matmul peak for the roofline (H100 SXM bf16: 989)")
+    flags.DEFINE_integer("top", 20, "also list the largest kernels")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from experiments.report import emit
+    if not FLAGS.hlo:
+        raise app.UsageError("--hlo=FILE is required")
+    try:
+        with open(FLAGS.hlo) as f:
+            text = f.read()
+        kernels = census(text)
+    except (OSError, ValueError) as e:
+        raise app.UsageError(f"--hlo={FLAGS.hlo!r}: {e}") from None
+    summary = summarize(kernels, FLAGS.bandwidth_gbps, FLAGS.peak_tflops)
+    print_summary(summary, kernels, FLAGS.top, FLAGS.bandwidth_gbps, FLAGS.peak_tflops)
+    emit(summary)
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)
