@@ -84,6 +84,8 @@ def _kind(op: str, target: str, body: str) -> str:
             return "reduction (norms, softmax)"
         if " transpose(" in body:
             return "transpose"
+        if " broadcast(" in body and " add(" not in body and " multiply(" not in body:
+            return "broadcast"
         if "dynamic-slice(" in body or "dynamic-update-slice(" in body:
             return "layer slicing"
         return "elementwise / other fusion"
