@@ -75,7 +75,7 @@ def test_gpu_target_errors_are_named():
 
 
 def test_gpu_target_config_describes_the_card():
-    from experiments.aot_compile import GPU_TARGETS, gpu_target_config
+    from experiments.gpu_targets import GPU_TARGETS, gpu_target_config
     for card, spec in GPU_TARGETS.items():
         text = gpu_target_config(card)
         assert f'device_description_str: "{spec["name"]}"' in text and "major: 9 minor: 0" in text
