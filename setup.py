@@ -55,5 +55,5 @@ setuptools.setup(
                     # libtpu: compiles for TPU topologies from any host (experiments.aot_compile).
                     "aot": ["jax[tpu]"],
                     # JAX's CUDA plugin: compiles for an H100 / H200 from any host (no GPU needed).
-                    "aot-gpu": ["jax[cuda13]"]},
+                    "aot-gpu": ["jax[cuda13]>=0.8"]},
 )

@@ -25,7 +25,7 @@ Work (global batch `--batch`, split over the data and fsdp axes):
   decode   one token per row against a full cache (the sampler's inner step)
   sam2     SAM2 image encoder + mask decoder, a box + 2 points per image, low-res masks
 
-Also reported, for a TPU target: lower bounds on the step time, the larger of the work's matmul
+Also reported, for a TPU or GPU target: lower bounds on the step time, the larger of the work's matmul
 FLOPs per device at the chip's bf16 peak and its arguments read once at the chip's HBM
 bandwidth (the compiler's figure is memory; time needs the chip). Prints a table and one JSON
 line; `--json_out` also writes the JSON.
@@ -62,7 +62,8 @@ flags.DEFINE_string("param_dtype", "", "param dtype (default: float32 for train,
 flags.DEFINE_string("remat", "full", "remat policy for train (none, full, dots, dots_no_batch, everything)")
 flags.DEFINE_integer("chunk_size", 256, "positions per logits chunk in train")
 flags.DEFINE_string("attention_impl", "auto",
-                    "auto | xla | cudnn | tpu_flash (auto: what the --topology's backend would pick)")
+                    "auto | xla | cudnn | tpu_flash | tpu_auto | gpu_auto (auto: what the --topology's "
+                    "backend would pick, i.e. tpu_auto or gpu_auto)")
 
 # HBM per chip by JAX device_kind, for the "fits" column, and dense bf16 peak TFLOP/s per chip, for
 # the compute-bound time (public TPU specifications).
@@ -80,6 +81,9 @@ def gpu_target() -> str:
     if card not in GPU_TARGETS:
         raise app.UsageError(f"--topology={FLAGS.topology!r}: the GPU targets are "
                              f"{', '.join('gpu:' + c for c in GPU_TARGETS)}")
+    if FLAGS.num_slices != 1 or FLAGS.dcn_mesh:
+        raise app.UsageError(f"--topology={FLAGS.topology!r} is one GPU: --num_slices and --dcn_mesh "
+                             "are for TPU slices")
     return card
 
 
@@ -384,7 +388,7 @@ def main(argv):
         kernels = hlo_census.census(text)
         row["census"] = hlo_census.summarize(kernels, bandwidth, peak)
         print()
-        hlo_census.print_summary(row["census"], kernels, 15, bandwidth, peak)
+        hlo_census.print_summary(row["census"], kernels, 15)
     emit(row)
 
 

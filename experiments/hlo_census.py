@@ -15,8 +15,11 @@ cannot tell: how close each kernel gets to its bound; small-tile attention and b
 land well above it, so time on the card stays a measurement (`experiments.benchmark_sam2`).
 
 Bytes count each operand and result once at full size, except that a fusion that slices a
-stacked operand (a scanned layer's weights) is counted at its result's size and cuBLAS
-workspaces are left out.
+stacked operand (a scanned layer's weights) is counted at its result's size, an in-place
+update (dynamic-update-slice) at twice the piece it writes, and cuBLAS workspaces are left
+out. FLOPs are those of dots (cuBLAS calls and GEMM fusions) and cuDNN attention. A loop's
+condition counts one launch more than its trips; a conditional counts every branch once (an
+upper bound).
 """
 
 from __future__ import annotations
@@ -29,25 +32,35 @@ from typing import Optional
 
 from absl import app, flags
 
-_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
-                "f32": 4, "s64": 8, "u64": 8, "f64": 8, "f8e4m3fn": 1, "f8e5m2": 1}
-_ARRAY = re.compile(r"\b(" + "|".join(sorted(_DTYPE_BYTES, key=len, reverse=True)) + r")\[([\d,]*)\]")
+# An array type: element type (pred, s4, u8, bf16, f32, f8e4m3fn, c64, ...) and dimensions.
+_ARRAY = re.compile(r"\b(pred|token|[subfc]\d+[a-z0-9]*|bf16)\[([\d,]*)\]")
 _COMPUTATION = re.compile(r"^(ENTRY )?%(\S+) \(.*?\{\n(.*?)^\}", re.M | re.S)
 _INSTRUCTION = re.compile(r"\s*(?:ROOT )?%(\S+) = (.*?) ([a-z][a-z0-9\-]*)\((.*)$")
-# Instructions that launch nothing: views, tuples, constants, control flow (walked into).
+# Instructions that launch nothing: views, tuples, constants, the ends of asynchronous pairs,
+# control flow (walked into).
 _NO_KERNEL = {"get-tuple-element", "bitcast", "parameter", "constant", "tuple", "after-all",
-              "partition-id", "replica-id", "opt-barrier", "add-dependency"}
+              "partition-id", "replica-id", "opt-barrier", "add-dependency", "async-done",
+              "async-update", "copy-done"}
+
+
+def element_bits(dtype: str) -> int:
+    """Bits per element of an HLO element type: pred 8, bf16 16, s4 4, f8e4m3fn 8, c64 64..."""
+    if dtype == "pred":
+        return 8
+    if dtype == "token":
+        return 0
+    return int(re.match(r"[a-z]+(\d+)", dtype).group(1))
 
 
 def array_bytes(type_text: str, workspace: bool = False) -> int:
     """Bytes of every array in an HLO type (a tuple sums its elements); int8/uint8 arrays, the
     cuBLAS / cuDNN scratch outputs, are left out unless `workspace`."""
-    total = 0
+    bits = 0
     for dtype, dims in _ARRAY.findall(type_text):
         if dtype in ("s8", "u8") and not workspace:
             continue
-        total += _DTYPE_BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d)
-    return total
+        bits += element_bits(dtype) * math.prod(int(d) for d in dims.split(",") if d)
+    return (bits + 7) // 8
 
 
 def _dims(type_text: str) -> list[int]:
@@ -68,6 +81,48 @@ class Kernel:
     op_name: str        # the JAX source op (metadata)
 
 
+def _types(body: str) -> dict[str, str]:
+    """Instruction name -> its type text, for one computation's body."""
+    out = {}
+    for line in body.splitlines():
+        m = _INSTRUCTION.match(line)
+        if m:
+            out[m.group(1)] = m.group(2)
+    return out
+
+
+def _dot_flops(line: str, types: dict[str, str], out_type: str) -> int:
+    """2 x output elements x contracted size of an HLO `dot` line (batch dims are in the output)."""
+    m = _INSTRUCTION.match(line)
+    operands = re.findall(r"%([\w.\-]+)", m.group(4).split("), ")[0]) if m else []
+    lhs = _dims(types.get(operands[0], "")) if operands else []
+    dims = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", line)
+    k = math.prod(lhs[int(d)] for d in dims.group(1).split(",") if d) if dims and lhs else 0
+    return 2 * math.prod(_dims(out_type)) * k
+
+
+def _fusion_flops(body: str) -> int:
+    """FLOPs of the dots inside a fused computation (Triton / cuDNN GEMM fusions)."""
+    types, total = _types(body), 0
+    for line in body.splitlines():
+        m = _INSTRUCTION.match(line)
+        if m and m.group(3) == "dot":
+            total += _dot_flops(line, types, m.group(2))
+    return total
+
+
+def _update_bytes(body: str) -> int:
+    """Bytes of the pieces a fusion writes in place with dynamic-update-slice."""
+    types, total = _types(body), 0
+    for line in body.splitlines():
+        m = _INSTRUCTION.match(line)
+        if m and m.group(3) == "dynamic-update-slice":
+            operands = re.findall(r"%([\w.\-]+)", m.group(4).split("), ")[0])
+            if len(operands) > 1:
+                total += array_bytes(types.get(operands[1], ""))
+    return total
+
+
 def _kind(op: str, target: str, body: str) -> str:
     if "fmha" in target:
         return "attention (cuDNN)"
@@ -75,9 +130,13 @@ def _kind(op: str, target: str, body: str) -> str:
         return "matmul (cuBLAS)"
     if "$conv" in target:
         return "convolution (cuDNN)"
+    if op == "dynamic-update-slice":
+        return "in-place update"
     if op == "fusion":
         if " dot(" in body:
             return "matmul (fusion)"
+        if "dynamic-update-slice(" in body:
+            return "in-place update"
         if " erf(" in body or " tanh(" in body:
             return "activation"
         if " reduce(" in body:
@@ -111,14 +170,23 @@ def census(hlo_text: str) -> list[Kernel]:
             if op in _NO_KERNEL:
                 continue
             if op == "while":
-                body = re.search(r"body=%([\w.\-]+)", line).group(1)
+                body, cond = re.search(r"body=%([\w.\-]+)", line), re.search(r"condition=%([\w.\-]+)", line)
+                if not body or not cond or body.group(1) not in computations or cond.group(1) not in computations:
+                    raise ValueError(f"while loop %{inst} in %{name}: its body or condition is missing")
                 trips = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', line)
-                walk(body, launches * (int(trips.group(1)) if trips else 1), body)
+                n = int(trips.group(1)) if trips else 1
+                walk(body.group(1), launches * n, body.group(1))
+                walk(cond.group(1), launches * (n + 1), body.group(1))   # checked once more to exit
                 continue
             if op in ("call", "conditional", "async-start"):
-                for callee in re.findall(r"(?:to_apply|calls|branch_computations)=\{?%([\w.\-]+)", line):
-                    if callee in computations:
-                        walk(callee, launches, loop)
+                # A conditional's branches are all counted, once each: an upper bound.
+                callees = re.findall(r"%([\w.\-]+)", " ".join(re.findall(
+                    r"(?:to_apply|calls|true_computation|false_computation)=%[\w.\-]+"
+                    r"|branch_computations=\{[^}]*\}", line)))
+                for callee in callees:
+                    if callee not in computations:
+                        raise ValueError(f"%{inst} in %{name} calls %{callee}, which is not in the HLO text")
+                    walk(callee, launches, loop)
                 continue
             operands = re.findall(r"%([\w.\-]+)", rest.split("), ")[0])
             called = re.search(r"calls=%([\w.\-]+)", line)
@@ -128,14 +196,20 @@ def census(hlo_text: str) -> list[Kernel]:
             out_bytes = array_bytes(type_text)
             in_bytes = sum(array_bytes(types.get(o, "")) for o in operands)
             kind = _kind(op, target, body)
-            if kind == "layer slicing" or (op == "dynamic-slice"):
+            if kind == "layer slicing" or op == "dynamic-slice":
                 in_bytes = out_bytes
+            elif kind == "in-place update":   # reads and writes the piece, not the whole buffer
+                piece = _update_bytes(body) if op == "fusion" else array_bytes(types.get(operands[1], ""))
+                in_bytes, out_bytes = piece, piece
             flops = 0
             if kind == "matmul (cuBLAS)" and operands:
                 lhs = _dims(types.get(operands[0], ""))
-                contracting = re.search(r'"lhs_contracting_dimensions":\["(\d+)"', line)
-                k = lhs[int(contracting.group(1))] if contracting and lhs else (lhs[-1] if lhs else 0)
+                contracting = re.search(r'"lhs_contracting_dimensions":\[([^\]]*)\]', line)
+                dims = [int(d) for d in re.findall(r"\d+", contracting.group(1))] if contracting else []
+                k = math.prod(lhs[d] for d in dims) if dims and lhs else (lhs[-1] if lhs else 0)
                 flops = 2 * math.prod(_dims(type_text)) * k
+            elif kind == "matmul (fusion)":
+                flops = _fusion_flops(body)
             elif kind == "attention (cuDNN)" and len(operands) >= 2:
                 q, kv = _dims(types.get(operands[0], "")), _dims(types.get(operands[1], ""))
                 if len(q) == 4 and len(kv) == 4:   # [B, T, N, H] and [B, S, N, H]
@@ -156,6 +230,8 @@ def roofline_seconds(kernel: Kernel, bandwidth_gbps: float, peak_tflops: float) 
 
 def summarize(kernels: list[Kernel], bandwidth_gbps: float, peak_tflops: float) -> dict:
     """Totals and per-kind rows (launches, GB, TFLOP, roofline ms), largest time first."""
+    if bandwidth_gbps <= 0 or peak_tflops <= 0:
+        raise ValueError(f"bandwidth ({bandwidth_gbps} GB/s) and peak ({peak_tflops} TFLOP/s) must be positive")
     groups: dict[str, list[float]] = collections.defaultdict(lambda: [0, 0.0, 0.0, 0.0])
     for k in kernels:
         g = groups[k.kind]
@@ -176,8 +252,9 @@ def summarize(kernels: list[Kernel], bandwidth_gbps: float, peak_tflops: float) 
             "cublas_epilogues": dict(epilogues), "kinds": rows}
 
 
-def print_summary(summary: dict, kernels: Optional[list[Kernel]] = None, top: int = 0,
-                  bandwidth_gbps: float = 0.0, peak_tflops: float = 0.0) -> None:
+def print_summary(summary: dict, kernels: Optional[list[Kernel]] = None, top: int = 0) -> None:
+    """The summary's table; with `kernels`, also the `top` kernels by roofline time."""
+    bandwidth_gbps, peak_tflops = summary["bandwidth_gbps"], summary["peak_tflops"]
     print(f"{summary['launches']} kernel launches, {summary['gb']:.1f} GB moved, {summary['tflop']:.2f} TFLOP; "
           f"roofline {summary['roofline_ms']:.2f} ms at {summary['bandwidth_gbps']:g} GB/s and "
           f"{summary['peak_tflops']:g} TFLOP/s")
@@ -211,6 +288,8 @@ def main(argv):
     from experiments.report import emit
     if not FLAGS.hlo:
         raise app.UsageError("--hlo=FILE is required")
+    if FLAGS.bandwidth_gbps <= 0 or FLAGS.peak_tflops <= 0:
+        raise app.UsageError("--bandwidth_gbps and --peak_tflops must be positive")
     try:
         with open(FLAGS.hlo) as f:
             text = f.read()
@@ -218,7 +297,7 @@ def main(argv):
     except (OSError, ValueError) as e:
         raise app.UsageError(f"--hlo={FLAGS.hlo!r}: {e}") from None
     summary = summarize(kernels, FLAGS.bandwidth_gbps, FLAGS.peak_tflops)
-    print_summary(summary, kernels, FLAGS.top, FLAGS.bandwidth_gbps, FLAGS.peak_tflops)
+    print_summary(summary, kernels, FLAGS.top)
     emit(summary)
 
 

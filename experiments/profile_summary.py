@@ -138,7 +138,9 @@ def stream_launches(events: list[dict]) -> list[dict]:
     return [{"kernel_name": e["name"], "us": float(e["dur"])} for e in launches]
 
 
-def _find(trace: str) -> tuple[str, str]:
+def find_files(trace: str, hlo: str = "") -> tuple[str, str]:
+    """(the newest .xplane.pb at or under `trace`, the HLO text: `hlo`, else the first
+    *.hlo.txt in the trace's folder or up to three folders above it)."""
     if os.path.isfile(trace):
         xplane, base = trace, os.path.dirname(trace)
     else:
@@ -146,7 +148,13 @@ def _find(trace: str) -> tuple[str, str]:
         if not found:
             raise app.UsageError(f"--trace={trace!r}: no .xplane.pb file there")
         xplane, base = found[-1], trace
-    hlo = FLAGS.hlo or next(iter(sorted(glob.glob(os.path.join(base, "*.hlo.txt")))), "")
+    # --profile_dir keeps NAME.hlo.txt at its root, the trace in plugins/profile/RUN/ below it
+    base = os.path.abspath(base)
+    for _ in range(4):
+        if hlo:
+            break
+        hlo = next(iter(sorted(glob.glob(os.path.join(base, "*.hlo.txt")))), "")
+        base = os.path.dirname(base)
     return xplane, hlo
 
 
@@ -155,11 +163,13 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS.trace:
         raise app.UsageError("--trace is required")
-    xplane, hlo = _find(FLAGS.trace)
+    xplane, hlo = find_files(FLAGS.trace, FLAGS.hlo)
     op_names = {}
     if hlo:
         with open(hlo) as f:
             op_names = hlo_op_names(f.read())
+    else:
+        print("no *.hlo.txt beside the trace or above it (--hlo=FILE): fusions are grouped by kernel name")
     result = summarize(read_kernels(xplane), op_names, FLAGS.iterations)
     result.update(trace=xplane, hlo=hlo)
     if not result["groups"]:

@@ -66,3 +66,108 @@ def test_command_line(tmp_path):
     assert proc.returncode != 0 and "expected one ENTRY computation" in proc.stderr
     proc = run_module("experiments.hlo_census", f"--hlo={tmp_path}/missing.txt")
     assert proc.returncode != 0 and "missing.txt" in proc.stderr
+
+
+# Hand-written in the text format of compiled XLA:GPU programs: a loop of 36 trips writing one
+# [1, 1024, 1024] f32 slice per trip into a [36, 1024, 1024] buffer in place, a Triton GEMM
+# fusion, and a conditional with two branches.
+HANDWRITTEN = """HloModule m, entry_computation_layout={(f32[36,1024,1024]{2,1,0})->f32[36,1024,1024]{2,1,0}}
+
+%fused_dus (p0: f32[36,1024,1024], p1: f32[1,1024,1024], p2: s32[]) -> f32[36,1024,1024] {
+  %p0 = f32[36,1024,1024]{2,1,0} parameter(0)
+  %p1 = f32[1,1024,1024]{2,1,0} parameter(1)
+  %p2 = s32[] parameter(2)
+  %z = s32[] constant(0)
+  ROOT %dus = f32[36,1024,1024]{2,1,0} dynamic-update-slice(%p0, %p1, %p2, %z, %z)
+}
+
+%fused_piece (q0: s32[]) -> f32[1,1024,1024] {
+  %q0 = s32[] parameter(0)
+  %c = f32[] convert(%q0)
+  ROOT %b = f32[1,1024,1024]{2,1,0} broadcast(%c), dimensions={}
+}
+
+%fused_inc (r0: s32[]) -> s32[] {
+  %r0 = s32[] parameter(0)
+  %one = s32[] constant(1)
+  ROOT %a = s32[] add(%r0, %one)
+}
+
+%body (t: (s32[], f32[36,1024,1024])) -> (s32[], f32[36,1024,1024]) {
+  %t = (s32[], f32[36,1024,1024]{2,1,0}) parameter(0)
+  %i = s32[] get-tuple-element(%t), index=0
+  %buf = f32[36,1024,1024]{2,1,0} get-tuple-element(%t), index=1
+  %piece = f32[1,1024,1024]{2,1,0} fusion(%i), kind=kLoop, calls=%fused_piece
+  %upd = f32[36,1024,1024]{2,1,0} fusion(%buf, %piece, %i), kind=kLoop, calls=%fused_dus
+  %next = s32[] fusion(%i), kind=kLoop, calls=%fused_inc
+  ROOT %out = (s32[], f32[36,1024,1024]{2,1,0}) tuple(%next, %upd)
+}
+
+%fused_lt (u0: s32[]) -> pred[] {
+  %u0 = s32[] parameter(0)
+  %n = s32[] constant(36)
+  ROOT %lt = pred[] compare(%u0, %n), direction=LT
+}
+
+%cond (t.1: (s32[], f32[36,1024,1024])) -> pred[] {
+  %t.1 = (s32[], f32[36,1024,1024]{2,1,0}) parameter(0)
+  %i.1 = s32[] get-tuple-element(%t.1), index=0
+  ROOT %c.1 = pred[] fusion(%i.1), kind=kLoop, calls=%fused_lt
+}
+
+%gemm_fusion_dot (g0: bf16[64,128], g1: bf16[128,32]) -> bf16[64,32] {
+  %g0 = bf16[64,128]{1,0} parameter(0)
+  %g1 = bf16[128,32]{1,0} parameter(1)
+  ROOT %d = bf16[64,32]{1,0} dot(%g0, %g1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+%fused_neg (n0: bf16[64,32]) -> bf16[64,32] {
+  %n0 = bf16[64,32]{1,0} parameter(0)
+  ROOT %ng = bf16[64,32]{1,0} negate(%n0)
+}
+
+%branch_a (a0: bf16[64,32]) -> bf16[64,32] {
+  %a0 = bf16[64,32]{1,0} parameter(0)
+  ROOT %na = bf16[64,32]{1,0} fusion(%a0), kind=kLoop, calls=%fused_neg
+}
+
+%branch_b (b0: bf16[64,32]) -> bf16[64,32] {
+  %b0 = bf16[64,32]{1,0} parameter(0)
+  ROOT %nb = bf16[64,32]{1,0} fusion(%b0), kind=kLoop, calls=%fused_neg
+}
+
+ENTRY %main (x: f32[36,1024,1024], l: bf16[64,128], r: bf16[128,32], k: s32[]) -> f32[36,1024,1024] {
+  %x = f32[36,1024,1024]{2,1,0} parameter(0)
+  %l = bf16[64,128]{1,0} parameter(1)
+  %r = bf16[128,32]{1,0} parameter(2)
+  %k = s32[] parameter(3)
+  %zero = s32[] constant(0)
+  %init = (s32[], f32[36,1024,1024]{2,1,0}) tuple(%zero, %x)
+  %w = (s32[], f32[36,1024,1024]{2,1,0}) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"36"}}
+  %mm = bf16[64,32]{1,0} fusion(%l, %r), kind=kCustom, calls=%gemm_fusion_dot
+  %sel = bf16[64,32]{1,0} conditional(%k, %mm, %mm), branch_computations={%branch_a, %branch_b}
+  ROOT %res = f32[36,1024,1024]{2,1,0} get-tuple-element(%w), index=1
+}
+"""
+
+
+def test_in_place_updates_gemm_fusions_conditionals_and_loop_conditions():
+    kernels = hlo_census.census(HANDWRITTEN)
+    by_kind = {}
+    for k in kernels:
+        by_kind.setdefault(k.kind, []).append(k)
+    (upd,) = by_kind["in-place update"]
+    assert upd.launches == 36 and upd.bytes == 2 * 4 * 1024 * 1024    # the slice, not the buffer
+    (mm,) = by_kind["matmul (fusion)"]
+    assert mm.flops == 2 * 64 * 32 * 128 and mm.launches == 1
+    # both branches of the conditional, once each; the loop condition runs trips + 1 times
+    assert sorted(k.loop for k in kernels if k.target == "fused_neg") == ["entry", "entry"]
+    assert next(k for k in kernels if k.target == "fused_lt").launches == 37
+    assert hlo_census.array_bytes("(s4[7], c64[2], pred[3], u8[100])") == 4 + 16 + 3
+
+
+def test_broken_text_is_named():
+    with pytest.raises(ValueError, match="its body or condition is missing"):
+        hlo_census.census(HANDWRITTEN.replace("condition=%cond, body=%body", "condition=%cond, body=%gone"))
+    with pytest.raises(ValueError, match="calls %branch_c, which is not in the HLO text"):
+        hlo_census.census(HANDWRITTEN.replace("%branch_a, %branch_b}", "%branch_a, %branch_c}"))

@@ -5,7 +5,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from experiments.profile_summary import hlo_op_names, kernel_group, op_group, stream_launches, summarize
+from experiments.profile_summary import (find_files, hlo_op_names, kernel_group, op_group, stream_launches,
+                                        summarize)
 from tests.experiments.scripts import run_module
 
 
@@ -61,6 +62,17 @@ def test_summary_divides_by_iterations_and_sorts():
 def test_a_directory_without_a_trace_is_named(tmp_path):
     proc = run_module("experiments.profile_summary", f"--trace={tmp_path}", timeout=120)
     assert proc.returncode != 0 and "no .xplane.pb file there" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_hlo_is_found_above_the_trace(tmp_path):
+    """--profile_dir writes NAME.hlo.txt at its root and the trace folders below it."""
+    run = tmp_path / "plugins" / "profile" / "2026_12_01"
+    run.mkdir(parents=True)
+    (run / "host.xplane.pb").write_bytes(b"")
+    (tmp_path / "lowres.hlo.txt").write_text("HloModule m\n")
+    for trace in (tmp_path, run / "host.xplane.pb", run):
+        assert find_files(str(trace)) == (str(run / "host.xplane.pb"), str(tmp_path / "lowres.hlo.txt"))
+    assert find_files(str(run), "given.txt")[1] == "given.txt"
 
 
 def test_launches_come_from_the_gpu_streams_in_time_order():

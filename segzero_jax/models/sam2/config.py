@@ -75,12 +75,11 @@ class Sam2Config:
     attention_implementation: str = "auto"
     remat_policy: str = "none"
     # The trunk MLP's GELU: "exact" (erf, the reference's `nn.GELU()`), "tanh" (its tanh form)
-    # or "auto": tanh when the compute dtype is 16-bit, exact otherwise. In bfloat16 the tanh
-    # form is the faster and not the less accurate choice: XLA:GPU hands bias + tanh-GELU to
-    # cuBLAS as the first MLP matmul's epilogue, applied to the float32 accumulator and rounded
-    # once, while the exact form is a separate pass over a bfloat16-rounded activation four
-    # times the block's width; the forms differ by at most 4.8e-4 (near x = 2.7, where
-    # bfloat16's rounding step is 0.0156).
+    # or "auto": tanh when the compute dtype is 16-bit, exact otherwise. The forms differ by at
+    # most 4.8e-4 (near x = 2.7, where bfloat16's rounding step is 0.0156). On a GPU, XLA hands
+    # bias + tanh-GELU to cuBLAS as the first MLP matmul's epilogue (when the matmul runs on
+    # cuBLAS), applied to the float32 accumulator and rounded once, where the exact form is a
+    # separate pass over a bfloat16-rounded activation four times the block's width.
     trunk_gelu: str = "auto"
 
     def __post_init__(self):

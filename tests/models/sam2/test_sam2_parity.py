@@ -59,17 +59,39 @@ def test_neck_levels_and_position_encoding_match(setup):
 def test_trunk_runs_both_window_layouts(setup):
     """The parity above covers both trunk paths: `test_tiny` has runs that carry x in window
     layout (windows tile the map) and runs that re-pad every block, as the reference does."""
-    from segzero_jax.models.sam2.hiera import MultiScaleBlock, block_segments, carries_windows
+    from segzero_jax.models.sam2.hiera import MultiScaleBlock, block_segments, carries_windows, is_scanned
     cfg = setup["cfg"]
     side = cfg.image_size // 4
-    layouts = []
+    carried, padded = [], []
     for start, _, spec in block_segments(cfg):
-        stage = sum(start > end for end in cfg.stage_ends)
-        layouts.append(carries_windows(spec, (side >> stage,) * 2))
-    assert True in layouts and False in layouts, layouts
+        if is_scanned(spec) and spec.window_size > 0:
+            stage = sum(start > end for end in cfg.stage_ends)
+            (carried if carries_windows(spec, (side >> stage,) * 2) else padded).append(start)
+    assert carried and padded, (carried, padded)
     spec = cfg.blocks[-1]
     with pytest.raises(ValueError, match="does not fit the block"):
         MultiScaleBlock(spec, cfg, windowed=True).init(jax.random.PRNGKey(0), jnp.zeros((1, 5, 5, spec.dim)))
+
+
+def test_window_layout_carry_equals_per_block_partition(monkeypatch):
+    """A run of several blocks carried in window layout (here 2 and 3 blocks, remat on)
+    gives the per-block partition's features exactly; the parity above pins the latter to the
+    reference."""
+    from segzero_jax.models.sam2 import hiera
+    cfg = get_preset("test_tiny").replace(stages=(1, 3, 5, 2), global_att_blocks=(8,),
+                                          window_spec=(4, 2, 4, 2), remat_policy="full")
+    side = cfg.image_size // 4
+    runs = [count for start, count, spec in hiera.block_segments(cfg)
+            if hiera.carries_windows(spec, (side >> sum(start > e for e in cfg.stage_ends),) * 2)]
+    assert sorted(runs)[-2:] == [2, 3], runs
+    model = hiera.Hiera(cfg)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, cfg.image_size, cfg.image_size, 3))
+    params = model.init(jax.random.PRNGKey(0), x)
+    carried = jax.jit(model.apply)(params, x)
+    monkeypatch.setattr(hiera, "carries_windows", lambda spec, hw: False)
+    per_block = jax.jit(model.apply)(params, x)
+    for a, b in zip(carried, per_block):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
 PROMPTS = {
