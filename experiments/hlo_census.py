@@ -14,10 +14,9 @@ applies in its epilogue, a loop's per-iteration kernels) and a lower bound on th
 cannot tell: how close each kernel gets to its bound; small-tile attention and batched matmuls
 land well above it, so time on the card stays a measurement (`experiments.benchmark_sam2`).
 
-Bytes count each operand and result once at full size, except that a fusion that slices a
-stacked operand (a scanned layer's weights) is counted at its result's size, an in-place
-update (dynamic-update-slice) at twice the piece it writes, and cuBLAS workspaces are left
-out. FLOPs are those of dots (cuBLAS calls and GEMM fusions) and cuDNN attention. A loop's
+Bytes count each operand and result once at full size, except that an operand a fusion only
+slices (a scanned layer's weights or saved activations) counts the slices, an in-place update
+(dynamic-update-slice) reads and writes only the piece, and cuBLAS workspaces are left out. FLOPs are those of dots (cuBLAS calls and GEMM fusions) and cuDNN attention. A loop's
 condition counts one launch more than its trips; a conditional counts every branch once (an
 upper bound).
 """
@@ -111,6 +110,39 @@ def _fusion_flops(body: str) -> int:
     return total
 
 
+def _operand_reads(body: str, n_operands: int) -> list[Optional[int]]:
+    """Per fusion operand: the bytes the fused computation reads of it when it only slices it
+    (dynamic-slice / slice: the slices' sizes; the target of a dynamic-update-slice: nothing,
+    the buffer is updated in place), else None (read whole)."""
+    params, uses, origin = {}, collections.defaultdict(list), {}
+    for line in body.splitlines():
+        m = _INSTRUCTION.match(line)
+        if not m:
+            continue
+        name, type_text, op, rest = m.groups()
+        operands = re.findall(r"%([\w.\-]+)", rest.split("), ")[0])
+        if op == "parameter":
+            params[int(re.match(r"\s*(\d+)", rest).group(1))] = name
+            origin[name] = name
+            continue
+        if op == "bitcast" and operands and operands[0] in origin:   # a view of the parameter
+            origin[name] = origin[operands[0]]
+            continue
+        for position, operand in enumerate(operands):
+            if operand in origin:
+                uses[origin[operand]].append((op, position, type_text))
+    reads: list[Optional[int]] = []
+    for i in range(n_operands):
+        found = uses.get(params.get(i, ""), [])
+        if found and all(op in ("dynamic-slice", "slice") and pos == 0 for op, pos, _ in found):
+            reads.append(sum(array_bytes(t) for _, _, t in found))
+        elif found and all(op == "dynamic-update-slice" and pos == 0 for op, pos, _ in found):
+            reads.append(0)
+        else:
+            reads.append(None)
+    return reads
+
+
 def _update_bytes(body: str) -> int:
     """Bytes of the pieces a fusion writes in place with dynamic-update-slice."""
     types, total = _types(body), 0
@@ -194,13 +226,18 @@ def census(hlo_text: str) -> list[Kernel]:
             target = custom.group(1) if custom else called.group(1) if called else op
             body = computations.get(called.group(1), (False, ""))[1] if called else ""
             out_bytes = array_bytes(type_text)
-            in_bytes = sum(array_bytes(types.get(o, "")) for o in operands)
             kind = _kind(op, target, body)
-            if kind == "layer slicing" or op == "dynamic-slice":
+            if op == "fusion":   # an operand the fusion only slices is read only in part
+                reads = _operand_reads(body, len(operands))
+                in_bytes = sum(array_bytes(types.get(o, "")) if r is None else r for o, r in zip(operands, reads))
+            elif op in ("dynamic-slice", "slice"):
                 in_bytes = out_bytes
-            elif kind == "in-place update":   # reads and writes the piece, not the whole buffer
-                piece = _update_bytes(body) if op == "fusion" else array_bytes(types.get(operands[1], ""))
-                in_bytes, out_bytes = piece, piece
+            else:
+                in_bytes = sum(array_bytes(types.get(o, "")) for o in operands)
+            if kind == "in-place update":   # writes the piece, not the whole buffer
+                out_bytes = _update_bytes(body) if op == "fusion" else array_bytes(types.get(operands[1], ""))
+                if op != "fusion":
+                    in_bytes = out_bytes
             flops = 0
             if kind == "matmul (cuBLAS)" and operands:
                 lhs = _dims(types.get(operands[0], ""))

@@ -31,9 +31,10 @@ def test_loop_kernels_count_every_trip_and_cublas_epilogues(kernels):
     # and writes x: bf16 bytes, the int8 workspace left out.
     assert mm[0].bytes == 2 * (256 * 128 + 128 * 512 + 512 + 256 * 512)
     assert mm[1].bytes == 2 * (256 * 512 + 512 * 128 + 128 + 256 * 128 + 256 * 128)
-    # slicing a layer's weights out of the stacked [3, ...] params counts the slice, not the stack
+    # slicing a layer's weights out of the stacked [3, ...] params counts the slice (read and
+    # written) and the s32 loop index, not the stack
     slices = [k for k in kernels if k.kind == "layer slicing"]
-    assert sorted(k.bytes for k in slices) == sorted(2 * 2 * n for n in (128 * 512, 512, 512 * 128, 128))
+    assert sorted(k.bytes for k in slices) == sorted(2 * 2 * n + 4 for n in (128 * 512, 512, 512 * 128, 128))
 
 
 def test_attention_and_entry_kernels(kernels):
@@ -87,6 +88,22 @@ HANDWRITTEN = """HloModule m, entry_computation_layout={(f32[36,1024,1024]{2,1,0
   ROOT %b = f32[1,1024,1024]{2,1,0} broadcast(%c), dimensions={}
 }
 
+%sum (s0: f32[], s1: f32[]) -> f32[] {
+  %s0 = f32[] parameter(0)
+  %s1 = f32[] parameter(1)
+  ROOT %s2 = f32[] add(%s0, %s1)
+}
+
+%fused_row_sums (v0: f32[36,1024,1024], v1: s32[]) -> f32[1024] {
+  %v0 = f32[36,1024,1024]{2,1,0} parameter(0)
+  %view = f32[36,1024,1024]{2,1,0} bitcast(%v0)
+  %v1 = s32[] parameter(1)
+  %z0 = s32[] constant(0)
+  %one_layer = f32[1,1024,1024]{2,1,0} dynamic-slice(%view, %v1, %z0, %z0), dynamic_slice_sizes={1,1024,1024}
+  %f0 = f32[] constant(0)
+  ROOT %rows = f32[1024]{0} reduce(%one_layer, %f0), dimensions={0,2}, to_apply=%sum
+}
+
 %fused_inc (r0: s32[]) -> s32[] {
   %r0 = s32[] parameter(0)
   %one = s32[] constant(1)
@@ -99,6 +116,7 @@ HANDWRITTEN = """HloModule m, entry_computation_layout={(f32[36,1024,1024]{2,1,0
   %buf = f32[36,1024,1024]{2,1,0} get-tuple-element(%t), index=1
   %piece = f32[1,1024,1024]{2,1,0} fusion(%i), kind=kLoop, calls=%fused_piece
   %upd = f32[36,1024,1024]{2,1,0} fusion(%buf, %piece, %i), kind=kLoop, calls=%fused_dus
+  %rows.1 = f32[1024]{0} fusion(%buf, %i), kind=kInput, calls=%fused_row_sums
   %next = s32[] fusion(%i), kind=kLoop, calls=%fused_inc
   ROOT %out = (s32[], f32[36,1024,1024]{2,1,0}) tuple(%next, %upd)
 }
@@ -157,7 +175,10 @@ def test_in_place_updates_gemm_fusions_conditionals_and_loop_conditions():
     for k in kernels:
         by_kind.setdefault(k.kind, []).append(k)
     (upd,) = by_kind["in-place update"]
-    assert upd.launches == 36 and upd.bytes == 2 * 4 * 1024 * 1024    # the slice, not the buffer
+    assert upd.launches == 36 and upd.bytes == 2 * 4 * 1024 * 1024 + 4   # the slice and index, not the buffer
+    # a reduction over one layer of the buffer (read through a bitcast view) reads that layer
+    (rows,) = by_kind["reduction (norms, softmax)"]
+    assert rows.launches == 36 and rows.bytes == 4 * 1024 * 1024 + 4 + 4 * 1024
     (mm,) = by_kind["matmul (fusion)"]
     assert mm.flops == 2 * 64 * 32 * 128 and mm.launches == 1
     # both branches of the conditional, once each; the loop condition runs trips + 1 times
