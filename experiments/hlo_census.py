@@ -16,7 +16,8 @@ land well above it, so time on the card stays a measurement (`experiments.benchm
 
 Bytes count each operand and result once at full size, except that an operand a fusion only
 slices (a scanned layer's weights or saved activations) counts the slices, an in-place update
-(dynamic-update-slice) reads and writes only the piece, and cuBLAS workspaces are left out. FLOPs are those of dots (cuBLAS calls and GEMM fusions) and cuDNN attention. A loop's
+(dynamic-update-slice, scatter: a KV-cache write) reads and writes only the piece, and cuBLAS
+workspaces are left out. FLOPs are those of dots (cuBLAS calls and GEMM fusions) and cuDNN attention. A loop's
 condition counts one launch more than its trips; a conditional counts every branch once (an
 upper bound).
 """
@@ -136,7 +137,7 @@ def _operand_reads(body: str, n_operands: int) -> list[Optional[int]]:
         found = uses.get(params.get(i, ""), [])
         if found and all(op in ("dynamic-slice", "slice") and pos == 0 for op, pos, _ in found):
             reads.append(sum(array_bytes(t) for _, _, t in found))
-        elif found and all(op == "dynamic-update-slice" and pos == 0 for op, pos, _ in found):
+        elif found and all(op in ("dynamic-update-slice", "scatter") and pos == 0 for op, pos, _ in found):
             reads.append(0)
         else:
             reads.append(None)
@@ -144,14 +145,16 @@ def _operand_reads(body: str, n_operands: int) -> list[Optional[int]]:
 
 
 def _update_bytes(body: str) -> int:
-    """Bytes of the pieces a fusion writes in place with dynamic-update-slice."""
+    """Bytes of the pieces a fusion writes in place (dynamic-update-slice's update, scatter's
+    updates)."""
     types, total = _types(body), 0
     for line in body.splitlines():
         m = _INSTRUCTION.match(line)
-        if m and m.group(3) == "dynamic-update-slice":
+        if m and m.group(3) in ("dynamic-update-slice", "scatter"):
             operands = re.findall(r"%([\w.\-]+)", m.group(4).split("), ")[0])
-            if len(operands) > 1:
-                total += array_bytes(types.get(operands[1], ""))
+            piece = 1 if m.group(3) == "dynamic-update-slice" else 2
+            if len(operands) > piece:
+                total += array_bytes(types.get(operands[piece], ""))
     return total
 
 
@@ -162,12 +165,12 @@ def _kind(op: str, target: str, body: str) -> str:
         return "matmul (cuBLAS)"
     if "$conv" in target:
         return "convolution (cuDNN)"
-    if op == "dynamic-update-slice":
+    if op in ("dynamic-update-slice", "scatter"):
         return "in-place update"
     if op == "fusion":
         if " dot(" in body:
             return "matmul (fusion)"
-        if "dynamic-update-slice(" in body:
+        if "dynamic-update-slice(" in body or " scatter(" in body:
             return "in-place update"
         if " erf(" in body or " tanh(" in body:
             return "activation"
@@ -235,7 +238,9 @@ def census(hlo_text: str) -> list[Kernel]:
             else:
                 in_bytes = sum(array_bytes(types.get(o, "")) for o in operands)
             if kind == "in-place update":   # writes the piece, not the whole buffer
-                out_bytes = _update_bytes(body) if op == "fusion" else array_bytes(types.get(operands[1], ""))
+                piece = 1 if op == "dynamic-update-slice" else 2
+                out_bytes = (_update_bytes(body) if op == "fusion"
+                             else array_bytes(types.get(operands[piece], "")) if len(operands) > piece else out_bytes)
                 if op != "fusion":
                     in_bytes = out_bytes
             flops = 0

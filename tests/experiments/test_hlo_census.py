@@ -139,6 +139,18 @@ HANDWRITTEN = """HloModule m, entry_computation_layout={(f32[36,1024,1024]{2,1,0
   ROOT %d = bf16[64,32]{1,0} dot(%g0, %g1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
 }
 
+%assign (a0.1: bf16[], a1.1: bf16[]) -> bf16[] {
+  %a0.1 = bf16[] parameter(0)
+  ROOT %a1.1 = bf16[] parameter(1)
+}
+
+%fused_cache_write (w0: bf16[8,1024,64], w1: s32[8,1], w2: bf16[8,1,64]) -> bf16[8,1024,64] {
+  %w0 = bf16[8,1024,64]{2,1,0} parameter(0)
+  %w1 = s32[8,1]{1,0} parameter(1)
+  %w2 = bf16[8,1,64]{2,1,0} parameter(2)
+  ROOT %sc = bf16[8,1024,64]{2,1,0} scatter(%w0, %w1, %w2), update_window_dims={1,2}, inserted_window_dims={}, scatter_dims_to_operand_dims={1}, index_vector_dim=1, to_apply=%assign
+}
+
 %fused_neg (n0: bf16[64,32]) -> bf16[64,32] {
   %n0 = bf16[64,32]{1,0} parameter(0)
   ROOT %ng = bf16[64,32]{1,0} negate(%n0)
@@ -154,7 +166,7 @@ HANDWRITTEN = """HloModule m, entry_computation_layout={(f32[36,1024,1024]{2,1,0
   ROOT %nb = bf16[64,32]{1,0} fusion(%b0), kind=kLoop, calls=%fused_neg
 }
 
-ENTRY %main (x: f32[36,1024,1024], l: bf16[64,128], r: bf16[128,32], k: s32[]) -> f32[36,1024,1024] {
+ENTRY %main (x: f32[36,1024,1024], l: bf16[64,128], r: bf16[128,32], k: s32[], cache: bf16[8,1024,64], pos: s32[8,1], new: bf16[8,1,64]) -> f32[36,1024,1024] {
   %x = f32[36,1024,1024]{2,1,0} parameter(0)
   %l = bf16[64,128]{1,0} parameter(1)
   %r = bf16[128,32]{1,0} parameter(2)
@@ -164,6 +176,10 @@ ENTRY %main (x: f32[36,1024,1024], l: bf16[64,128], r: bf16[128,32], k: s32[]) -
   %w = (s32[], f32[36,1024,1024]{2,1,0}) while(%init), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"36"}}
   %mm = bf16[64,32]{1,0} fusion(%l, %r), kind=kCustom, calls=%gemm_fusion_dot
   %sel = bf16[64,32]{1,0} conditional(%k, %mm, %mm), branch_computations={%branch_a, %branch_b}
+  %cache = bf16[8,1024,64]{2,1,0} parameter(4)
+  %pos = s32[8,1]{1,0} parameter(5)
+  %new = bf16[8,1,64]{2,1,0} parameter(6)
+  %written = bf16[8,1024,64]{2,1,0} fusion(%cache, %pos, %new), kind=kLoop, calls=%fused_cache_write
   ROOT %res = f32[36,1024,1024]{2,1,0} get-tuple-element(%w), index=1
 }
 """
@@ -174,8 +190,9 @@ def test_in_place_updates_gemm_fusions_conditionals_and_loop_conditions():
     by_kind = {}
     for k in kernels:
         by_kind.setdefault(k.kind, []).append(k)
-    (upd,) = by_kind["in-place update"]
+    upd, cache = by_kind["in-place update"]
     assert upd.launches == 36 and upd.bytes == 2 * 4 * 1024 * 1024 + 4   # the slice and index, not the buffer
+    assert cache.launches == 1 and cache.bytes == 2 * (8 * 64 * 2) + 8 * 4   # a KV-cache write: one row per sequence
     # a reduction over one layer of the buffer (read through a bitcast view) reads that layer
     (rows,) = by_kind["reduction (norms, softmax)"]
     assert rows.launches == 36 and rows.bytes == 4 * 1024 * 1024 + 4 + 4 * 1024
