@@ -1,6 +1,6 @@
 """The benchmark scripts run end to end at tiny sizes and report numbers they checked.
 
-They are what an accelerator session runs first; these keep them from rotting. Timings are
+They are what a GPU or TPU run starts with; these keep them from rotting. Timings are
 not asserted (speed is reported by the scripts, not tested).
 """
 

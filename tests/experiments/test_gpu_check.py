@@ -1,4 +1,4 @@
-"""`experiments/gpu_check.sh` runs end to end before a device session depends on it: with stand-in
+"""`experiments/gpu_check.sh` runs end to end before a GPU run depends on it: with stand-in
 `python` and `nvidia-smi` on PATH it runs every step in order under the budget, passes each its
 JSON path, and skips what the budget no longer covers."""
 
