@@ -281,15 +281,16 @@ def summarize(kernels: list[Kernel], bandwidth_gbps: float, peak_tflops: float) 
         g[1] += k.bytes * k.launches / 1e9
         g[2] += k.flops * k.launches / 1e12
         g[3] += roofline_seconds(k, bandwidth_gbps, peak_tflops) * k.launches * 1e3
-    rows = [{"kind": kind, "launches": int(n), "gb": round(gb, 3), "tflop": round(tf, 4), "roofline_ms": round(ms, 3)}
+    sig = lambda x: float(f"{x:.5g}")   # five significant digits, small programs included
+    rows = [{"kind": kind, "launches": int(n), "gb": sig(gb), "tflop": sig(tf), "roofline_ms": sig(ms)}
             for kind, (n, gb, tf, ms) in sorted(groups.items(), key=lambda kv: -kv[1][3])]
     epilogues = collections.Counter()
     for k in kernels:
         if k.epilogue:
             epilogues[k.epilogue] += k.launches
+    totals = [sum(g[i] for g in groups.values()) for i in (1, 2, 3)]
     return {"launches": sum(k.launches for k in kernels),
-            "gb": round(sum(r["gb"] for r in rows), 3), "tflop": round(sum(r["tflop"] for r in rows), 4),
-            "roofline_ms": round(sum(r["roofline_ms"] for r in rows), 3),
+            "gb": sig(totals[0]), "tflop": sig(totals[1]), "roofline_ms": sig(totals[2]),
             "bandwidth_gbps": bandwidth_gbps, "peak_tflops": peak_tflops,
             "cublas_epilogues": dict(epilogues), "kinds": rows}
 
@@ -297,12 +298,12 @@ def summarize(kernels: list[Kernel], bandwidth_gbps: float, peak_tflops: float) 
 def print_summary(summary: dict, kernels: Optional[list[Kernel]] = None, top: int = 0) -> None:
     """The summary's table; with `kernels`, also the `top` kernels by roofline time."""
     bandwidth_gbps, peak_tflops = summary["bandwidth_gbps"], summary["peak_tflops"]
-    print(f"{summary['launches']} kernel launches, {summary['gb']:.1f} GB moved, {summary['tflop']:.2f} TFLOP; "
-          f"roofline {summary['roofline_ms']:.2f} ms at {summary['bandwidth_gbps']:g} GB/s and "
+    print(f"{summary['launches']} kernel launches, {summary['gb']:.4g} GB moved, {summary['tflop']:.4g} TFLOP; "
+          f"roofline {summary['roofline_ms']:.4g} ms at {summary['bandwidth_gbps']:g} GB/s and "
           f"{summary['peak_tflops']:g} TFLOP/s")
     print(f"{'kind':30s} {'launches':>9s} {'GB':>9s} {'TFLOP':>8s} {'roofline ms':>12s}")
     for r in summary["kinds"]:
-        print(f"{r['kind']:30s} {r['launches']:9d} {r['gb']:9.2f} {r['tflop']:8.3f} {r['roofline_ms']:12.3f}")
+        print(f"{r['kind']:30s} {r['launches']:9d} {r['gb']:9.4g} {r['tflop']:8.4g} {r['roofline_ms']:12.4g}")
     if summary["cublas_epilogues"]:
         print("cuBLAS epilogues (launches): " + ", ".join(f"{k} {v}" for k, v in sorted(summary["cublas_epilogues"].items())))
     if kernels and top:
@@ -310,7 +311,7 @@ def print_summary(summary: dict, kernels: Optional[list[Kernel]] = None, top: in
         ranked = sorted(kernels, key=lambda k: -roofline_seconds(k, bandwidth_gbps, peak_tflops) * k.launches)
         for k in ranked[:top]:
             ms = roofline_seconds(k, bandwidth_gbps, peak_tflops) * k.launches * 1e3
-            print(f"{ms:8.3f} ms  x{k.launches:<4d} {k.kind:26s} {k.epilogue:10s} {k.bytes / 1e6:9.1f} MB  {k.op_name[-70:]}")
+            print(f"{ms:9.4g} ms  x{k.launches:<4d} {k.kind:26s} {k.epilogue:10s} {k.bytes / 1e6:9.4g} MB  {k.op_name[-70:]}")
 
 
 FLAGS = flags.FLAGS
