@@ -267,8 +267,9 @@ def build_sam2_work(mesh, rules, attention: str):
     import flax.linen as nn
 
     param_dtype = FLAGS.param_dtype or FLAGS.dtype
+    # "auto" GELU resolves by the tracing host's backend; a GPU target gets the GPU's choice
     cfg = get_preset(FLAGS.sam2_preset, dtype=getattr(jnp, FLAGS.dtype), param_dtype=getattr(jnp, param_dtype),
-                     attention_implementation=attention)
+                     attention_implementation=attention, trunk_gelu="gpu_auto" if gpu_target() else "auto")
     params = _sharded(nn.unbox(abstract_params(cfg)), param_shardings(cfg, mesh, rules))
     b, s = FLAGS.batch, cfg.image_size
     rows = lambda shape, dt: _rows(mesh, rules, shape, dt)
@@ -277,7 +278,8 @@ def build_sam2_work(mesh, rules, attention: str):
     segment = functools.partial(low_res_masks, config=cfg)
 
     desc = {"sam2_preset": FLAGS.sam2_preset, "image_size": s, "param_dtype": param_dtype, "dtype": FLAGS.dtype,
-            "attention": attention}
+            "attention": attention,
+            "trunk_activation": cfg.trunk_activation("gpu" if gpu_target() else ("tpu" if FLAGS.topology else None))}
     return jax.jit(segment), (params, images, boxes, points, labels), desc
 
 

@@ -32,7 +32,7 @@ flags.DEFINE_integer("batch", 16, "images per call (one box + 2 points each)")
 flags.DEFINE_string("dtype", "bfloat16", "compute dtype: bfloat16 | float32")
 flags.DEFINE_string("param_dtype", "", "param dtype (default: the compute dtype; the model is frozen)")
 flags.DEFINE_string("attention_impl", "auto", "auto | xla | cudnn")
-flags.DEFINE_string("trunk_gelu", "auto", "the trunk MLP's GELU: auto (tanh in 16-bit compute) | exact | tanh")
+flags.DEFINE_string("trunk_gelu", "auto", "the trunk MLP's GELU: auto (tanh on a GPU in 16-bit compute) | exact | tanh")
 flags.DEFINE_string("peer", "auto", "auto | sam2 | transformers | none")
 flags.DEFINE_integer("warmup", 1, "untimed calls after compilation")
 flags.DEFINE_integer("iters", 5, "timed calls (the median is reported)")
@@ -223,7 +223,7 @@ def main(argv):
         raise app.UsageError(str(e)) from None
     result = {"preset": FLAGS.preset, "batch": FLAGS.batch, "image_size": cfg.image_size,
               "dtype": FLAGS.dtype, "param_dtype": param_dtype, "prompt": "box + 2 points, multimask",
-              "attention": FLAGS.attention_impl, "trunk_activation": cfg.trunk_activation}
+              "attention": FLAGS.attention_impl, "trunk_activation": cfg.trunk_activation()}
     result["ours"] = bench_jax(cfg, FLAGS.batch)
     peer = _pick_peer(FLAGS.peer)
     if peer != "none":

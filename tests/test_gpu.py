@@ -1,4 +1,5 @@
-"""Accelerator checks: the cuDNN attention backend against XLA on a GPU.
+"""Accelerator checks: the cuDNN attention backend against XLA on a GPU, and the accuracy of the
+bf16 SAM2 trunk's GELU in cuBLAS's epilogue.
 
 Skipped where no GPU is attached (the CPU suite covers every other backend). Run on a GPU
 machine with `JAX_PLATFORMS=cuda python -m pytest -q tests/test_gpu.py` (the test conftest
@@ -85,6 +86,29 @@ def test_policy_and_sam2_on_cudnn_match_xla():
     assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
 
 
+def test_sam2_tanh_gelu_epilogue_keeps_bf16_accuracy():
+    """On a GPU "auto" gives the bf16 trunk the tanh GELU, which cuBLAS applies in the fc1 matmul's
+    epilogue: its low-res logits stay as close to the float32 model's (exact GELU, the reference
+    function) as the exact form's in bf16."""
+    from segzero_jax.models.sam2 import get_preset, low_res_masks, random_params
+
+    cfg = get_preset("hiera_tiny")
+    params = random_params(cfg, jax.random.PRNGKey(4))
+    images = jax.random.uniform(jax.random.PRNGKey(5), (2, 1024, 1024, 3)) * 255
+    boxes = jnp.array([[100.0, 100.0, 500.0, 600.0]] * 2)
+    points, labels = jnp.array([[[200.0, 300.0], [300.0, 400.0]]] * 2), jnp.ones((2, 2), jnp.int32)
+
+    def logits(c):
+        return np.asarray(jax.jit(lambda p: low_res_masks(p, images, boxes, points, labels, config=c)[0])(params),
+                          np.float32)
+
+    bf16 = cfg.replace(dtype=jnp.bfloat16)
+    assert bf16.trunk_activation() == "gelu_pytorch_tanh"
+    ref = logits(cfg)
+    err = {form: float(np.abs(logits(bf16.replace(trunk_gelu=form)) - ref).mean()) for form in ("auto", "exact")}
+    assert err["auto"] <= 1.25 * err["exact"], err
+
+
 if __name__ == "__main__":   # for GPU machines without pytest
     if jax.default_backend() != "gpu":
         raise SystemExit("no GPU: nothing to check")
@@ -93,3 +117,5 @@ if __name__ == "__main__":   # for GPU machines without pytest
         print("ok attention", case[:6])
     test_policy_and_sam2_on_cudnn_match_xla()
     print("ok policy and sam2")
+    test_sam2_tanh_gelu_epilogue_keeps_bf16_accuracy()
+    print("ok sam2 tanh GELU in bf16")

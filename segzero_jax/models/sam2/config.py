@@ -9,12 +9,13 @@ model and the checkpoint converter.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
+import jax
 import jax.numpy as jnp
 
 Dtype = Any
-TRUNK_GELUS = ("auto", "exact", "tanh")
+TRUNK_GELUS = ("auto", "exact", "tanh", "gpu_auto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,12 +75,14 @@ class Sam2Config:
     dtype: Dtype = jnp.float32
     attention_implementation: str = "auto"
     remat_policy: str = "none"
-    # The trunk MLP's GELU: "exact" (erf, the reference's `nn.GELU()`), "tanh" (its tanh form)
-    # or "auto": tanh when the compute dtype is 16-bit, exact otherwise. The forms differ by at
-    # most 4.8e-4 (near x = 2.7, where bfloat16's rounding step is 0.0156). On a GPU, XLA hands
-    # bias + tanh-GELU to cuBLAS as the first MLP matmul's epilogue (when the matmul runs on
-    # cuBLAS), applied to the float32 accumulator and rounded once, where the exact form is a
-    # separate pass over a bfloat16-rounded activation four times the block's width.
+    # The trunk MLP's GELU: "exact" (erf, the reference's `nn.GELU()`), "tanh" (its tanh form),
+    # "auto" (resolved where the model is traced: tanh on a GPU in 16-bit compute, exact
+    # elsewhere) or "gpu_auto" (that GPU choice on any backend, for compiling for a GPU from
+    # another host). On a GPU, XLA hands bias + tanh-GELU to cuBLAS as the first MLP matmul's
+    # epilogue, applied to the float32 accumulator and rounded once; the exact form is a pass of
+    # its own over an activation four times the block's width. TPUs fuse either form into the
+    # matmul, and float32 keeps the reference's function, so both take the exact form. The
+    # forms differ by at most 4.8e-4 (near x = 2.7, where bfloat16's rounding step is 0.0156).
     trunk_gelu: str = "auto"
 
     def __post_init__(self):
@@ -111,11 +114,14 @@ class Sam2Config:
         if len(self.stages) - self.scalp < 3 and self.use_high_res_features:
             raise ValueError("Sam2Config: use_high_res_features needs 3 FPN levels after the scalp")
 
-    @property
-    def trunk_activation(self) -> str:
-        """The trunk MLP's activation by name (`segzero_jax.models.layers.ACTIVATIONS`)."""
-        tanh = self.trunk_gelu == "tanh" or (self.trunk_gelu == "auto" and jnp.dtype(self.dtype).itemsize == 2)
-        return "gelu_pytorch_tanh" if tanh else "gelu"
+    def trunk_activation(self, backend: Optional[str] = None) -> str:
+        """The trunk MLP's activation by name (`segzero_jax.models.layers.ACTIVATIONS`) on
+        `backend` (default: JAX's default backend, where the model is being traced)."""
+        gelu = self.trunk_gelu
+        if gelu in ("auto", "gpu_auto"):
+            on_gpu = gelu == "gpu_auto" or (backend or jax.default_backend()) == "gpu"
+            gelu = "tanh" if on_gpu and jnp.dtype(self.dtype).itemsize == 2 else "exact"
+        return "gelu_pytorch_tanh" if gelu == "tanh" else "gelu"
 
     # --- derived, mirroring Hiera.__init__ -------------------------------------------------
     @property

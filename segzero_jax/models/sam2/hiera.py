@@ -162,7 +162,7 @@ class MultiScaleBlock(nn.Module):
             x = window_unpartition(x, ws, pad_hw, (h, w))
         x = shortcut + x
         y = LayerNorm(eps=1e-6, name="norm2", **kw)(x)
-        x = x + Mlp(int(spec.dim_out * cfg.mlp_ratio), spec.dim_out, 2, activation=cfg.trunk_activation,
+        x = x + Mlp(int(spec.dim_out * cfg.mlp_ratio), spec.dim_out, 2, activation=cfg.trunk_activation(),
                     name="mlp", **kw)(y)
         return constrain(x, ACT)
 

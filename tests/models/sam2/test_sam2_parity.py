@@ -274,24 +274,32 @@ def test_bf16_compute_stays_close(setup, batch_case):
     assert float((a["masks"] == b["masks"]).mean()) > 0.9
 
 
-def test_bf16_trunk_gelu_forms(setup, batch_case):
-    """In bfloat16 "auto" takes the trunk MLP's tanh GELU (cuBLAS's epilogue on a GPU): it stays as
-    close to the float32 reference (exact GELU) as the exact form computed in bfloat16 does."""
+def test_trunk_gelu_forms(setup, batch_case, monkeypatch):
+    """"auto" takes the trunk MLP's tanh GELU on a GPU in 16-bit compute (cuBLAS's fc1 epilogue;
+    tests/test_gpu.py checks its accuracy there) and the exact form elsewhere; computed in
+    bfloat16 arithmetic, as on this CPU, the tanh form still stays about as close to the float32
+    reference as the exact form."""
     cfg = setup["cfg"]
-    assert cfg.trunk_activation == "gelu" and cfg.replace(trunk_gelu="tanh").trunk_activation == "gelu_pytorch_tanh"
-    assert cfg.replace(dtype=jnp.bfloat16).trunk_activation == "gelu_pytorch_tanh"
-    assert cfg.replace(dtype=jnp.bfloat16, trunk_gelu="exact").trunk_activation == "gelu"
+    bf16 = cfg.replace(dtype=jnp.bfloat16)
+    assert cfg.trunk_activation() == "gelu" and bf16.trunk_activation() == "gelu"          # on this CPU
+    assert bf16.trunk_activation("gpu") == "gelu_pytorch_tanh" and bf16.trunk_activation("tpu") == "gelu"
+    assert cfg.trunk_activation("gpu") == "gelu"                                          # float32
+    assert bf16.replace(trunk_gelu="gpu_auto").trunk_activation() == "gelu_pytorch_tanh"
+    assert bf16.replace(trunk_gelu="exact").trunk_activation("gpu") == "gelu"
+    assert cfg.replace(trunk_gelu="tanh").trunk_activation() == "gelu_pytorch_tanh"
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert bf16.trunk_activation() == "gelu_pytorch_tanh"
+    monkeypatch.undo()
     with pytest.raises(ValueError, match="Sam2Config.trunk_gelu='erf'"):
         cfg.replace(trunk_gelu="erf")
     ref = batch_case["out"]
     errors, agreement = {}, {}
-    for form in ("exact", "auto"):
-        out = predict_batch(setup["params"], *batch_case["args"],
-                            config=cfg.replace(dtype=jnp.bfloat16, trunk_gelu=form))
+    for form in ("exact", "tanh"):
+        out = predict_batch(setup["params"], *batch_case["args"], config=bf16.replace(trunk_gelu=form))
         errors[form] = float(jnp.abs(out["low_res_logits"] - ref["low_res_logits"]).mean())
         agreement[form] = float((out["masks"] == ref["masks"]).mean())
-    assert errors["auto"] <= 1.25 * errors["exact"], errors
-    assert agreement["auto"] >= agreement["exact"] - 0.005, agreement
+    assert errors["tanh"] <= 1.5 * errors["exact"], errors
+    assert agreement["tanh"] >= agreement["exact"] - 0.005, agreement
 
 
 def test_bad_inputs_are_named(setup):
