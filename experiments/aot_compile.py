@@ -40,7 +40,7 @@ from typing import Any
 
 from absl import app, flags
 
-from experiments.gpu_targets import GPU_TARGETS, gpu_target_config
+from experiments.gpu_targets import GPU_TARGETS, card_figures, gpu_target_config
 from experiments.report import emit
 
 FLAGS = flags.FLAGS
@@ -66,13 +66,16 @@ flags.DEFINE_string("attention_impl", "auto",
                     "backend would pick, i.e. tpu_auto or gpu_auto)")
 
 # HBM per chip by JAX device_kind, for the "fits" column, and dense bf16 peak TFLOP/s per chip, for
-# the compute-bound time (public TPU specifications).
-HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v5p": 95, "TPU v6 lite": 32, "TPU7x": 192,
-           "NVIDIA H100 80GB HBM3": 79.1, "NVIDIA H200": 140.4}
+# the compute-bound time (public TPU specifications; the GPUs' from `experiments.gpu_targets`).
+HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v5p": 95, "TPU v6 lite": 32, "TPU7x": 192}
 PEAK_BF16_TFLOPS = {"TPU v4": 275, "TPU v5 lite": 197, "TPU v5": 459, "TPU v5p": 459, "TPU v6 lite": 918,
-                    "TPU7x": 2307, "NVIDIA H100 80GB HBM3": 989, "NVIDIA H200": 989}
+                    "TPU7x": 2307}
 HBM_GBPS = {"TPU v4": 1228, "TPU v5 lite": 819, "TPU v5": 2765, "TPU v5p": 2765, "TPU v6 lite": 1640,
-            "TPU7x": 7380, "NVIDIA H100 80GB HBM3": 3350, "NVIDIA H200": 4800}
+            "TPU7x": 7380}
+for _kind, _gib, _gbps, _peak in map(card_figures, GPU_TARGETS):
+    HBM_GIB[_kind], HBM_GBPS[_kind], PEAK_BF16_TFLOPS[_kind] = _gib, _gbps, _peak
+
+
 def gpu_target() -> str:
     """The card of a `gpu:NAME` topology, or "" for a TPU topology or this host."""
     if not FLAGS.topology.startswith("gpu:"):
@@ -168,13 +171,17 @@ def _policy_inputs(cfg, mesh, rules, batch: int, seq: int):
     return ids, mask, pixels, grid, layout
 
 
-def attention_impl() -> str:
+def auto_choice() -> str:
     """"auto" resolves by the backend at trace time, which is this host's; for a TPU or GPU target
-    it means what that backend picks (`tpu_auto`: the TPU kernel for long queries, else XLA;
-    `gpu_auto`: cuDNN unless queries and keys are both short)."""
-    if FLAGS.attention_impl != "auto" or not FLAGS.topology:
-        return FLAGS.attention_impl
+    the choice is what that backend picks (`layers.AUTO_CHOICES`)."""
+    if not FLAGS.topology:
+        return "auto"
     return "gpu_auto" if gpu_target() else "tpu_auto"
+
+
+def attention_impl() -> str:
+    """--attention_impl, its "auto" as the target backend picks it (`auto_choice`)."""
+    return auto_choice() if FLAGS.attention_impl == "auto" else FLAGS.attention_impl
 
 
 def build_policy_work(mesh, rules, attention: str):
@@ -267,9 +274,8 @@ def build_sam2_work(mesh, rules, attention: str):
     import flax.linen as nn
 
     param_dtype = FLAGS.param_dtype or FLAGS.dtype
-    # "auto" GELU resolves by the tracing host's backend; a GPU target gets the GPU's choice
     cfg = get_preset(FLAGS.sam2_preset, dtype=getattr(jnp, FLAGS.dtype), param_dtype=getattr(jnp, param_dtype),
-                     attention_implementation=attention, trunk_gelu="gpu_auto" if gpu_target() else "auto")
+                     attention_implementation=attention, trunk_gelu=auto_choice())
     params = _sharded(nn.unbox(abstract_params(cfg)), param_shardings(cfg, mesh, rules))
     b, s = FLAGS.batch, cfg.image_size
     rows = lambda shape, dt: _rows(mesh, rules, shape, dt)
@@ -278,8 +284,7 @@ def build_sam2_work(mesh, rules, attention: str):
     segment = functools.partial(low_res_masks, config=cfg)
 
     desc = {"sam2_preset": FLAGS.sam2_preset, "image_size": s, "param_dtype": param_dtype, "dtype": FLAGS.dtype,
-            "attention": attention,
-            "trunk_activation": cfg.trunk_activation("gpu" if gpu_target() else ("tpu" if FLAGS.topology else None))}
+            "attention": attention, "trunk_activation": cfg.trunk_activation()}
     return jax.jit(segment), (params, images, boxes, points, labels), desc
 
 
@@ -386,7 +391,10 @@ def main(argv):
     if FLAGS.census:
         from experiments import hlo_census
         kind = row["device_kind"]
-        bandwidth, peak = HBM_GBPS.get(kind, 3350), PEAK_BF16_TFLOPS.get(kind, 989)
+        if kind not in HBM_GBPS:
+            kind = card_figures("h100")[0]
+            print(f"(the roofline uses the {kind}'s figures: {row['device_kind']!r} has none here)")
+        bandwidth, peak = HBM_GBPS[kind], PEAK_BF16_TFLOPS[kind]
         kernels = hlo_census.census(text)
         row["census"] = hlo_census.summarize(kernels, bandwidth, peak)
         print()

@@ -32,11 +32,13 @@ flags.DEFINE_integer("batch", 16, "images per call (one box + 2 points each)")
 flags.DEFINE_string("dtype", "bfloat16", "compute dtype: bfloat16 | float32")
 flags.DEFINE_string("param_dtype", "", "param dtype (default: the compute dtype; the model is frozen)")
 flags.DEFINE_string("attention_impl", "auto", "auto | xla | cudnn")
-flags.DEFINE_string("trunk_gelu", "auto", "the trunk MLP's GELU: auto (tanh on a GPU in 16-bit compute) | exact | tanh")
+flags.DEFINE_string("trunk_gelu", "auto", "the trunk MLP's GELU: auto (tanh on a GPU in 16-bit compute) | exact | tanh | gpu_auto | tpu_auto")
 flags.DEFINE_string("peer", "auto", "auto | sam2 | transformers | none")
 flags.DEFINE_integer("warmup", 1, "untimed calls after compilation")
 flags.DEFINE_integer("iters", 5, "timed calls (the median is reported)")
 flags.DEFINE_bool("predict_batch", True, "also time the evaluator's path (one more compilation)")
+flags.DEFINE_bool("error_vs_float32", False, "also report how far the low-res logits and scores land from "
+                  "the float32 model's (exact GELU) on the same params and inputs")
 
 
 def _median_seconds(fn, sync, warmup: int, iters: int) -> float:
@@ -67,6 +69,26 @@ def _lowres_fn(cfg):
 
     return lambda params, images, boxes, points, labels: low_res_masks(
         params, images, boxes[:, 0], points[:, 0], labels[:, 0], config=cfg)
+
+
+def _error_vs_float32(cfg, params, inputs, got) -> dict:
+    """This run's low-res logits and IoU scores against the float32 model's (exact trunk GELU, the
+    reference's function: the parity tests pin it to Meta's sam2) on float32 copies of the same
+    params and the same inputs."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    ref_cfg = cfg.replace(dtype=jnp.float32, param_dtype=jnp.float32, trunk_gelu="exact")
+    f32 = jax.tree.map(lambda a: a.astype(jnp.float32), params)
+    (logits, scores), (ref_logits, ref_scores) = (
+        [np.asarray(a, np.float32) for a in out] for out in (got, jax.jit(_lowres_fn(ref_cfg))(f32, *inputs)))
+    g = lambda x: float(f"{x:.4g}")
+    return {"logits_mean_abs": g(np.abs(logits - ref_logits).mean()),
+            "logits_max_abs": g(np.abs(logits - ref_logits).max()),
+            "reference_logits_mean_abs": g(np.abs(ref_logits).mean()),
+            "mask_sign_agreement": g(((logits > 0) == (ref_logits > 0)).mean()),
+            "scores_max_abs": g(np.abs(scores - ref_scores).max())}
 
 
 def _rate(seconds: float, batch: int, flops: int) -> dict:
@@ -111,6 +133,8 @@ def bench_jax(cfg, batch: int) -> dict:
            "lowres": _rate(t_low, batch, flops)}
     if t_full is not None:
         out["predict_batch"] = _rate(t_full, batch, flops)
+    if FLAGS.error_vs_float32:
+        out["error_vs_float32"] = _error_vs_float32(cfg, params, inputs, lowres())
     return out
 
 
@@ -246,6 +270,11 @@ def main(argv):
         print(f"{name:32s} {r['seconds']:10.4f} {r['images_per_s']:10.2f} {r['tflops_per_s']:10.4g}")
     if "speedup_lowres" in result:
         print(f"speed-up over {result['peer']['name']}: {result['speedup_lowres']}x")
+    if "error_vs_float32" in result["ours"]:
+        e = result["ours"]["error_vs_float32"]
+        print(f"against float32 (exact GELU): logits mean |error| {e['logits_mean_abs']} (max {e['logits_max_abs']}, "
+              f"mean |logit| {e['reference_logits_mean_abs']}), mask-sign agreement {e['mask_sign_agreement']}, "
+              f"scores max |error| {e['scores_max_abs']}")
     emit(result)
 
 

@@ -4,14 +4,22 @@
 from __future__ import annotations
 
 # Descriptions XLA compiles a GPU program from without the card (public SXM specifications:
-# Hopper, compute capability 9.0, 132 SMs; memory size, bandwidth and L2 per card). CUDA 13.0
-# and cuDNN 9.10 are the library versions the compiler may assume.
+# Hopper, compute capability 9.0, 132 SMs; memory size, bandwidth, L2 and dense bf16 peak per
+# card). CUDA 13.0 and cuDNN 9.10 are the library versions the compiler may assume. The one
+# source of these cards' figures: `experiments.aot_compile`'s memory and roofline tables and the
+# census's defaults read them here.
 GPU_TARGETS = {
     "h100": dict(name="NVIDIA H100 80GB HBM3", memory_bytes=84_929_347_584, bandwidth_bps=3_352_320_000_000,
-                 l2_bytes=52_428_800),
+                 l2_bytes=52_428_800, peak_bf16_tflops=989),
     "h200": dict(name="NVIDIA H200", memory_bytes=150_754_820_096, bandwidth_bps=4_800_000_000_000,
-                 l2_bytes=52_428_800),
+                 l2_bytes=52_428_800, peak_bf16_tflops=989),
 }
+
+
+def card_figures(card: str) -> tuple[str, float, float, float]:
+    """(JAX device_kind, memory GiB, bandwidth GB/s, dense bf16 peak TFLOP/s) of a target."""
+    t = GPU_TARGETS[card]
+    return t["name"], t["memory_bytes"] / 2**30, t["bandwidth_bps"] / 1e9, float(t["peak_bf16_tflops"])
 
 
 def gpu_target_config(card: str) -> str:

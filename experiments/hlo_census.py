@@ -4,7 +4,7 @@ writes and the FLOPs of its matmuls and attention, grouped by kind, with a roofl
 kernel: the larger of its bytes at the card's memory bandwidth and its FLOPs at the card's
 matmul peak.
 
-  python -m experiments.hlo_census --hlo=PROGRAM.hlo.txt [--bandwidth_gbps=3350 --peak_tflops=989]
+  python -m experiments.hlo_census --hlo=PROGRAM.hlo.txt [--bandwidth_gbps=3352 --peak_tflops=989]
   python -m experiments.aot_compile --work=sam2 --topology=gpu:h100 --census      (no GPU needed)
 
 The input is the text of a compiled program (`jax.jit(f).lower(...).compile().as_text()`, or
@@ -31,6 +31,8 @@ import re
 from typing import Optional
 
 from absl import app, flags
+
+from experiments.gpu_targets import card_figures
 
 # An array type: element type (pred, s4, u8, bf16, f32, f8e4m3fn, c64, ...) and dimensions.
 _ARRAY = re.compile(r"\b(pred|token|[subfc]\d+[a-z0-9]*|bf16)\[([\d,]*)\]")
@@ -81,184 +83,180 @@ class Kernel:
     op_name: str        # the JAX source op (metadata)
 
 
-def _types(body: str) -> dict[str, str]:
-    """Instruction name -> its type text, for one computation's body."""
-    out = {}
+@dataclasses.dataclass(frozen=True)
+class _Instruction:
+    name: str
+    type: str           # its HLO type text
+    op: str
+    operands: tuple[str, ...]
+    line: str
+
+
+def _parse(body: str) -> list[_Instruction]:
+    """One computation's instructions, in order."""
+    out = []
     for line in body.splitlines():
         m = _INSTRUCTION.match(line)
         if m:
-            out[m.group(1)] = m.group(2)
+            name, type_text, op, rest = m.groups()
+            out.append(_Instruction(name, type_text, op, tuple(re.findall(r"%([\w.\-]+)", rest.split("), ")[0])),
+                                    line))
     return out
 
 
-def _dot_flops(line: str, types: dict[str, str], out_type: str) -> int:
-    """2 x output elements x contracted size of an HLO `dot` line (batch dims are in the output)."""
-    m = _INSTRUCTION.match(line)
-    operands = re.findall(r"%([\w.\-]+)", m.group(4).split("), ")[0]) if m else []
-    lhs = _dims(types.get(operands[0], "")) if operands else []
-    dims = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", line)
-    k = math.prod(lhs[int(d)] for d in dims.group(1).split(",") if d) if dims and lhs else 0
-    return 2 * math.prod(_dims(out_type)) * k
+def _matmul_flops(lhs: list[int], contracting: list[int], out: list[int]) -> int:
+    """2 x output elements x contracted size (batch dims are in the output)."""
+    return 2 * math.prod(out) * math.prod(lhs[d] for d in contracting) if lhs else 0
 
 
-def _fusion_flops(body: str) -> int:
+# The operand a write-in-place op writes into its buffer: dynamic-update-slice's update,
+# scatter's updates.
+_PIECE = {"dynamic-update-slice": 1, "scatter": 2}
+
+
+def _fusion_flops(body: list[_Instruction]) -> int:
     """FLOPs of the dots inside a fused computation (Triton / cuDNN GEMM fusions)."""
-    types, total = _types(body), 0
-    for line in body.splitlines():
-        m = _INSTRUCTION.match(line)
-        if m and m.group(3) == "dot":
-            total += _dot_flops(line, types, m.group(2))
+    types, total = {i.name: i.type for i in body}, 0
+    for i in body:
+        if i.op == "dot":
+            dims = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", i.line)
+            contracting = [int(d) for d in dims.group(1).split(",") if d] if dims else []
+            total += _matmul_flops(_dims(types.get(i.operands[0], "")), contracting, _dims(i.type))
     return total
 
 
-def _operand_reads(body: str, n_operands: int) -> list[Optional[int]]:
+def _operand_reads(body: list[_Instruction], n_operands: int) -> list[Optional[int]]:
     """Per fusion operand: the bytes the fused computation reads of it when it only slices it
-    (dynamic-slice / slice: the slices' sizes; the target of a dynamic-update-slice: nothing,
-    the buffer is updated in place), else None (read whole)."""
+    (dynamic-slice / slice: the slices' sizes; the buffer a write-in-place op updates:
+    nothing), else None (read whole). Bitcasts of a parameter are views of it."""
     params, uses, origin = {}, collections.defaultdict(list), {}
-    for line in body.splitlines():
-        m = _INSTRUCTION.match(line)
-        if not m:
-            continue
-        name, type_text, op, rest = m.groups()
-        operands = re.findall(r"%([\w.\-]+)", rest.split("), ")[0])
-        if op == "parameter":
-            params[int(re.match(r"\s*(\d+)", rest).group(1))] = name
-            origin[name] = name
-            continue
-        if op == "bitcast" and operands and operands[0] in origin:   # a view of the parameter
-            origin[name] = origin[operands[0]]
-            continue
-        for position, operand in enumerate(operands):
-            if operand in origin:
-                uses[origin[operand]].append((op, position, type_text))
+    for i in body:
+        if i.op == "parameter":
+            params[int(re.search(r"parameter\((\d+)\)", i.line).group(1))] = i.name
+            origin[i.name] = i.name
+        elif i.op == "bitcast" and i.operands and i.operands[0] in origin:
+            origin[i.name] = origin[i.operands[0]]
+        else:
+            for position, operand in enumerate(i.operands):
+                if operand in origin:
+                    uses[origin[operand]].append((i.op, position, i.type))
     reads: list[Optional[int]] = []
-    for i in range(n_operands):
-        found = uses.get(params.get(i, ""), [])
+    for n in range(n_operands):
+        found = uses.get(params.get(n, ""), [])
         if found and all(op in ("dynamic-slice", "slice") and pos == 0 for op, pos, _ in found):
             reads.append(sum(array_bytes(t) for _, _, t in found))
-        elif found and all(op in ("dynamic-update-slice", "scatter") and pos == 0 for op, pos, _ in found):
+        elif found and all(op in _PIECE and pos == 0 for op, pos, _ in found):
             reads.append(0)
         else:
             reads.append(None)
     return reads
 
 
-def _update_bytes(body: str) -> int:
-    """Bytes of the pieces a fusion writes in place (dynamic-update-slice's update, scatter's
-    updates)."""
-    types, total = _types(body), 0
-    for line in body.splitlines():
-        m = _INSTRUCTION.match(line)
-        if m and m.group(3) in ("dynamic-update-slice", "scatter"):
-            operands = re.findall(r"%([\w.\-]+)", m.group(4).split("), ")[0])
-            piece = 1 if m.group(3) == "dynamic-update-slice" else 2
-            if len(operands) > piece:
-                total += array_bytes(types.get(operands[piece], ""))
-    return total
+def _update_bytes(body: list[_Instruction]) -> int:
+    """Bytes of the pieces a fusion writes in place."""
+    types = {i.name: i.type for i in body}
+    return sum(array_bytes(types.get(i.operands[_PIECE[i.op]], "")) for i in body
+               if i.op in _PIECE and len(i.operands) > _PIECE[i.op])
 
 
-def _kind(op: str, target: str, body: str) -> str:
+def _kind(op: str, target: str, body: list[_Instruction]) -> str:
     if "fmha" in target:
         return "attention (cuDNN)"
     if "matmul" in target or target.startswith("__cublas"):
         return "matmul (cuBLAS)"
     if "$conv" in target:
         return "convolution (cuDNN)"
-    if op in ("dynamic-update-slice", "scatter"):
+    if op in _PIECE:
         return "in-place update"
-    if op == "fusion":
-        if " dot(" in body:
-            return "matmul (fusion)"
-        if "dynamic-update-slice(" in body or " scatter(" in body:
-            return "in-place update"
-        if " erf(" in body or " tanh(" in body:
-            return "activation"
-        if " reduce(" in body:
-            return "reduction (norms, softmax)"
-        if " transpose(" in body:
-            return "transpose"
-        if " broadcast(" in body and " add(" not in body and " multiply(" not in body:
-            return "broadcast"
-        if "dynamic-slice(" in body or "dynamic-update-slice(" in body:
-            return "layer slicing"
-        return "elementwise / other fusion"
-    return op
+    if op != "fusion":
+        return op
+    ops = {i.op for i in body}
+    if "dot" in ops:
+        return "matmul (fusion)"
+    if ops & set(_PIECE):
+        return "in-place update"
+    if ops & {"erf", "tanh"}:
+        return "activation"
+    if "reduce" in ops:
+        return "reduction (norms, softmax)"
+    if "transpose" in ops:
+        return "transpose"
+    if "broadcast" in ops and not ops & {"add", "multiply"}:
+        return "broadcast"
+    if "dynamic-slice" in ops:
+        return "layer slicing"
+    return "elementwise / other fusion"
 
 
 def census(hlo_text: str) -> list[Kernel]:
     """Every kernel launch of the compiled program `hlo_text`, loops unrolled by trip count."""
-    computations = {m.group(2): (bool(m.group(1)), m.group(3)) for m in _COMPUTATION.finditer(hlo_text)}
-    entries = [name for name, (is_entry, _) in computations.items() if is_entry]
+    bodies, entries = {}, []
+    for m in _COMPUTATION.finditer(hlo_text):
+        bodies[m.group(2)] = _parse(m.group(3))
+        if m.group(1):
+            entries.append(m.group(2))
     if len(entries) != 1:
         raise ValueError(f"expected one ENTRY computation in the HLO text, found {len(entries)}")
     kernels: list[Kernel] = []
 
     def walk(name: str, launches: int, loop: str) -> None:
         types: dict[str, str] = {}
-        for line in computations[name][1].splitlines():
-            m = _INSTRUCTION.match(line)
-            if not m:
+        for i in bodies[name]:
+            types[i.name] = i.type
+            if i.op in _NO_KERNEL:
                 continue
-            inst, type_text, op, rest = m.groups()
-            types[inst] = type_text
-            if op in _NO_KERNEL:
-                continue
-            if op == "while":
-                body, cond = re.search(r"body=%([\w.\-]+)", line), re.search(r"condition=%([\w.\-]+)", line)
-                if not body or not cond or body.group(1) not in computations or cond.group(1) not in computations:
-                    raise ValueError(f"while loop %{inst} in %{name}: its body or condition is missing")
-                trips = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', line)
+            if i.op == "while":
+                body, cond = re.search(r"body=%([\w.\-]+)", i.line), re.search(r"condition=%([\w.\-]+)", i.line)
+                if not body or not cond or body.group(1) not in bodies or cond.group(1) not in bodies:
+                    raise ValueError(f"while loop %{i.name} in %{name}: its body or condition is missing")
+                trips = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', i.line)
                 n = int(trips.group(1)) if trips else 1
                 walk(body.group(1), launches * n, body.group(1))
                 walk(cond.group(1), launches * (n + 1), body.group(1))   # checked once more to exit
                 continue
-            if op in ("call", "conditional", "async-start"):
+            if i.op in ("call", "conditional", "async-start"):
                 # A conditional's branches are all counted, once each: an upper bound.
                 callees = re.findall(r"%([\w.\-]+)", " ".join(re.findall(
                     r"(?:to_apply|calls|true_computation|false_computation)=%[\w.\-]+"
-                    r"|branch_computations=\{[^}]*\}", line)))
+                    r"|branch_computations=\{[^}]*\}", i.line)))
                 for callee in callees:
-                    if callee not in computations:
-                        raise ValueError(f"%{inst} in %{name} calls %{callee}, which is not in the HLO text")
+                    if callee not in bodies:
+                        raise ValueError(f"%{i.name} in %{name} calls %{callee}, which is not in the HLO text")
                     walk(callee, launches, loop)
                 continue
-            operands = re.findall(r"%([\w.\-]+)", rest.split("), ")[0])
-            called = re.search(r"calls=%([\w.\-]+)", line)
-            custom = re.search(r'custom_call_target="([^"]+)"', line)
-            target = custom.group(1) if custom else called.group(1) if called else op
-            body = computations.get(called.group(1), (False, ""))[1] if called else ""
-            out_bytes = array_bytes(type_text)
-            kind = _kind(op, target, body)
-            if op == "fusion":   # an operand the fusion only slices is read only in part
-                reads = _operand_reads(body, len(operands))
-                in_bytes = sum(array_bytes(types.get(o, "")) if r is None else r for o, r in zip(operands, reads))
-            elif op in ("dynamic-slice", "slice"):
+            called = re.search(r"calls=%([\w.\-]+)", i.line)
+            custom = re.search(r'custom_call_target="([^"]+)"', i.line)
+            target = custom.group(1) if custom else called.group(1) if called else i.op
+            body = bodies.get(called.group(1), []) if called else []
+            kind = _kind(i.op, target, body)
+            operand_bytes = [array_bytes(types.get(o, "")) for o in i.operands]
+            out_bytes = array_bytes(i.type)
+            if i.op == "fusion":   # an operand the fusion only slices is read only in part
+                reads = _operand_reads(body, len(i.operands))
+                in_bytes = sum(b if r is None else r for b, r in zip(operand_bytes, reads))
+                if kind == "in-place update":
+                    out_bytes = _update_bytes(body)
+            elif i.op in ("dynamic-slice", "slice"):
                 in_bytes = out_bytes
+            elif i.op in _PIECE:   # reads and writes the piece, not the whole buffer
+                in_bytes = out_bytes = operand_bytes[_PIECE[i.op]]
             else:
-                in_bytes = sum(array_bytes(types.get(o, "")) for o in operands)
-            if kind == "in-place update":   # writes the piece, not the whole buffer
-                piece = 1 if op == "dynamic-update-slice" else 2
-                out_bytes = (_update_bytes(body) if op == "fusion"
-                             else array_bytes(types.get(operands[piece], "")) if len(operands) > piece else out_bytes)
-                if op != "fusion":
-                    in_bytes = out_bytes
+                in_bytes = sum(operand_bytes)
             flops = 0
-            if kind == "matmul (cuBLAS)" and operands:
-                lhs = _dims(types.get(operands[0], ""))
-                contracting = re.search(r'"lhs_contracting_dimensions":\[([^\]]*)\]', line)
-                dims = [int(d) for d in re.findall(r"\d+", contracting.group(1))] if contracting else []
-                k = math.prod(lhs[d] for d in dims) if dims and lhs else (lhs[-1] if lhs else 0)
-                flops = 2 * math.prod(_dims(type_text)) * k
+            if kind == "matmul (cuBLAS)" and i.operands:
+                lhs = _dims(types.get(i.operands[0], ""))
+                dims = re.search(r'"lhs_contracting_dimensions":\[([^\]]*)\]', i.line)
+                contracting = [int(d) for d in re.findall(r"\d+", dims.group(1))] if dims else [len(lhs) - 1]
+                flops = _matmul_flops(lhs, contracting, _dims(i.type))
             elif kind == "matmul (fusion)":
                 flops = _fusion_flops(body)
-            elif kind == "attention (cuDNN)" and len(operands) >= 2:
-                q, kv = _dims(types.get(operands[0], "")), _dims(types.get(operands[1], ""))
+            elif kind == "attention (cuDNN)" and len(i.operands) >= 2:
+                q, kv = _dims(types.get(i.operands[0], "")), _dims(types.get(i.operands[1], ""))
                 if len(q) == 4 and len(kv) == 4:   # [B, T, N, H] and [B, S, N, H]
                     flops = 4 * q[0] * q[1] * q[2] * q[3] * kv[1]
-            epilogue = re.search(r'"epilogue":"([A-Z_]+)"', line)
-            op_name = re.search(r'op_name="([^"]+)"', line)
-            kernels.append(Kernel(inst, kind, target, loop, launches, in_bytes + out_bytes, flops,
+            epilogue = re.search(r'"epilogue":"([A-Z_]+)"', i.line)
+            op_name = re.search(r'op_name="([^"]+)"', i.line)
+            kernels.append(Kernel(i.name, kind, target, loop, launches, in_bytes + out_bytes, flops,
                                   epilogue.group(1) if epilogue else "", op_name.group(1) if op_name else ""))
 
     walk(entries[0], 1, "entry")
@@ -320,8 +318,9 @@ FLAGS = flags.FLAGS
 def _define_flags() -> None:
     """The command line's flags (not defined on import: `experiments.aot_compile` uses this module)."""
     flags.DEFINE_string("hlo", "", "text of a compiled XLA:GPU program")
-    flags.DEFINE_float("bandwidth_gbps", 3350.0, "memory bandwidth for the roofline (H100 SXM: 3350)")
-    flags.DEFINE_float("peak_tflops", 989.0, "dense matmul peak for the roofline (H100 SXM bf16: 989)")
+    _, _, bandwidth, peak = card_figures("h100")
+    flags.DEFINE_float("bandwidth_gbps", bandwidth, "memory bandwidth for the roofline (default: the H100's)")
+    flags.DEFINE_float("peak_tflops", peak, "dense matmul peak for the roofline (default: the H100's bf16)")
     flags.DEFINE_integer("top", 20, "also list the largest kernels")
 
 

@@ -94,7 +94,7 @@ def test_sam2_tanh_gelu_epilogue_keeps_bf16_accuracy():
 
     cfg = get_preset("hiera_tiny")
     params = random_params(cfg, jax.random.PRNGKey(4))
-    images = jax.random.uniform(jax.random.PRNGKey(5), (2, 1024, 1024, 3)) * 255
+    images = jax.random.normal(jax.random.PRNGKey(5), (2, 1024, 1024, 3))   # as after preprocess_image
     boxes = jnp.array([[100.0, 100.0, 500.0, 600.0]] * 2)
     points, labels = jnp.array([[[200.0, 300.0], [300.0, 400.0]]] * 2), jnp.ones((2, 2), jnp.int32)
 

@@ -31,7 +31,10 @@ from jax.sharding import PartitionSpec
 Dtype = Any
 Initializer = Callable[..., jax.Array]
 
-ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "tpu_flash", "tpu_auto", "gpu_auto")
+# Choices resolved by a backend: "auto" by the one tracing the model, the others by the one named
+# (compiling for a TPU or GPU from another host). Attention and SAM2's trunk GELU share them.
+AUTO_CHOICES = ("auto", "tpu_auto", "gpu_auto")
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "tpu_flash", *AUTO_CHOICES)
 TPU_BLOCK = 128  # the Pallas TPU kernel's sequence block (keys: a multiple of the 128 lanes)
 # On a GPU "auto" takes cuDNN once queries or keys reach this many positions, XLA below. cuDNN's
 # flash kernel works on 64 x 128 tiles: on SAM2-Large's 16-token windows (16,384 windows x 4
@@ -72,6 +75,13 @@ def _cudnn_qualifies(q: jax.Array, mask: Optional[jax.Array], kv_length: Optiona
             and head_dim <= 128 and head_dim % 8 == 0 and longest >= CUDNN_MIN_TOKENS)
 
 
+def auto_backend(choice: str) -> str:
+    """The backend an `AUTO_CHOICES` entry resolves for: JAX's default backend for "auto"."""
+    if choice not in AUTO_CHOICES:
+        raise ValueError(f"{choice!r} is not one of {AUTO_CHOICES}")
+    return jax.default_backend() if choice == "auto" else choice.removesuffix("_auto")
+
+
 def resolve_attention_implementation(implementation: str, q: jax.Array,
                                      mask: Optional[jax.Array] = None,
                                      kv_length: Optional[int] = None) -> str:
@@ -80,18 +90,14 @@ def resolve_attention_implementation(implementation: str, q: jax.Array,
     if implementation not in ATTENTION_IMPLEMENTATIONS:
         raise ValueError(f"attention implementation {implementation!r} is not one of "
                          f"{ATTENTION_IMPLEMENTATIONS}")
-    if implementation == "auto":
-        backend = jax.default_backend()
-        if backend == "gpu" and _cudnn_qualifies(q, mask, kv_length):
-            return "cudnn"
-        if backend == "tpu" and _tpu_flash_qualifies(q, mask):
-            return "tpu_flash"
-        return "xla"
-    if implementation == "tpu_auto":
-        return "tpu_flash" if _tpu_flash_qualifies(q, mask) else "xla"
-    if implementation == "gpu_auto":
-        return "cudnn" if _cudnn_qualifies(q, mask, kv_length) else "xla"
-    return implementation
+    if implementation not in AUTO_CHOICES:
+        return implementation
+    backend = auto_backend(implementation)
+    if backend == "gpu" and _cudnn_qualifies(q, mask, kv_length):
+        return "cudnn"
+    if backend == "tpu" and _tpu_flash_qualifies(q, mask):
+        return "tpu_flash"
+    return "xla"
 
 
 def _tpu_flash_qualifies(q: jax.Array, mask: Optional[jax.Array]) -> bool:

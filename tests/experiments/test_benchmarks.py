@@ -59,6 +59,21 @@ def test_benchmark_sam2_profile(tmp_path):
     assert any("Sam2.encode_image/trunk" in op for op in names.values())
 
 
+def test_benchmark_sam2_error_vs_float32():
+    """--error_vs_float32 measures the run against the float32 model with the exact GELU: zero for
+    that model itself, small but not zero for bf16 with either trunk GELU."""
+    common = ("--preset=test_tiny", "--batch=2", "--peer=none", "--warmup=0", "--iters=1", "--predict_batch=false",
+              "--error_vs_float32")
+    rows = {args: _run("experiments.benchmark_sam2", *common, *args)[0]["ours"]["error_vs_float32"]
+            for args in (("--dtype=float32",), ("--dtype=float32", "--trunk_gelu=tanh"),
+                         ("--dtype=bfloat16", "--trunk_gelu=exact"), ("--dtype=bfloat16", "--trunk_gelu=tanh"))}
+    exact32, tanh32, exact16, tanh16 = rows.values()
+    assert exact32["logits_max_abs"] == 0 and exact32["mask_sign_agreement"] == 1
+    for e in (tanh32, exact16, tanh16):
+        assert 0 < e["logits_mean_abs"] < 0.05 * e["reference_logits_mean_abs"] and e["mask_sign_agreement"] > 0.95
+    assert tanh32["logits_mean_abs"] < exact16["logits_mean_abs"]   # the forms differ far less than bf16 rounds
+
+
 @pytest.mark.parametrize("module,flag,words", [
     ("experiments.benchmark_qwen", "--preset=13b", "unknown Qwen2.5-VL preset '13b'"),
     ("experiments.benchmark_qwen", "--image_px=30", "--image_px=30 must be a multiple of 28"),

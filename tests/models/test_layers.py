@@ -105,7 +105,10 @@ def test_gpu_auto_rule(monkeypatch):
     assert pick((16, 7, 8, 16), kv=4096) == "cudnn"          # decoder tokens over the image
     assert pick((2, 64, 2, 72), dtype=jnp.float32) == "xla"  # cuDNN takes half precision only
     assert pick((2, 64, 2, 136)) == "xla"                    # head dim above 128
-    # "gpu_auto" is that choice on any backend (compiling for a GPU elsewhere)
+    # "gpu_auto" is that choice on any backend (compiling for a GPU elsewhere); "tpu_auto" the TPU's
+    assert layers.auto_backend("gpu_auto") == "gpu" and layers.auto_backend("auto") == "gpu"
+    with pytest.raises(ValueError, match="'xla' is not one of"):
+        layers.auto_backend("xla")
     monkeypatch.setattr(layers.jax, "default_backend", lambda: "cpu")
     assert pick((16384, 64, 2, 72)) == "xla"
     gpu_pick = lambda shape, kv=None: layers.resolve_attention_implementation(

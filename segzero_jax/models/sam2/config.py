@@ -9,13 +9,11 @@ model and the checkpoint converter.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
-import jax
 import jax.numpy as jnp
 
 Dtype = Any
-TRUNK_GELUS = ("auto", "exact", "tanh", "gpu_auto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,9 +74,8 @@ class Sam2Config:
     attention_implementation: str = "auto"
     remat_policy: str = "none"
     # The trunk MLP's GELU: "exact" (erf, the reference's `nn.GELU()`), "tanh" (its tanh form),
-    # "auto" (resolved where the model is traced: tanh on a GPU in 16-bit compute, exact
-    # elsewhere) or "gpu_auto" (that GPU choice on any backend, for compiling for a GPU from
-    # another host). On a GPU, XLA hands bias + tanh-GELU to cuBLAS as the first MLP matmul's
+    # or one of `layers.AUTO_CHOICES` ("auto" resolved by the backend tracing the model,
+    # "gpu_auto"/"tpu_auto" as that backend would): tanh on a GPU in 16-bit compute, else exact. On a GPU, XLA hands bias + tanh-GELU to cuBLAS as the first MLP matmul's
     # epilogue, applied to the float32 accumulator and rounded once; the exact form is a pass of
     # its own over an activation four times the block's width. TPUs fuse either form into the
     # matmul, and float32 keeps the reference's function, so both take the exact form. The
@@ -86,12 +83,13 @@ class Sam2Config:
     trunk_gelu: str = "auto"
 
     def __post_init__(self):
-        from segzero_jax.models.layers import ATTENTION_IMPLEMENTATIONS, REMAT_POLICIES
+        from segzero_jax.models.layers import ATTENTION_IMPLEMENTATIONS, AUTO_CHOICES, REMAT_POLICIES
         if self.attention_implementation not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"Sam2Config.attention_implementation={self.attention_implementation!r} is not "
                              f"one of {ATTENTION_IMPLEMENTATIONS}")
-        if self.trunk_gelu not in TRUNK_GELUS:
-            raise ValueError(f"Sam2Config.trunk_gelu={self.trunk_gelu!r} is not one of {TRUNK_GELUS}")
+        if self.trunk_gelu not in ("exact", "tanh", *AUTO_CHOICES):
+            raise ValueError(f"Sam2Config.trunk_gelu={self.trunk_gelu!r} is not one of "
+                             f"{('exact', 'tanh', *AUTO_CHOICES)}")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"Sam2Config.remat_policy={self.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}")
         if len(self.stages) != len(self.window_spec):
@@ -114,12 +112,13 @@ class Sam2Config:
         if len(self.stages) - self.scalp < 3 and self.use_high_res_features:
             raise ValueError("Sam2Config: use_high_res_features needs 3 FPN levels after the scalp")
 
-    def trunk_activation(self, backend: Optional[str] = None) -> str:
-        """The trunk MLP's activation by name (`segzero_jax.models.layers.ACTIVATIONS`) on
-        `backend` (default: JAX's default backend, where the model is being traced)."""
+    def trunk_activation(self) -> str:
+        """The trunk MLP's activation by name (`segzero_jax.models.layers.ACTIVATIONS`); an auto
+        choice resolves by backend (call it where the model is traced)."""
+        from segzero_jax.models.layers import AUTO_CHOICES, auto_backend
         gelu = self.trunk_gelu
-        if gelu in ("auto", "gpu_auto"):
-            on_gpu = gelu == "gpu_auto" or (backend or jax.default_backend()) == "gpu"
+        if gelu in AUTO_CHOICES:
+            on_gpu = auto_backend(gelu) == "gpu"
             gelu = "tanh" if on_gpu and jnp.dtype(self.dtype).itemsize == 2 else "exact"
         return "gelu_pytorch_tanh" if gelu == "tanh" else "gelu"
 

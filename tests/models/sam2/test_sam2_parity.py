@@ -56,17 +56,23 @@ def test_neck_levels_and_position_encoding_match(setup):
         assert_close(enc["vision_pos_enc"][i], out["vision_pos_enc"][i][0].numpy().transpose(1, 2, 0), f"pos[{i}]")
 
 
+def _run_sides(cfg):
+    """[(first block, count, spec, the side of the map the run works on)] for cfg's trunk."""
+    from segzero_jax.models.sam2.hiera import block_segments
+    side = cfg.image_size // 4
+    return [(start, count, spec, side >> sum(start > end for end in cfg.stage_ends))
+            for start, count, spec in block_segments(cfg)]
+
+
 def test_trunk_runs_both_window_layouts(setup):
     """The parity above covers both trunk paths: `test_tiny` has runs that carry x in window
     layout (windows tile the map) and runs that re-pad every block, as the reference does."""
-    from segzero_jax.models.sam2.hiera import MultiScaleBlock, block_segments, carries_windows, is_scanned
+    from segzero_jax.models.sam2.hiera import MultiScaleBlock, carries_windows, is_scanned
     cfg = setup["cfg"]
-    side = cfg.image_size // 4
     carried, padded = [], []
-    for start, _, spec in block_segments(cfg):
+    for start, _, spec, side in _run_sides(cfg):
         if is_scanned(spec) and spec.window_size > 0:
-            stage = sum(start > end for end in cfg.stage_ends)
-            (carried if carries_windows(spec, (side >> stage,) * 2) else padded).append(start)
+            (carried if carries_windows(spec, (side, side)) else padded).append(start)
     assert carried and padded, (carried, padded)
     spec = cfg.blocks[-1]
     with pytest.raises(ValueError, match="does not fit the block"):
@@ -80,9 +86,7 @@ def test_window_layout_carry_equals_per_block_partition(monkeypatch):
     from segzero_jax.models.sam2 import hiera
     cfg = get_preset("test_tiny").replace(stages=(1, 3, 5, 2), global_att_blocks=(8,),
                                           window_spec=(4, 2, 4, 2), remat_policy="full")
-    side = cfg.image_size // 4
-    runs = [count for start, count, spec in hiera.block_segments(cfg)
-            if hiera.carries_windows(spec, (side >> sum(start > e for e in cfg.stage_ends),) * 2)]
+    runs = [count for _, count, spec, side in _run_sides(cfg) if hiera.carries_windows(spec, (side, side))]
     assert sorted(runs)[-2:] == [2, 3], runs
     model = hiera.Hiera(cfg)
     x = jax.random.normal(jax.random.PRNGKey(1), (2, cfg.image_size, cfg.image_size, 3))
@@ -281,14 +285,13 @@ def test_trunk_gelu_forms(setup, batch_case, monkeypatch):
     reference as the exact form."""
     cfg = setup["cfg"]
     bf16 = cfg.replace(dtype=jnp.bfloat16)
-    assert cfg.trunk_activation() == "gelu" and bf16.trunk_activation() == "gelu"          # on this CPU
-    assert bf16.trunk_activation("gpu") == "gelu_pytorch_tanh" and bf16.trunk_activation("tpu") == "gelu"
-    assert cfg.trunk_activation("gpu") == "gelu"                                          # float32
-    assert bf16.replace(trunk_gelu="gpu_auto").trunk_activation() == "gelu_pytorch_tanh"
-    assert bf16.replace(trunk_gelu="exact").trunk_activation("gpu") == "gelu"
-    assert cfg.replace(trunk_gelu="tanh").trunk_activation() == "gelu_pytorch_tanh"
+    form = lambda c, gelu: c.replace(trunk_gelu=gelu).trunk_activation()
+    assert form(cfg, "auto") == "gelu" and form(bf16, "auto") == "gelu"                   # on this CPU
+    assert form(bf16, "gpu_auto") == "gelu_pytorch_tanh" and form(bf16, "tpu_auto") == "gelu"
+    assert form(cfg, "gpu_auto") == "gelu" and form(cfg, "tanh") == "gelu_pytorch_tanh"    # float32
+    assert form(bf16, "exact") == "gelu"
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    assert bf16.trunk_activation() == "gelu_pytorch_tanh"
+    assert form(bf16, "auto") == "gelu_pytorch_tanh"
     monkeypatch.undo()
     with pytest.raises(ValueError, match="Sam2Config.trunk_gelu='erf'"):
         cfg.replace(trunk_gelu="erf")
