@@ -64,6 +64,8 @@ flags.DEFINE_integer("chunk_size", 256, "positions per logits chunk in train")
 flags.DEFINE_string("attention_impl", "auto",
                     "auto | xla | cudnn | tpu_flash | tpu_auto | gpu_auto (auto: what the --topology's "
                     "backend would pick, i.e. tpu_auto or gpu_auto)")
+flags.DEFINE_integer("attention_pack_tokens", 128, "sam2: row length a GPU's \"auto\" packs short windows into "
+                     "for cuDNN (0: they stay on XLA)")
 
 # HBM per chip by JAX device_kind, for the "fits" column, and dense bf16 peak TFLOP/s per chip, for
 # the compute-bound time (public TPU specifications; the GPUs' from `experiments.gpu_targets`).
@@ -275,7 +277,8 @@ def build_sam2_work(mesh, rules, attention: str):
 
     param_dtype = FLAGS.param_dtype or FLAGS.dtype
     cfg = get_preset(FLAGS.sam2_preset, dtype=getattr(jnp, FLAGS.dtype), param_dtype=getattr(jnp, param_dtype),
-                     attention_implementation=attention, trunk_gelu=auto_choice())
+                     attention_implementation=attention, trunk_gelu=auto_choice(),
+                     attention_pack_tokens=FLAGS.attention_pack_tokens)
     params = _sharded(nn.unbox(abstract_params(cfg)), param_shardings(cfg, mesh, rules))
     b, s = FLAGS.batch, cfg.image_size
     rows = lambda shape, dt: _rows(mesh, rules, shape, dt)
@@ -284,7 +287,8 @@ def build_sam2_work(mesh, rules, attention: str):
     segment = functools.partial(low_res_masks, config=cfg)
 
     desc = {"sam2_preset": FLAGS.sam2_preset, "image_size": s, "param_dtype": param_dtype, "dtype": FLAGS.dtype,
-            "attention": attention, "trunk_activation": cfg.trunk_activation()}
+            "attention": attention, "attention_pack_tokens": cfg.attention_pack_tokens,
+            "trunk_activation": cfg.trunk_activation()}
     return jax.jit(segment), (params, images, boxes, points, labels), desc
 
 

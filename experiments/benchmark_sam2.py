@@ -31,7 +31,9 @@ flags.DEFINE_string("preset", "hiera_large", "SAM2 preset (hiera_tiny/small/base
 flags.DEFINE_integer("batch", 16, "images per call (one box + 2 points each)")
 flags.DEFINE_string("dtype", "bfloat16", "compute dtype: bfloat16 | float32")
 flags.DEFINE_string("param_dtype", "", "param dtype (default: the compute dtype; the model is frozen)")
-flags.DEFINE_string("attention_impl", "auto", "auto | xla | cudnn")
+flags.DEFINE_string("attention_impl", "auto", "auto | xla | cudnn | cudnn_packed")
+flags.DEFINE_integer("attention_pack_tokens", 128, "row length \"auto\" packs short windows into for cuDNN on a GPU "
+                     "(0: they stay on XLA)")
 flags.DEFINE_string("trunk_gelu", "auto", "the trunk MLP's GELU: auto (tanh on a GPU in 16-bit compute) | exact | tanh | gpu_auto | tpu_auto")
 flags.DEFINE_string("peer", "auto", "auto | sam2 | transformers | none")
 flags.DEFINE_integer("warmup", 1, "untimed calls after compilation")
@@ -242,12 +244,14 @@ def main(argv):
     param_dtype = FLAGS.param_dtype or FLAGS.dtype
     try:
         cfg = get_preset(FLAGS.preset, dtype=getattr(jnp, FLAGS.dtype), param_dtype=getattr(jnp, param_dtype),
-                         attention_implementation=FLAGS.attention_impl, trunk_gelu=FLAGS.trunk_gelu)
+                         attention_implementation=FLAGS.attention_impl, trunk_gelu=FLAGS.trunk_gelu,
+                         attention_pack_tokens=FLAGS.attention_pack_tokens)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     result = {"preset": FLAGS.preset, "batch": FLAGS.batch, "image_size": cfg.image_size,
               "dtype": FLAGS.dtype, "param_dtype": param_dtype, "prompt": "box + 2 points, multimask",
-              "attention": FLAGS.attention_impl, "trunk_activation": cfg.trunk_activation()}
+              "attention": FLAGS.attention_impl, "attention_pack_tokens": cfg.attention_pack_tokens,
+              "trunk_activation": cfg.trunk_activation()}
     result["ours"] = bench_jax(cfg, FLAGS.batch)
     peer = _pick_peer(FLAGS.peer)
     if peer != "none":

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU acceptance run: the SAM2-Large and policy benchmarks (update, decode step) against
-# transformers on the same card, two SAM2-Large diagnostics, and the cuDNN correctness checks. Needs jax[cuda], flax, optax,
+# transformers on the same card, three SAM2-Large diagnostics, and the cuDNN correctness checks. Needs jax[cuda], flax, optax,
 # transformers and torch. Writes to DIR (default ./gpu_check): steps.log (every step's output),
 # each benchmark's JSON, and profiles.tgz with the traces + HLO of SAM2-Large and the policy's
 # update and decode step (`tar xzf profiles.tgz; python -m experiments.profile_summary
@@ -39,8 +39,12 @@ python -c "import jax, flax, transformers, torch; print(jax.__version__, flax.__
 step sam2_large 200 python -m experiments.benchmark_sam2 --preset=hiera_large --batch=16 --dtype=bfloat16 \
   --peer=transformers --json_out="$out/sam2_large.json" --profile_dir="$out/profiles/sam2_large"
 pack_profiles
-# SAM2 diagnostics: the same work with Triton GEMMs off (cuBLAS, with its bias/GELU/residual
+# SAM2 diagnostics: the same work with the short windows' attention left on XLA instead of packed
+# for cuDNN (what packing saves), with Triton GEMMs off (cuBLAS, with its bias/GELU/residual
 # epilogues, for every matmul) and with the exact trunk GELU (what the tanh form saves)
+step sam2_large_unpacked 100 python -m experiments.benchmark_sam2 --preset=hiera_large --batch=16 \
+  --dtype=bfloat16 --attention_pack_tokens=0 --peer=none --predict_batch=false \
+  --json_out="$out/sam2_large_unpacked.json"
 XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_triton_gemm=false" step sam2_large_cublas 100 \
   python -m experiments.benchmark_sam2 --preset=hiera_large --batch=16 --dtype=bfloat16 --peer=none \
   --predict_batch=false --json_out="$out/sam2_large_cublas.json"

@@ -1,5 +1,5 @@
-"""Accelerator checks: the cuDNN attention backend against XLA on a GPU, and the accuracy of the
-bf16 SAM2 trunk's GELU in cuBLAS's epilogue.
+"""Accelerator checks: the cuDNN attention backends (plain and packed) against XLA on a GPU, and
+the accuracy of the bf16 SAM2 trunk's GELU in cuBLAS's epilogue.
 
 Skipped where no GPU is attached (the CPU suite covers every other backend). Run on a GPU
 machine with `JAX_PLATFORMS=cuda python -m pytest -q tests/test_gpu.py` (the test conftest
@@ -23,7 +23,8 @@ CASES = [
     (8, 1, 1228, 16, 2, 128, False, [1228, 1000, 10, 1, 5, 6, 7, 8]),   # decode
     (2, 3600, 3600, 16, 16, 80, False, None),             # vision full attention
     (64, 64, 64, 2, 2, 72, False, None),                   # SAM2-Large windows
-    (512, 16, 16, 4, 4, 72, False, None),                  # SAM2-Large 16-token windows: "auto" is XLA
+    (512, 16, 16, 4, 4, 72, False, None),                  # SAM2-Large 16-token windows: packed 8 to a row
+    (512, 4, 16, 8, 8, 72, False, None),                   # pooled queries over 16-token windows: packed
 ]
 
 
@@ -40,12 +41,14 @@ def test_cudnn_attention_matches_xla(b, t, s, n, kh, h, causal, lengths):
     q, k, v = (jnp.asarray(rs.randn(*shape), jnp.bfloat16)
                for shape in ((b, t, n, h), (b, s, kh, h), (b, s, kh, h)))
     lens = None if lengths is None else jnp.asarray(lengths, jnp.int32)
-    expected = "cudnn" if max(t, s) > 32 else "xla"
-    assert layers.resolve_attention_implementation("auto", q, kv_length=s) == expected
+    expected = "cudnn" if max(t, s) > 32 else "cudnn_packed"
+    assert layers.resolve_attention_implementation("auto", q, kv_length=s,
+                                                   lengths_or_causal=causal or lens is not None) == expected
     run = lambda impl: jax.jit(lambda q, k, v: layers.dot_product_attention(
         q, k, v, is_causal=causal, kv_lengths=lens, implementation=impl))(q, k, v)
-    got, want = np.asarray(run("cudnn"), np.float32), np.asarray(run("xla"), np.float32)
-    np.testing.assert_allclose(got, want, atol=2e-2, rtol=0)
+    want = np.asarray(run("xla"), np.float32)
+    for impl in {"cudnn", expected}:
+        np.testing.assert_allclose(np.asarray(run(impl), np.float32), want, atol=2e-2, rtol=0, err_msg=impl)
 
 
 def test_policy_and_sam2_on_cudnn_match_xla():

@@ -10,8 +10,13 @@ keys/values (grouped-query attention when K < N) and routes to one backend:
   * "tpu_flash" - the Pallas TPU flash-attention kernel (head dim <= 128 or a multiple of
     128): sequences padded to multiples of 128, lengths as segment ids, kv heads repeated
     for grouped queries; runs on CPU under `pltpu.force_tpu_interpret_mode()` for tests;
-  * "auto"  - cuDNN on a GPU unless queries and keys are both at most 32 positions long,
-    tpu_flash on a TPU for queries of >= 128 positions, else XLA;
+  * "cudnn_packed" - cuDNN over short independent sequences laid side by side: `g` of them
+    (consecutive batch rows) form one row of up to `pack_tokens` positions, and a block-diagonal
+    bias keeps every query to its own sequence's keys (exactly the unpacked result: the other
+    keys' softmax weights underflow to zero);
+  * "auto"  - on a GPU cuDNN, or cuDNN packed where queries and keys are both at most 32
+    positions long (XLA where they cannot be packed); tpu_flash on a TPU for queries of >= 128
+    positions; else XLA;
   * "tpu_auto" / "gpu_auto" - the TPU's / the GPU's "auto" choice on any backend (ahead-of-time
     compiles for a TPU or a GPU from another host).
 Masks: `is_causal`, per-sequence valid lengths (`query_lengths`, `kv_lengths`, right padding)
@@ -34,14 +39,22 @@ Initializer = Callable[..., jax.Array]
 # Choices resolved by a backend: "auto" by the one tracing the model, the others by the one named
 # (compiling for a TPU or GPU from another host). Attention and SAM2's trunk GELU share them.
 AUTO_CHOICES = ("auto", "tpu_auto", "gpu_auto")
-ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "tpu_flash", *AUTO_CHOICES)
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "cudnn_packed", "tpu_flash", *AUTO_CHOICES)
 TPU_BLOCK = 128  # the Pallas TPU kernel's sequence block (keys: a multiple of the 128 lanes)
-# On a GPU "auto" takes cuDNN once queries or keys reach this many positions, XLA below. cuDNN's
+# On a GPU "auto" takes plain cuDNN once queries or keys reach this many positions. cuDNN's
 # flash kernel works on 64 x 128 tiles: on SAM2-Large's 16-token windows (16,384 windows x 4
 # heads, 16 images) it spent 1.37 ms per stage-2 block on an H100, about 1 TFLOP/s; with the
-# pooled block over such windows that was 7.6% of the model's time for 0.1% of its FLOPs, while
-# XLA's score matrix there is 256 entries per window and head.
+# pooled block over such windows that was 7.6% of the model's time for 0.1% of its FLOPs.
+# Shorter sequences are packed (below) or, where they cannot be, left to XLA, whose batched
+# matmuls need q, k, v and the output transposed to a heads-major layout: four passes over the
+# block's activations.
 CUDNN_MIN_TOKENS = 33
+# "auto" on a GPU packs sequences shorter than CUDNN_MIN_TOKENS into rows of at most this many
+# positions (one 128-key tile of cuDNN's kernel): SAM2-Large's 16-token windows go 8 to a row.
+# The bias multiplies the attention FLOPs by the pack factor, which is cheap at these lengths
+# (1.3% of the model's FLOPs for the stage-2 windows), and q, k, v and the output stay in the
+# projections' token-major layout.
+PACK_TOKENS = 128
 
 
 def logical_param(module: nn.Module, name: str, init: Initializer, shape: Sequence[int],
@@ -82,11 +95,21 @@ def auto_backend(choice: str) -> str:
     return jax.default_backend() if choice == "auto" else choice.removesuffix("_auto")
 
 
+def pack_factor(batch: int, t: int, s: int, pack_tokens: int = PACK_TOKENS) -> int:
+    """How many `[t queries, s keys]` sequences "cudnn_packed" lays side by side: the largest
+    divisor of `batch` that keeps a row within `pack_tokens` positions (1: no packing)."""
+    most = max(1, pack_tokens // max(t, s, 1))
+    return max(g for g in range(1, min(most, batch) + 1) if batch % g == 0)
+
+
 def resolve_attention_implementation(implementation: str, q: jax.Array,
                                      mask: Optional[jax.Array] = None,
-                                     kv_length: Optional[int] = None) -> str:
-    """Picks the concrete backend ("xla", "cudnn" or "tpu_flash") for `implementation`; q is
-    `[B, T, N, H]`, kv_length the keys' S (default T)."""
+                                     kv_length: Optional[int] = None, *,
+                                     lengths_or_causal: bool = False,
+                                     pack_tokens: int = PACK_TOKENS) -> str:
+    """Picks the concrete backend ("xla", "cudnn", "cudnn_packed" or "tpu_flash") for
+    `implementation`; q is `[B, T, N, H]`, kv_length the keys' S (default T);
+    `lengths_or_causal`: the call has valid lengths or a causal mask (no packing then)."""
     if implementation not in ATTENTION_IMPLEMENTATIONS:
         raise ValueError(f"attention implementation {implementation!r} is not one of "
                          f"{ATTENTION_IMPLEMENTATIONS}")
@@ -95,6 +118,12 @@ def resolve_attention_implementation(implementation: str, q: jax.Array,
     backend = auto_backend(implementation)
     if backend == "gpu" and _cudnn_qualifies(q, mask, kv_length):
         return "cudnn"
+    if backend == "gpu" and not lengths_or_causal:
+        t = q.shape[1]
+        s = t if kv_length is None else kv_length
+        g = pack_factor(q.shape[0], t, s, pack_tokens)
+        if g > 1 and _cudnn_qualifies(q, mask, g * max(t, s)):
+            return "cudnn_packed"
     if backend == "tpu" and _tpu_flash_qualifies(q, mask):
         return "tpu_flash"
     return "xla"
@@ -163,20 +192,47 @@ def _shard_over_batch_and_heads(kernel: Callable[..., jax.Array], batch: int, he
     return jax.shard_map(kernel, mesh=mesh, in_specs=(qkv, qkv, qkv, ids, ids), out_specs=qkv, check_vma=False)
 
 
+def packed_attention(q: jax.Array, k: jax.Array, v: jax.Array, group: int, *,
+                     scale: Optional[float] = None, implementation: str = "cudnn") -> jax.Array:
+    """Attention over `group` consecutive batch rows at once: q `[B, T, N, H]`, k/v `[B, S, K, H]`
+    become `[B/group, group*T, ...]` rows (a reshape, no copy) and a block-diagonal bias keeps
+    each query on its own row's keys. Equal to the unpacked attention: a masked key's logit sits
+    about 0.7 x the dtype's largest value below the rest, so its softmax weight is exactly 0."""
+    b, t = q.shape[:2]
+    s = k.shape[1]
+    if b % group:
+        raise ValueError(f"packed attention: {b} sequences do not split into groups of {group}")
+    rows = lambda x, length: x.reshape(b // group, group * length, *x.shape[2:])
+    same = (jnp.arange(group * t) // t)[:, None] == (jnp.arange(group * s) // s)[None, :]
+    bias = jnp.where(same, 0.0, -0.7 * float(jnp.finfo(q.dtype).max)).astype(q.dtype)[None, None]
+    out = jax.nn.dot_product_attention(rows(q, t), rows(k, s), rows(v, s), bias=bias, scale=scale,
+                                       implementation=implementation)
+    return out.reshape(q.shape)
+
+
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                           is_causal: bool = False,
                           mask: Optional[jax.Array] = None,
                           query_lengths: Optional[jax.Array] = None,
                           kv_lengths: Optional[jax.Array] = None,
                           scale: Optional[float] = None,
-                          implementation: str = "auto") -> jax.Array:
+                          implementation: str = "auto",
+                          pack_tokens: int = PACK_TOKENS) -> jax.Array:
     """Softmax attention: q `[B, T, N, H]`, k/v `[B, S, K, H]` -> `[B, T, N, H]` (q's dtype).
 
-    Softmax is accumulated in float32 by both backends.
+    Softmax is accumulated in float32 by every backend. `pack_tokens`: the row length
+    "cudnn_packed" packs short sequences into (0: "auto" never packs).
     """
-    impl = resolve_attention_implementation(implementation, q, mask, k.shape[1])
-    if impl in ("cudnn", "tpu_flash") and mask is not None:
+    flagged = is_causal or query_lengths is not None or kv_lengths is not None
+    impl = resolve_attention_implementation(implementation, q, mask, k.shape[1], lengths_or_causal=flagged,
+                                            pack_tokens=pack_tokens)
+    if impl in ("cudnn", "cudnn_packed", "tpu_flash") and mask is not None:
         raise ValueError(f"the {impl} attention backend takes lengths and is_causal, not a dense mask")
+    if impl == "cudnn_packed":
+        if flagged:
+            raise ValueError("cudnn_packed attention packs whole sequences: no lengths or is_causal")
+        return packed_attention(q, k, v, pack_factor(q.shape[0], q.shape[1], k.shape[1], pack_tokens),
+                                scale=scale, implementation="cudnn")
     if impl == "tpu_flash":
         return tpu_flash_attention(q, k, v, is_causal=is_causal, query_lengths=query_lengths,
                                    kv_lengths=kv_lengths, scale=scale)

@@ -98,8 +98,16 @@ def test_gpu_auto_rule(monkeypatch):
     monkeypatch.setattr(layers.jax, "default_backend", lambda: "gpu")
     pick = lambda shape, kv=None, dtype=jnp.bfloat16: layers.resolve_attention_implementation(
         "auto", jax.ShapeDtypeStruct(shape, dtype), kv_length=kv)
-    assert pick((16384, 16, 4, 72)) == "xla"                 # Hiera-L stage 2 windows
-    assert pick((16384, 4, 8, 72), kv=16) == "xla"           # pooled queries over a 16-token window
+    assert pick((16384, 16, 4, 72)) == "cudnn_packed"        # Hiera-L stage 2 windows, 8 to a row
+    assert pick((16384, 4, 8, 72), kv=16) == "cudnn_packed"  # pooled queries over a 16-token window
+    assert pick((7, 20, 4, 72)) == "xla"                     # 7 windows of 20: no divisor packs them
+    assert pick((2, 16, 4, 72)) == "xla"                     # a row of 2 x 16 is still too short
+    assert pick((3, 16, 4, 72)) == "cudnn_packed"            # 3 windows: one row of 48 tokens
+    pick_unpacked = lambda shape: layers.resolve_attention_implementation(
+        "auto", jax.ShapeDtypeStruct(shape, jnp.bfloat16), pack_tokens=0)
+    assert pick_unpacked((16384, 16, 4, 72)) == "xla"
+    assert layers.resolve_attention_implementation(      # lengths or a causal mask: never packed
+        "auto", jax.ShapeDtypeStruct((64, 16, 4, 72), jnp.bfloat16), lengths_or_causal=True) == "xla"
     assert pick((16384, 64, 2, 72)) == "cudnn"               # stage 1 windows
     assert pick((128, 1, 16, 128), kv=1228) == "cudnn"       # a decode step over a long cache
     assert pick((16, 7, 8, 16), kv=4096) == "cudnn"          # decoder tokens over the image
@@ -113,7 +121,35 @@ def test_gpu_auto_rule(monkeypatch):
     assert pick((16384, 64, 2, 72)) == "xla"
     gpu_pick = lambda shape, kv=None: layers.resolve_attention_implementation(
         "gpu_auto", jax.ShapeDtypeStruct(shape, jnp.bfloat16), kv_length=kv)
-    assert gpu_pick((16384, 64, 2, 72)) == "cudnn" and gpu_pick((16384, 16, 4, 72)) == "xla"
+    assert gpu_pick((16384, 64, 2, 72)) == "cudnn" and gpu_pick((16384, 16, 4, 72)) == "cudnn_packed"
+
+
+def test_pack_factor():
+    assert layers.pack_factor(16384, 16, 16) == 8 and layers.pack_factor(16384, 4, 16) == 8
+    assert layers.pack_factor(12, 16, 16) == 6 and layers.pack_factor(7, 16, 16) == 7
+    assert layers.pack_factor(7, 20, 20) == 1      # no divisor of 7 between 2 and 6
+    assert layers.pack_factor(16, 16, 16, pack_tokens=0) == 1
+    assert layers.pack_factor(3, 200, 200) == 1
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("b,t,s,n,kh,group", [(16, 16, 16, 4, 4, 8), (24, 4, 16, 2, 2, 6), (6, 5, 5, 4, 2, 3)],
+                         ids=["windows", "pooled_queries", "grouped_heads"])
+def test_packed_attention_equals_unpacked(b, t, s, n, kh, group, dtype):
+    """Packing windows into rows with a block-diagonal bias changes nothing: against the numpy
+    oracle per window (float32) and against XLA's unpacked attention in bfloat16."""
+    rs = np.random.RandomState(7)
+    q = jnp.asarray(rs.randn(b, t, n, 8) * 3, dtype)
+    k, v = (jnp.asarray(rs.randn(b, s, kh, 8) * 3, dtype) for _ in range(2))
+    got = np.asarray(layers.packed_attention(q, k, v, group, implementation="xla"), np.float32)
+    if dtype == jnp.float32:
+        want = _np_attention(np.asarray(q), np.asarray(k), np.asarray(v), np.ones((b, n, t, s), bool))
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    else:
+        want = np.asarray(layers.dot_product_attention(q, k, v, implementation="xla"), np.float32)
+        np.testing.assert_allclose(got, want, atol=1.6e-2)
+    with pytest.raises(ValueError, match="do not split into groups of 5"):
+        layers.packed_attention(q, k, v, 5, implementation="xla")
 
 
 def test_registries_and_errors():
@@ -132,6 +168,10 @@ def test_registries_and_errors():
     with pytest.raises(ValueError, match="tpu_flash attention backend takes lengths"):
         layers.dot_product_attention(jnp.zeros((1, 2, 1, 8)), jnp.zeros((1, 2, 1, 8)), jnp.zeros((1, 2, 1, 8)),
                                      mask=jnp.ones((1, 1, 2, 2), bool), implementation="tpu_flash")
+    with pytest.raises(ValueError, match="no lengths or is_causal"):
+        layers.dot_product_attention(jnp.zeros((2, 2, 1, 8), jnp.bfloat16), jnp.zeros((2, 2, 1, 8), jnp.bfloat16),
+                                     jnp.zeros((2, 2, 1, 8), jnp.bfloat16), is_causal=True,
+                                     implementation="cudnn_packed")
     with pytest.raises(ValueError, match="dense mask"):
         layers.dot_product_attention(jnp.zeros((1, 2, 1, 8), jnp.bfloat16), jnp.zeros((1, 2, 1, 8), jnp.bfloat16),
                                      jnp.zeros((1, 2, 1, 8), jnp.bfloat16), mask=jnp.ones((1, 1, 2, 2), bool),

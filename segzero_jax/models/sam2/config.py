@@ -72,6 +72,9 @@ class Sam2Config:
     param_dtype: Dtype = jnp.float32
     dtype: Dtype = jnp.float32
     attention_implementation: str = "auto"
+    # "auto" on a GPU packs attention over short windows (Hiera-L's 16-token stage-2 windows) into
+    # cuDNN rows of up to this many positions with a block-diagonal bias; 0 keeps them on XLA.
+    attention_pack_tokens: int = 128
     remat_policy: str = "none"
     # The trunk MLP's GELU: "exact" (erf, the reference's `nn.GELU()`), "tanh" (its tanh form),
     # or one of `layers.AUTO_CHOICES` ("auto" resolved by the backend tracing the model,
@@ -87,6 +90,8 @@ class Sam2Config:
         if self.attention_implementation not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"Sam2Config.attention_implementation={self.attention_implementation!r} is not "
                              f"one of {ATTENTION_IMPLEMENTATIONS}")
+        if self.attention_pack_tokens < 0:
+            raise ValueError(f"Sam2Config.attention_pack_tokens={self.attention_pack_tokens} must be >= 0")
         if self.trunk_gelu not in ("exact", "tanh", *AUTO_CHOICES):
             raise ValueError(f"Sam2Config.trunk_gelu={self.trunk_gelu!r} is not one of "
                              f"{('exact', 'tanh', *AUTO_CHOICES)}")

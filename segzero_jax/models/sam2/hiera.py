@@ -116,7 +116,8 @@ class MultiScaleAttention(nn.Module):
         b, qy, qx = q.shape[:3]
         flat = lambda t: t.reshape(t.shape[0], -1, n, hd)
         o = dot_product_attention(flat(q), flat(k), flat(v),
-                                  implementation=cfg.attention_implementation)
+                                  implementation=cfg.attention_implementation,
+                                  pack_tokens=cfg.attention_pack_tokens)
         o = o.reshape(b, qy, qx, n, hd)
         w_o = logical_param(self, "proj_kernel", nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2),
                             (n, hd, spec.dim_out), ("heads", "head_dim", "embed"), cfg.param_dtype)

@@ -51,7 +51,8 @@ class Attention(nn.Module):
         hd = internal // n
         o = dot_product_attention(self._proj_in("q_proj", q, n, hd), self._proj_in("k_proj", k, n, hd),
                                   self._proj_in("v_proj", v, n, hd),
-                                  implementation=cfg.attention_implementation)
+                                  implementation=cfg.attention_implementation,
+                                  pack_tokens=cfg.attention_pack_tokens)
         w = logical_param(self, "out_proj_kernel", nn.initializers.lecun_normal(in_axis=(0, 1), out_axis=2),
                           (n, hd, d), ("heads", "head_dim", "embed"), cfg.param_dtype)
         b = logical_param(self, "out_proj_bias", nn.initializers.zeros, (d,), ("embed",), cfg.param_dtype)
