@@ -14,9 +14,16 @@ E block output width, C the q/k/v triple, N heads, H head dim, F mlp width.
 Windows are zero-padded to a multiple of the window size (after norm1) and padded tokens take
 part in attention, exactly as in the reference. Runs of identical blocks (same widths, window,
 no pooling) are one `nn.scan` with params stacked on a leading "layers" axis; a block that
-changes width or pools is applied on its own. A windowed run whose windows tile the map
-carries x partitioned into windows through the whole run (norms and MLP are per token, so only
-the layout changes); with padding each block partitions for itself.
+changes width or pools is applied on its own.
+
+Layout. Norms, MLPs and projections act per token and global attention does not care about
+token order, so x travels between blocks in whatever layout the next block wants
+(`segment_layout`): partitioned into windows, float[B * nY * nX, ws, ws, D], wherever the
+windows tile the map, else the map itself. A q-pooling block pools inside each window, turning
+ws-windows into (ws/2)-windows, which are the next stage's windows in SAM2's configs; a global
+block reads an image's windows side by side as one sequence. x changes layout only where the
+window size does (or padding begins), and each stage's output is un-partitioned once for the
+neck. Blocks that need padding partition for themselves, as the reference does every block.
 """
 
 from __future__ import annotations
@@ -54,11 +61,42 @@ def is_scanned(spec: BlockSpec) -> bool:
     return spec.dim == spec.dim_out and not spec.q_pool
 
 
-def carries_windows(spec: BlockSpec, hw: tuple[int, int]) -> bool:
-    """Whether a scanned run of `spec` blocks on a `hw` map keeps x partitioned into windows
-    from block to block: windowed attention whose windows tile the map without padding."""
+def segment_layout(spec: BlockSpec, hw: tuple[int, int], current: int, q_stride: tuple[int, int]) -> int:
+    """The layout a run of `spec` blocks takes x in on a `hw` map when x arrives in `current`:
+    the window size of a window layout, 0 for the map itself. Windowed blocks take their windows
+    where they tile the map (and a pooling block's windows also split by the stride); global
+    blocks keep x as it comes, unless they pool."""
     ws = spec.window_size
-    return is_scanned(spec) and ws > 0 and hw[0] % ws == 0 and hw[1] % ws == 0
+    if ws == 0:
+        return 0 if spec.q_pool else current
+    tiles = hw[0] % ws == 0 and hw[1] % ws == 0
+    splits = not spec.q_pool or (q_stride[0] == q_stride[1] and ws % q_stride[0] == 0)
+    return ws if tiles and splits else 0
+
+
+def layout_plan(config: Sam2Config) -> list[tuple[int, int, BlockSpec, tuple[int, int], int]]:
+    """[(first block, count, spec, the map it works on, the layout it takes x in)] per run of
+    blocks (`block_segments`); layouts as in `segment_layout`."""
+    side = config.image_size // 4
+    hw, layout, plan = (side, side), 0, []
+    for start, count, spec in block_segments(config):
+        layout = segment_layout(spec, hw, layout, config.q_stride)
+        plan.append((start, count, spec, hw, layout))
+        if spec.q_pool:
+            hw = (hw[0] // config.q_stride[0], hw[1] // config.q_stride[1])
+            layout //= config.q_stride[0]
+    return plan
+
+
+def to_layout(x: jax.Array, hw: tuple[int, int], current: int, want: int) -> jax.Array:
+    """x on a `hw` map from layout `current` to layout `want` (window sizes; 0: the map)."""
+    if current == want:
+        return x
+    if current:
+        x = window_unpartition(x, current, hw, hw)
+    if want:
+        x, _ = window_partition(x, want)
+    return x
 
 
 def window_partition(x: jax.Array, ws: int) -> tuple[jax.Array, tuple[int, int]]:
@@ -129,8 +167,8 @@ class MultiScaleAttention(nn.Module):
 class MultiScaleBlock(nn.Module):
     """One Hiera block: float[B, Y, X, D] -> float[B, Y', X', E] (see the module docstring).
 
-    `windowed`: x arrives and leaves already partitioned into the block's windows,
-    float[B * nY * nX, ws, ws, D] with no padding (a shape-preserving windowed block only).
+    `windowed`: x arrives partitioned into the block's windows, float[B * nY * nX, ws, ws, D]
+    with no padding, and leaves in the same layout (windows of ws/2 after q-pooling).
     """
 
     spec: BlockSpec
@@ -140,8 +178,9 @@ class MultiScaleBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg, spec = self.config, self.spec
-        if self.windowed and not (is_scanned(spec) and spec.window_size > 0
-                                  and x.shape[1:3] == (spec.window_size,) * 2):
+        ws = spec.window_size
+        if self.windowed and not (ws > 0 and x.shape[1:3] == (ws, ws)
+                                  and (not spec.q_pool or ws % cfg.q_stride[0] == ws % cfg.q_stride[1] == 0)):
             raise ValueError(f"MultiScaleBlock: windowed input {x.shape} does not fit the block {spec}")
         kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
         shortcut = x
@@ -150,7 +189,11 @@ class MultiScaleBlock(nn.Module):
             shortcut = Dense(spec.dim_out, axes=("embed", "mlp"), name="proj", **kw)(x)
             if spec.q_pool:
                 shortcut = max_pool_2x2(shortcut)
-        ws = spec.window_size
+            # Both branches of the residual carry the activations' batch sharding: without these
+            # constraints XLA's SPMD partitioner (jax 0.10) computed wrong values for a pooling
+            # block with tensor-sharded params on a (2, 2, 2) mesh (tests/models/sam2 holds the
+            # sharded trunk to the unsharded one).
+            shortcut = constrain(shortcut, ACT)
         h, w = x.shape[1:3]
         if ws > 0 and not self.windowed:
             x, pad_hw = window_partition(x, ws)
@@ -161,7 +204,7 @@ class MultiScaleBlock(nn.Module):
             pad_hw = (h + (-h) % ws, w + (-w) % ws) if ws > 0 else (h, w)
         if spec.window_size > 0 and not self.windowed:
             x = window_unpartition(x, ws, pad_hw, (h, w))
-        x = shortcut + x
+        x = shortcut + constrain(x, ACT)
         y = LayerNorm(eps=1e-6, name="norm2", **kw)(x)
         x = x + Mlp(int(spec.dim_out * cfg.mlp_ratio), spec.dim_out, 2, activation=cfg.trunk_activation(),
                     name="mlp", **kw)(y)
@@ -208,28 +251,30 @@ class Hiera(nn.Module):
         x = constrain(x, ACT)
 
         outputs = []
-        for j, (start, count, spec) in enumerate(block_segments(cfg)):
+        batch, layout = x.shape[0], 0
+        if x.shape[1:3] != (cfg.image_size // 4,) * 2:
+            raise ValueError(f"Hiera: images of {images.shape[1:3]}, the config's image_size is {cfg.image_size}")
+        for j, (start, count, spec, hw, want) in enumerate(layout_plan(cfg)):
+            if want != layout:
+                x = constrain(to_layout(x, hw, layout, want), ACT)
+            layout = want
+            windowed = layout > 0 and spec.window_size > 0
+            if layout and not windowed:
+                # global attention over window layout: each image's windows side by side
+                x = x.reshape(batch, -1, layout, x.shape[-1])
             if is_scanned(spec):
-                # A run of windowed blocks whose windows tile the map exactly carries x in window
-                # layout from block to block: one partition before the run and one reversal after
-                # it instead of both in every block, and each block's attention output projection
-                # then adds its residual in the matmul's epilogue. With padding the reference
-                # re-pads every block's normalised input with zeros, so those blocks partition
-                # for themselves.
-                ws, hw = spec.window_size, x.shape[1:3]
-                windowed = carries_windows(spec, hw)
-                if windowed:
-                    x, _ = window_partition(x, ws)
-                    x = constrain(x, ACT)
                 block_cls = maybe_remat(_ScannedBlock, cfg.remat_policy)
                 stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                                 length=count, metadata_params={nn.PARTITION_NAME: "layers"})
                 x, _ = stack(spec, cfg, windowed, name=f"segment_{j}")(x, None)
-                if windowed:
-                    x = constrain(window_unpartition(x, ws, hw, hw), ACT)
             else:
                 block_cls = maybe_remat(MultiScaleBlock, cfg.remat_policy)
-                x = block_cls(spec, cfg, name=f"segment_{j}")(x)
+                x = block_cls(spec, cfg, windowed, name=f"segment_{j}")(x)
+            if layout and not windowed:
+                x = x.reshape(-1, layout, layout, x.shape[-1])
+            if spec.q_pool:
+                hw = (hw[0] // cfg.q_stride[0], hw[1] // cfg.q_stride[1])
+                layout //= cfg.q_stride[0]
             if start + count - 1 in cfg.stage_ends:
-                outputs.append(x)
+                outputs.append(constrain(to_layout(x, hw, layout, 0), ACT))
         return outputs

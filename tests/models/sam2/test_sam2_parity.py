@@ -56,46 +56,58 @@ def test_neck_levels_and_position_encoding_match(setup):
         assert_close(enc["vision_pos_enc"][i], out["vision_pos_enc"][i][0].numpy().transpose(1, 2, 0), f"pos[{i}]")
 
 
-def _run_sides(cfg):
-    """[(first block, count, spec, the side of the map the run works on)] for cfg's trunk."""
-    from segzero_jax.models.sam2.hiera import block_segments
-    side = cfg.image_size // 4
-    return [(start, count, spec, side >> sum(start > end for end in cfg.stage_ends))
-            for start, count, spec in block_segments(cfg)]
-
-
-def test_trunk_runs_both_window_layouts(setup):
-    """The parity above covers both trunk paths: `test_tiny` has runs that carry x in window
-    layout (windows tile the map) and runs that re-pad every block, as the reference does."""
-    from segzero_jax.models.sam2.hiera import MultiScaleBlock, carries_windows, is_scanned
-    cfg = setup["cfg"]
-    carried, padded = [], []
-    for start, _, spec, side in _run_sides(cfg):
-        if is_scanned(spec) and spec.window_size > 0:
-            (carried if carries_windows(spec, (side, side)) else padded).append(start)
-    assert carried and padded, (carried, padded)
-    spec = cfg.blocks[-1]
+def test_trunk_layout_plan():
+    """Where x travels in window layout: test_tiny (whose parity with the reference is above)
+    mixes window layout, q-pooling blocks inside windows (the second into 1 x 1 windows) and
+    blocks that pad, and SAM2-Large
+    changes layout twice (the first windows, and 2- to 16-windows in stage 3), its global blocks
+    reading the 16-windows side by side."""
+    from segzero_jax.models.sam2.hiera import MultiScaleBlock, layout_plan
+    plan = layout_plan(get_preset("test_tiny"))
+    assert [(start, layout) for start, _, _, _, layout in plan] == [(0, 4), (1, 4), (2, 2), (3, 2), (4, 0), (6, 0),
+                                                                    (7, 0), (8, 0)]
+    padded = [start for start, _, spec, _, layout in plan if spec.window_size and not layout]
+    assert padded == [4, 7, 8]
+    large = layout_plan(get_preset("hiera_large"))
+    assert [(start, count, spec.window_size, layout) for start, count, spec, _, layout in large] == [
+        (0, 2, 8, 8), (2, 1, 8, 8), (3, 5, 4, 4), (8, 1, 4, 4), (9, 14, 16, 16), (23, 1, 0, 16), (24, 9, 16, 16),
+        (33, 1, 0, 16), (34, 9, 16, 16), (43, 1, 0, 16), (44, 1, 16, 16), (45, 3, 8, 8)]
+    spec = get_preset("test_tiny").blocks[-1]
     with pytest.raises(ValueError, match="does not fit the block"):
-        MultiScaleBlock(spec, cfg, windowed=True).init(jax.random.PRNGKey(0), jnp.zeros((1, 5, 5, spec.dim)))
+        MultiScaleBlock(spec, get_preset("test_tiny"), windowed=True).init(
+            jax.random.PRNGKey(0), jnp.zeros((1, 5, 5, spec.dim)))
 
 
-def test_window_layout_carry_equals_per_block_partition(monkeypatch):
-    """A run of several blocks carried in window layout (here 2 and 3 blocks, remat on)
-    gives the per-block partition's features exactly; the parity above pins the latter to the
-    reference."""
+def test_window_layout_equals_per_block_partition(monkeypatch):
+    """The planned layouts give exactly the features of the reference's way, every windowed
+    block partitioning the map for itself (pinned to Meta's sam2 by the parity above), also
+    with params sharded over a (2, 2, 2) mesh. The config has SAM2-Large's window sizes: runs
+    carried in windows, q-pooling inside 8- and 4-windows, a change from 2- to 16-windows,
+    global blocks over 2- and 16-windows, pooling 16- into 8-windows; remat on."""
+    import flax.linen as nn
+
     from segzero_jax.models.sam2 import hiera
-    cfg = get_preset("test_tiny").replace(stages=(1, 3, 5, 2), global_att_blocks=(8,),
-                                          window_spec=(4, 2, 4, 2), remat_policy="full")
-    runs = [count for _, count, spec, side in _run_sides(cfg) if hiera.carries_windows(spec, (side, side))]
-    assert sorted(runs)[-2:] == [2, 3], runs
+    from segzero_jax.parallel import DEFAULT_RULES, logical_shardings, make_mesh
+    cfg = get_preset("test_tiny").replace(stages=(2, 3, 4, 2), global_att_blocks=(6, 8), window_spec=(8, 4, 16, 8),
+                                          image_size=256, window_pos_embed_bkg_spatial_size=(7, 7),
+                                          remat_policy="full")
+    plan = hiera.layout_plan(cfg)
+    assert [(start, count, layout) for start, count, _, _, layout in plan] == [
+        (0, 2, 8), (2, 1, 8), (3, 2, 4), (5, 1, 4), (6, 1, 2), (7, 1, 16), (8, 1, 16), (9, 1, 16), (10, 1, 8)]
     model = hiera.Hiera(cfg)
     x = jax.random.normal(jax.random.PRNGKey(1), (2, cfg.image_size, cfg.image_size, 3))
-    params = model.init(jax.random.PRNGKey(0), x)
-    carried = jax.jit(model.apply)(params, x)
-    monkeypatch.setattr(hiera, "carries_windows", lambda spec, hw: False)
+    params = nn.unbox(model.init(jax.random.PRNGKey(0), x))
+    planned = jax.jit(model.apply)(params, x)
+    mesh = make_mesh((2, 2, 2))
+    sharded = jax.device_put(params, logical_shardings(jax.eval_shape(model.init, jax.random.PRNGKey(0), x),
+                                                       mesh, DEFAULT_RULES))
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        planned_sharded = jax.jit(model.apply)(sharded, x)
+    monkeypatch.setattr(hiera, "segment_layout", lambda spec, hw, current, q_stride: 0)
     per_block = jax.jit(model.apply)(params, x)
-    for a, b in zip(carried, per_block):
+    for a, b, c in zip(planned, per_block, planned_sharded):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(c), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
 PROMPTS = {
