@@ -197,14 +197,17 @@ def packed_attention(q: jax.Array, k: jax.Array, v: jax.Array, group: int, *,
     """Attention over `group` consecutive batch rows at once: q `[B, T, N, H]`, k/v `[B, S, K, H]`
     become `[B/group, group*T, ...]` rows (a reshape, no copy) and a block-diagonal bias keeps
     each query on its own row's keys. Equal to the unpacked attention: a masked key's logit sits
-    about 0.7 x the dtype's largest value below the rest, so its softmax weight is exactly 0."""
+    2^40 (float16: 2^15) below the rest, so its softmax weight is exactly 0. Not the dtype's
+    extreme: cuDNN scales logits by log2(e) for exp2, which would overflow float32 to -inf there
+    (JAX's cuDNN path keeps its masks at the same values)."""
     b, t = q.shape[:2]
     s = k.shape[1]
     if b % group:
         raise ValueError(f"packed attention: {b} sequences do not split into groups of {group}")
     rows = lambda x, length: x.reshape(b // group, group * length, *x.shape[2:])
     same = (jnp.arange(group * t) // t)[:, None] == (jnp.arange(group * s) // s)[None, :]
-    bias = jnp.where(same, 0.0, -0.7 * float(jnp.finfo(q.dtype).max)).astype(q.dtype)[None, None]
+    masked = -(2.0 ** 15) if q.dtype == jnp.float16 else -(2.0 ** 40)
+    bias = jnp.where(same, 0.0, masked).astype(q.dtype)[None, None]
     out = jax.nn.dot_product_attention(rows(q, t), rows(k, s), rows(v, s), bias=bias, scale=scale,
                                        implementation=implementation)
     return out.reshape(q.shape)

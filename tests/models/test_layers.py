@@ -132,12 +132,13 @@ def test_pack_factor():
     assert layers.pack_factor(3, 200, 200) == 1
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
 @pytest.mark.parametrize("b,t,s,n,kh,group", [(16, 16, 16, 4, 4, 8), (24, 4, 16, 2, 2, 6), (6, 5, 5, 4, 2, 3)],
                          ids=["windows", "pooled_queries", "grouped_heads"])
 def test_packed_attention_equals_unpacked(b, t, s, n, kh, group, dtype):
     """Packing windows into rows with a block-diagonal bias changes nothing: against the numpy
-    oracle per window (float32) and against XLA's unpacked attention in bfloat16."""
+    oracle per window (float32) and against XLA's unpacked attention in 16-bit types (each with
+    its own masking value)."""
     rs = np.random.RandomState(7)
     q = jnp.asarray(rs.randn(b, t, n, 8) * 3, dtype)
     k, v = (jnp.asarray(rs.randn(b, s, kh, 8) * 3, dtype) for _ in range(2))
