@@ -39,6 +39,13 @@ python -c "import jax, flax, transformers, torch; print(jax.__version__, flax.__
 step sam2_large 200 python -m experiments.benchmark_sam2 --preset=hiera_large --batch=16 --dtype=bfloat16 \
   --peer=transformers --json_out="$out/sam2_large.json" --profile_dir="$out/profiles/sam2_large"
 pack_profiles
+# the correctness of what was just timed: cuDNN attention (plain and packed) against XLA, and the
+# bf16 trunk's GELU epilogue
+if python -c "import pytest" 2>/dev/null; then
+  step cudnn_tests 150 python -m pytest -q -p no:cacheprovider tests/test_gpu.py
+else
+  step cudnn_tests 150 python -m tests.test_gpu
+fi
 # SAM2 diagnostics: the same work with the short windows' attention left on XLA instead of packed
 # for cuDNN (what packing saves), with Triton GEMMs off (cuBLAS, with its bias/GELU/residual
 # epilogues, for every matmul) and with the exact trunk GELU (what the tanh form saves)
@@ -50,11 +57,6 @@ XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_triton_gemm=false" step sam2_large_cu
   --predict_batch=false --json_out="$out/sam2_large_cublas.json"
 step sam2_large_exact_gelu 100 python -m experiments.benchmark_sam2 --preset=hiera_large --batch=16 \
   --dtype=bfloat16 --trunk_gelu=exact --peer=none --predict_batch=false --json_out="$out/sam2_large_exact_gelu.json"
-if python -c "import pytest" 2>/dev/null; then
-  step cudnn_tests 200 python -m pytest -q -p no:cacheprovider tests/test_gpu.py
-else
-  step cudnn_tests 200 python -m tests.test_gpu
-fi
 step qwen3b_train 150 python -m experiments.benchmark_qwen --mode=train --preset=3b --dtype=bfloat16 --batch=1 \
   --seq=1228 --new_tokens=256 --image_px=840 --remat=none --warmup=1 --iters=3 --json_out="$out/qwen3b_train.json" \
   --profile_dir="$out/profiles/qwen3b_train"
