@@ -65,7 +65,7 @@ flags.DEFINE_string("attention_impl", "auto",
                     "auto | xla | cudnn | tpu_flash | tpu_auto | gpu_auto (auto: what the --topology's "
                     "backend would pick, i.e. tpu_auto or gpu_auto)")
 flags.DEFINE_integer("attention_pack_tokens", 128, "sam2: row length a GPU's \"auto\" packs short windows into "
-                     "for cuDNN (0: they stay on XLA)")
+                     "for cuDNN (0: they stay on XLA)", lower_bound=0)
 
 # HBM per chip by JAX device_kind, for the "fits" column, and dense bf16 peak TFLOP/s per chip, for
 # the compute-bound time (public TPU specifications; the GPUs' from `experiments.gpu_targets`).

@@ -33,7 +33,7 @@ flags.DEFINE_string("dtype", "bfloat16", "compute dtype: bfloat16 | float32")
 flags.DEFINE_string("param_dtype", "", "param dtype (default: the compute dtype; the model is frozen)")
 flags.DEFINE_string("attention_impl", "auto", "auto | xla | cudnn | cudnn_packed")
 flags.DEFINE_integer("attention_pack_tokens", 128, "row length \"auto\" packs short windows into for cuDNN on a GPU "
-                     "(0: they stay on XLA)")
+                     "(0: they stay on XLA)", lower_bound=0)
 flags.DEFINE_string("trunk_gelu", "auto", "the trunk MLP's GELU: auto (tanh on a GPU in 16-bit compute) | exact | tanh | gpu_auto | tpu_auto")
 flags.DEFINE_string("peer", "auto", "auto | sam2 | transformers | none")
 flags.DEFINE_integer("warmup", 1, "untimed calls after compilation")

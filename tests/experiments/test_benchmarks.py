@@ -78,6 +78,8 @@ def test_benchmark_sam2_error_vs_float32():
     ("experiments.benchmark_qwen", "--preset=13b", "unknown Qwen2.5-VL preset '13b'"),
     ("experiments.benchmark_qwen", "--image_px=30", "--image_px=30 must be a multiple of 28"),
     ("experiments.benchmark_sam2", "--preset=hiera_huge", "--preset='hiera_huge' is not one of"),
+    ("experiments.benchmark_sam2", "--attention_pack_tokens=-1", "--attention_pack_tokens=-1: -1 is not a non-negative"),
+    ("experiments.aot_compile", "--attention_pack_tokens=-8", "--attention_pack_tokens=-8: -8 is not a non-negative"),
 ])
 def test_bad_flags_are_named_without_a_traceback(module, flag, words):
     from tests.experiments.scripts import run_module
