@@ -126,10 +126,12 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
 
 class MultiScaleAttention(nn.Module):
-    """Attention over one window float[B, Y, X, D] -> float[B, Y', X', E] (Y' = Y/2 if pooled)."""
+    """Attention over one window float[B, Y, X, D] -> float[B, Y', X', E] (Y' = Y/2 if pooled);
+    `row_group` consecutive rows of x form one sequence (a global block over window layout)."""
 
     spec: BlockSpec
     config: Sam2Config
+    row_group: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -152,7 +154,7 @@ class MultiScaleAttention(nn.Module):
         if spec.q_pool:
             q = max_pool_2x2(q)
         b, qy, qx = q.shape[:3]
-        flat = lambda t: t.reshape(t.shape[0], -1, n, hd)
+        flat = lambda t: t.reshape(t.shape[0] // self.row_group, -1, n, hd)
         o = dot_product_attention(flat(q), flat(k), flat(v),
                                   implementation=cfg.attention_implementation,
                                   pack_tokens=cfg.attention_pack_tokens)
@@ -169,11 +171,14 @@ class MultiScaleBlock(nn.Module):
 
     `windowed`: x arrives partitioned into the block's windows, float[B * nY * nX, ws, ws, D]
     with no padding, and leaves in the same layout (windows of ws/2 after q-pooling).
+    `row_group`: a global block's x arrives in a window layout with this many windows per image,
+    which its attention reads side by side as one sequence.
     """
 
     spec: BlockSpec
     config: Sam2Config
     windowed: bool = False
+    row_group: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -197,7 +202,10 @@ class MultiScaleBlock(nn.Module):
         h, w = x.shape[1:3]
         if ws > 0 and not self.windowed:
             x, pad_hw = window_partition(x, ws)
-        x = MultiScaleAttention(spec, cfg, name="attn")(x)
+        if self.row_group > 1 and (ws > 0 or spec.q_pool or x.shape[0] % self.row_group):
+            raise ValueError(f"MultiScaleBlock: {x.shape[0]} rows do not group by {self.row_group} "
+                             f"for the global block {spec}")
+        x = MultiScaleAttention(spec, cfg, self.row_group, name="attn")(x)
         if spec.q_pool:
             ws = ws // cfg.q_stride[0]
             h, w = shortcut.shape[1:3]
@@ -259,19 +267,16 @@ class Hiera(nn.Module):
                 x = constrain(to_layout(x, hw, layout, want), ACT)
             layout = want
             windowed = layout > 0 and spec.window_size > 0
-            if layout and not windowed:
-                # global attention over window layout: each image's windows side by side
-                x = x.reshape(batch, -1, layout, x.shape[-1])
+            # a global block over window layout reads each image's windows side by side
+            group = x.shape[0] // batch if layout and not windowed else 1
             if is_scanned(spec):
                 block_cls = maybe_remat(_ScannedBlock, cfg.remat_policy)
                 stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                                 length=count, metadata_params={nn.PARTITION_NAME: "layers"})
-                x, _ = stack(spec, cfg, windowed, name=f"segment_{j}")(x, None)
+                x, _ = stack(spec, cfg, windowed, group, name=f"segment_{j}")(x, None)
             else:
                 block_cls = maybe_remat(MultiScaleBlock, cfg.remat_policy)
-                x = block_cls(spec, cfg, windowed, name=f"segment_{j}")(x)
-            if layout and not windowed:
-                x = x.reshape(-1, layout, layout, x.shape[-1])
+                x = block_cls(spec, cfg, windowed, group, name=f"segment_{j}")(x)
             if spec.q_pool:
                 hw = (hw[0] // cfg.q_stride[0], hw[1] // cfg.q_stride[1])
                 layout //= cfg.q_stride[0]

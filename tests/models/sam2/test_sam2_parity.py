@@ -72,10 +72,13 @@ def test_trunk_layout_plan():
     assert [(start, count, spec.window_size, layout) for start, count, spec, _, layout in large] == [
         (0, 2, 8, 8), (2, 1, 8, 8), (3, 5, 4, 4), (8, 1, 4, 4), (9, 14, 16, 16), (23, 1, 0, 16), (24, 9, 16, 16),
         (33, 1, 0, 16), (34, 9, 16, 16), (43, 1, 0, 16), (44, 1, 16, 16), (45, 3, 8, 8)]
-    spec = get_preset("test_tiny").blocks[-1]
+    tiny = get_preset("test_tiny")
+    spec = tiny.blocks[-1]
     with pytest.raises(ValueError, match="does not fit the block"):
-        MultiScaleBlock(spec, get_preset("test_tiny"), windowed=True).init(
-            jax.random.PRNGKey(0), jnp.zeros((1, 5, 5, spec.dim)))
+        MultiScaleBlock(spec, tiny, windowed=True).init(jax.random.PRNGKey(0), jnp.zeros((1, 5, 5, spec.dim)))
+    glob = tiny.blocks[tiny.global_att_blocks[0]]
+    with pytest.raises(ValueError, match="4 rows do not group by 3"):
+        MultiScaleBlock(glob, tiny, row_group=3).init(jax.random.PRNGKey(0), jnp.zeros((4, 2, 2, glob.dim)))
 
 
 def test_window_layout_equals_per_block_partition(monkeypatch):
