@@ -50,14 +50,33 @@ class Sam2(nn.Module):
         if images.shape[1:] != (cfg.image_size, cfg.image_size, 3):
             raise ValueError(f"encode_image: images must be [B, {cfg.image_size}, {cfg.image_size}, 3], "
                              f"got {images.shape}")
-        fpn, pos = self.neck(self.trunk(images))
+        feats = self.trunk(images)
+        fpn, pos = self.neck(feats)
         embed = fpn[-1].astype(jnp.float32)
         if cfg.directly_add_no_mem_embed:
             embed = embed + self.no_mem_embed.astype(jnp.float32)
         out = {"image_embed": embed.astype(cfg.dtype), "backbone_fpn": fpn, "vision_pos_enc": pos}
         if cfg.use_high_res_features:
-            out["high_res_feats"] = (self.conv_s0(fpn[0]), self.conv_s1(fpn[1]))
+            out["high_res_feats"] = (self._high_res(feats, fpn, 0, self.conv_s0),
+                                     self._high_res(feats, fpn, 1, self.conv_s1))
         return out
+
+    def _high_res(self, feats: list[jax.Array], fpn: list[jax.Array], level: int, conv: Dense) -> jax.Array:
+        """conv(fpn[level]). Where the neck's level is its lateral 1x1 conv alone (no top-down
+        sum: SAM2's two finest levels), the two 1x1 convs compose into one, applied to the trunk
+        feature: the same linear map, without writing and reading the d_model-wide map at the
+        finest resolution (about a gigabyte for 16 images at 1024 px). Work that uses only the
+        high-res features then drops the neck's own conv at that level."""
+        cfg = self.config
+        if self.is_initializing() or level in cfg.fpn_top_down_levels:
+            return conv(fpn[level])
+        lateral = self.neck.variables["params"][f"convs_{len(feats) - 1 - level}"]
+        proj = conv.variables["params"]
+        w2 = proj["kernel"].astype(jnp.float32)
+        w = lateral["kernel"].astype(jnp.float32) @ w2
+        b = lateral["bias"].astype(jnp.float32) @ w2 + proj["bias"].astype(jnp.float32)
+        y = jnp.einsum("...D,DF->...F", feats[level].astype(cfg.dtype), w.astype(cfg.dtype))
+        return y + b.astype(cfg.dtype)
 
     def decode(self, image_embed: jax.Array, high_res_feats: Optional[tuple[jax.Array, jax.Array]],
                coords: jax.Array, labels: jax.Array, mask_input: Optional[jax.Array] = None,
