@@ -28,7 +28,7 @@ neck. Blocks that need padding partition for themselves, as the reference does e
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import einops
 import flax.linen as nn
@@ -61,6 +61,11 @@ def is_scanned(spec: BlockSpec) -> bool:
     return spec.dim == spec.dim_out and not spec.q_pool
 
 
+def pools_within_windows(ws: int, q_stride: tuple[int, int]) -> bool:
+    """Whether 2-D pooling by `q_stride` splits ws x ws windows into whole, square windows."""
+    return q_stride[0] == q_stride[1] and ws % q_stride[0] == 0
+
+
 def segment_layout(spec: BlockSpec, hw: tuple[int, int], current: int, q_stride: tuple[int, int]) -> int:
     """The layout a run of `spec` blocks takes x in on a `hw` map when x arrives in `current`:
     the window size of a window layout, 0 for the map itself. Windowed blocks take their windows
@@ -70,21 +75,33 @@ def segment_layout(spec: BlockSpec, hw: tuple[int, int], current: int, q_stride:
     if ws == 0:
         return 0 if spec.q_pool else current
     tiles = hw[0] % ws == 0 and hw[1] % ws == 0
-    splits = not spec.q_pool or (q_stride[0] == q_stride[1] and ws % q_stride[0] == 0)
-    return ws if tiles and splits else 0
+    return ws if tiles and (not spec.q_pool or pools_within_windows(ws, q_stride)) else 0
 
 
-def layout_plan(config: Sam2Config) -> list[tuple[int, int, BlockSpec, tuple[int, int], int]]:
-    """[(first block, count, spec, the map it works on, the layout it takes x in)] per run of
-    blocks (`block_segments`); layouts as in `segment_layout`."""
+class Run(NamedTuple):
+    """A run of identical blocks (`block_segments`) and the layouts x crosses it in."""
+
+    start: int                  # first block
+    count: int
+    spec: BlockSpec
+    hw: tuple[int, int]         # the map it works on
+    layout: int                 # the layout x arrives in (`segment_layout`)
+    out_hw: tuple[int, int]     # the map it leaves (pooled by a q-pooling block)
+    out_layout: int             # the layout x leaves in (ws/2 windows after pooling in windows)
+
+
+def layout_plan(config: Sam2Config) -> list[Run]:
+    """Each run of blocks with the map and layouts x enters and leaves it in."""
     side = config.image_size // 4
     hw, layout, plan = (side, side), 0, []
     for start, count, spec in block_segments(config):
         layout = segment_layout(spec, hw, layout, config.q_stride)
-        plan.append((start, count, spec, hw, layout))
+        out_hw, out_layout = hw, layout
         if spec.q_pool:
-            hw = (hw[0] // config.q_stride[0], hw[1] // config.q_stride[1])
-            layout //= config.q_stride[0]
+            out_hw = (hw[0] // config.q_stride[0], hw[1] // config.q_stride[1])
+            out_layout = layout // config.q_stride[0]
+        plan.append(Run(start, count, spec, hw, layout, out_hw, out_layout))
+        hw, layout = out_hw, out_layout
     return plan
 
 
@@ -185,19 +202,19 @@ class MultiScaleBlock(nn.Module):
         cfg, spec = self.config, self.spec
         ws = spec.window_size
         if self.windowed and not (ws > 0 and x.shape[1:3] == (ws, ws)
-                                  and (not spec.q_pool or ws % cfg.q_stride[0] == ws % cfg.q_stride[1] == 0)):
+                                  and (not spec.q_pool or pools_within_windows(ws, cfg.q_stride))):
             raise ValueError(f"MultiScaleBlock: windowed input {x.shape} does not fit the block {spec}")
         kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
         shortcut = x
         x = LayerNorm(eps=1e-6, name="norm1", **kw)(x)
+        # Both branches of the residual carry the activations' batch sharding (here and at the
+        # sum below): without these constraints XLA's SPMD partitioner (jax 0.10) computed wrong
+        # values for a pooling block with tensor-sharded params on a (2, 2, 2) mesh
+        # (tests/models/sam2 holds the sharded trunk to the unsharded one).
         if spec.dim != spec.dim_out:
             shortcut = Dense(spec.dim_out, axes=("embed", "mlp"), name="proj", **kw)(x)
             if spec.q_pool:
                 shortcut = max_pool_2x2(shortcut)
-            # Both branches of the residual carry the activations' batch sharding: without these
-            # constraints XLA's SPMD partitioner (jax 0.10) computed wrong values for a pooling
-            # block with tensor-sharded params on a (2, 2, 2) mesh (tests/models/sam2 holds the
-            # sharded trunk to the unsharded one).
             shortcut = constrain(shortcut, ACT)
         h, w = x.shape[1:3]
         if ws > 0 and not self.windowed:
@@ -259,27 +276,25 @@ class Hiera(nn.Module):
         x = constrain(x, ACT)
 
         outputs = []
-        batch, layout = x.shape[0], 0
         if x.shape[1:3] != (cfg.image_size // 4,) * 2:
             raise ValueError(f"Hiera: images of {images.shape[1:3]}, the config's image_size is {cfg.image_size}")
-        for j, (start, count, spec, hw, want) in enumerate(layout_plan(cfg)):
-            if want != layout:
-                x = constrain(to_layout(x, hw, layout, want), ACT)
-            layout = want
-            windowed = layout > 0 and spec.window_size > 0
+        layout = 0
+        for j, run in enumerate(layout_plan(cfg)):
+            spec = run.spec
+            if run.layout != layout:
+                x = constrain(to_layout(x, run.hw, layout, run.layout), ACT)
+            windowed = run.layout > 0 and spec.window_size > 0
             # a global block over window layout reads each image's windows side by side
-            group = x.shape[0] // batch if layout and not windowed else 1
+            group = (run.hw[0] // run.layout) * (run.hw[1] // run.layout) if run.layout and not windowed else 1
             if is_scanned(spec):
                 block_cls = maybe_remat(_ScannedBlock, cfg.remat_policy)
                 stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                                length=count, metadata_params={nn.PARTITION_NAME: "layers"})
+                                length=run.count, metadata_params={nn.PARTITION_NAME: "layers"})
                 x, _ = stack(spec, cfg, windowed, group, name=f"segment_{j}")(x, None)
             else:
                 block_cls = maybe_remat(MultiScaleBlock, cfg.remat_policy)
                 x = block_cls(spec, cfg, windowed, group, name=f"segment_{j}")(x)
-            if spec.q_pool:
-                hw = (hw[0] // cfg.q_stride[0], hw[1] // cfg.q_stride[1])
-                layout //= cfg.q_stride[0]
-            if start + count - 1 in cfg.stage_ends:
-                outputs.append(constrain(to_layout(x, hw, layout, 0), ACT))
+            layout = run.out_layout
+            if run.start + run.count - 1 in cfg.stage_ends:
+                outputs.append(constrain(to_layout(x, run.out_hw, layout, 0), ACT))
         return outputs

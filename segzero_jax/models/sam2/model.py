@@ -24,7 +24,7 @@ from segzero_jax.models.sam2.common import Dense
 from segzero_jax.models.sam2.config import Sam2Config
 from segzero_jax.models.sam2.hiera import Hiera
 from segzero_jax.models.sam2.mask_decoder import MaskDecoder
-from segzero_jax.models.sam2.neck import FpnNeck
+from segzero_jax.models.sam2.neck import FpnNeck, is_lateral_only, lateral_conv_name
 from segzero_jax.models.sam2.prompt_encoder import PromptEncoder
 
 
@@ -68,9 +68,9 @@ class Sam2(nn.Module):
         finest resolution (about a gigabyte for 16 images at 1024 px). Work that uses only the
         high-res features then drops the neck's own conv at that level."""
         cfg = self.config
-        if self.is_initializing() or level in cfg.fpn_top_down_levels:
+        if self.is_initializing() or not is_lateral_only(cfg, level):
             return conv(fpn[level])
-        lateral = self.neck.variables["params"][f"convs_{len(feats) - 1 - level}"]
+        lateral = self.neck.variables["params"][lateral_conv_name(level, len(feats))]
         proj = conv.variables["params"]
         w2 = proj["kernel"].astype(jnp.float32)
         w = lateral["kernel"].astype(jnp.float32) @ w2

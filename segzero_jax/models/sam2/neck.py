@@ -48,6 +48,17 @@ def sine_position_encoding(h: int, w: int, dim: int, temperature: float = 10000.
     return pos.astype(np.float32)
 
 
+def lateral_conv_name(level: int, num_levels: int) -> str:
+    """The param name of the neck's 1x1 lateral conv at trunk `level` (0: finest): the
+    reference's `convs` count from the deepest level."""
+    return f"convs_{num_levels - 1 - level}"
+
+
+def is_lateral_only(config: Sam2Config, level: int) -> bool:
+    """Whether the neck's output at `level` is its lateral conv alone (no top-down sum)."""
+    return level not in config.fpn_top_down_levels or level == len(config.backbone_channel_list) - 1
+
+
 class FpnNeck(nn.Module):
     """Trunk features (finest first) -> (fpn features float[B, Y_i, X_i, d_model], pos float32[Y_i, X_i, d_model])
     for the levels kept after the scalp."""
@@ -64,8 +75,8 @@ class FpnNeck(nn.Module):
         prev = None
         for i in range(n, -1, -1):
             lateral = Dense(cfg.d_model, axes=("embed", "mlp"), dtype=cfg.dtype,
-                            param_dtype=cfg.param_dtype, name=f"convs_{n - i}")(xs[i])
-            if i in cfg.fpn_top_down_levels and prev is not None:
+                            param_dtype=cfg.param_dtype, name=lateral_conv_name(i, len(xs)))(xs[i])
+            if not is_lateral_only(cfg, i):
                 h, w = prev.shape[1:3]
                 top_down = resize_hwc(prev, (2 * h, 2 * w), cfg.fpn_interp_model)
                 prev = (lateral.astype(jnp.float32) + top_down).astype(cfg.dtype)

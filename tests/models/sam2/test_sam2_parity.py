@@ -64,14 +64,16 @@ def test_trunk_layout_plan():
     reading the 16-windows side by side."""
     from segzero_jax.models.sam2.hiera import MultiScaleBlock, layout_plan
     plan = layout_plan(get_preset("test_tiny"))
-    assert [(start, layout) for start, _, _, _, layout in plan] == [(0, 4), (1, 4), (2, 2), (3, 2), (4, 0), (6, 0),
+    assert [(run.start, run.layout) for run in plan] == [(0, 4), (1, 4), (2, 2), (3, 2), (4, 0), (6, 0),
                                                                     (7, 0), (8, 0)]
-    padded = [start for start, _, spec, _, layout in plan if spec.window_size and not layout]
+    padded = [run.start for run in plan if run.spec.window_size and not run.layout]
     assert padded == [4, 7, 8]
     large = layout_plan(get_preset("hiera_large"))
-    assert [(start, count, spec.window_size, layout) for start, count, spec, _, layout in large] == [
+    assert [(run.start, run.count, run.spec.window_size, run.layout) for run in large] == [
         (0, 2, 8, 8), (2, 1, 8, 8), (3, 5, 4, 4), (8, 1, 4, 4), (9, 14, 16, 16), (23, 1, 0, 16), (24, 9, 16, 16),
         (33, 1, 0, 16), (34, 9, 16, 16), (43, 1, 0, 16), (44, 1, 16, 16), (45, 3, 8, 8)]
+    assert [(run.out_hw, run.layout, run.out_layout) for run in large if run.spec.q_pool] == [
+        ((128, 128), 8, 4), ((64, 64), 4, 2), ((32, 32), 16, 8)]   # pooling inside the windows
     tiny = get_preset("test_tiny")
     spec = tiny.blocks[-1]
     with pytest.raises(ValueError, match="does not fit the block"):
@@ -95,7 +97,7 @@ def test_window_layout_equals_per_block_partition(monkeypatch):
                                           image_size=256, window_pos_embed_bkg_spatial_size=(7, 7),
                                           remat_policy="full")
     plan = hiera.layout_plan(cfg)
-    assert [(start, count, layout) for start, count, _, _, layout in plan] == [
+    assert [(run.start, run.count, run.layout) for run in plan] == [
         (0, 2, 8), (2, 1, 8), (3, 2, 4), (5, 1, 4), (6, 1, 2), (7, 1, 16), (8, 1, 16), (9, 1, 16), (10, 1, 8)]
     model = hiera.Hiera(cfg)
     x = jax.random.normal(jax.random.PRNGKey(1), (2, cfg.image_size, cfg.image_size, 3))
