@@ -61,6 +61,8 @@ flags.DEFINE_string("dtype", "bfloat16", "compute dtype")
 flags.DEFINE_string("param_dtype", "", "param dtype (default: float32 for train, else the compute dtype)")
 flags.DEFINE_string("remat", "full", "remat policy for train (none, full, dots, dots_no_batch, everything)")
 flags.DEFINE_integer("chunk_size", 256, "positions per logits chunk in train")
+flags.DEFINE_bool("scan_layers", True, "policy decoder layers under one scan (params stacked, the training "
+                  "layout); --noscan_layers: one module and one KV-cache buffer per layer (the decoding layout)")
 flags.DEFINE_string("attention_impl", "auto",
                     "auto | xla | cudnn | tpu_flash | tpu_auto | gpu_auto (auto: what the --topology's "
                     "backend would pick, i.e. tpu_auto or gpu_auto)")
@@ -194,20 +196,21 @@ def build_policy_work(mesh, rules, attention: str):
     import optax
 
     from segzero_jax.models.qwen2_5_vl import Qwen2_5_VL, cache_logical_axes, init_cache, preset
+    from segzero_jax.models.qwen2_5_vl.cache import is_axes
     from segzero_jax.models.qwen2_5_vl.model import init_params
     from segzero_jax.parallel import logical_shardings, named_sharding
 
     work = FLAGS.work
     param_dtype = FLAGS.param_dtype or ("float32" if work == "train" else FLAGS.dtype)
     cfg = preset(FLAGS.preset, dtype=FLAGS.dtype, param_dtype=param_dtype, attention_impl=attention,
-                 remat_policy=FLAGS.remat if work == "train" else "none")
+                 remat_policy=FLAGS.remat if work == "train" else "none", scan_layers=FLAGS.scan_layers)
     model = Qwen2_5_VL(cfg)
     boxed = jax.eval_shape(lambda r: init_params(cfg, r), jax.random.key(0))
     p_shardings = logical_shardings(boxed, mesh, rules)
     params = _sharded(nn.unbox(boxed), p_shardings)
     b, p_len, r = FLAGS.batch, FLAGS.prompt_len, FLAGS.new_tokens
     desc = {"preset": FLAGS.preset, "param_dtype": param_dtype, "dtype": FLAGS.dtype,
-            "attention": attention}
+            "attention": attention, "scan_layers": FLAGS.scan_layers}
 
     if work in ("train", "forward"):
         ids, mask, pixels, grid, layout = _policy_inputs(cfg, mesh, rules, b, p_len + r)
@@ -244,7 +247,7 @@ def build_policy_work(mesh, rules, attention: str):
     capacity = p_len + r
     cache = jax.eval_shape(lambda: init_cache(cfg, b, capacity))
     axes = cache_logical_axes(cfg)
-    c_shardings = {k: named_sharding(axes[k], cache[k].shape, mesh, rules) for k in cache}
+    c_shardings = jax.tree.map(lambda ax, a: named_sharding(ax, a.shape, mesh, rules), axes, cache, is_leaf=is_axes)
     cache = _sharded(cache, c_shardings)
     desc.update(cache_capacity=capacity, kv_cache_bytes_global=int(sum(
         math.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(cache))))

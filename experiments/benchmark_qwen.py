@@ -53,6 +53,8 @@ flags.DEFINE_enum("mode", "forward", ["forward", "train", "decode"],
 flags.DEFINE_integer("new_tokens", 256, "train mode: response tokens scored at the end of each row")
 flags.DEFINE_string("remat", "none", "train mode: remat policy (none, full, dots, dots_no_batch, everything)")
 flags.DEFINE_integer("chunk_size", 256, "train mode: positions per logits chunk (ours)")
+flags.DEFINE_bool("scan_layers", True, "decoder layers under one scan (params stacked); --noscan_layers: one "
+                  "module and one KV-cache buffer per layer, the decoding layout")
 
 
 class RssPeak:
@@ -309,7 +311,7 @@ def main(argv):
         raise app.UsageError(f"--new_tokens={FLAGS.new_tokens} must be in [1, --seq)")
     try:
         cfg = preset(FLAGS.preset, dtype=FLAGS.dtype, param_dtype=FLAGS.dtype, attention_impl=FLAGS.attention_impl,
-                     remat_policy=FLAGS.remat)
+                     remat_policy=FLAGS.remat, scan_layers=FLAGS.scan_layers)
         ids, pixels, grid = make_inputs(cfg, FLAGS.batch, FLAGS.seq, FLAGS.image_px, np.random.RandomState(0))
     except ValueError as e:  # a preset, dtype, backend or shape the flags name wrongly
         raise app.UsageError(str(e)) from None
@@ -317,7 +319,8 @@ def main(argv):
     tokens = FLAGS.batch if FLAGS.mode == "decode" else FLAGS.batch * FLAGS.seq
     bench = bench_ours_decode if FLAGS.mode == "decode" else bench_ours
     ours, logits = bench(cfg, params, ids, pixels, grid)
-    row = {"mode": FLAGS.mode, "preset": FLAGS.preset, "batch": FLAGS.batch, "seq": FLAGS.seq,
+    row = {"mode": FLAGS.mode, "preset": FLAGS.preset, "scan_layers": FLAGS.scan_layers, "batch": FLAGS.batch,
+           "seq": FLAGS.seq,
            "image_px": FLAGS.image_px, "dtype": FLAGS.dtype, "device": str(jax.devices()[0].device_kind),
            **({"new_tokens": FLAGS.new_tokens, "remat": FLAGS.remat} if FLAGS.mode == "train" else {}),
            "gflops_per_call": ours["flops"] / 1e9,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU acceptance run: the SAM2-Large and policy benchmarks (update, decode step) against
-# transformers on the same card, three SAM2-Large diagnostics, and the cuDNN correctness checks. Needs jax[cuda], flax, optax,
+# transformers on the same card, three SAM2-Large diagnostics, the cuDNN correctness checks and
+# the policy's decode step with scanned layers. Needs jax[cuda], flax, optax,
 # transformers and torch. Writes to DIR (default ./gpu_check): steps.log (every step's output),
 # each benchmark's JSON, and profiles.tgz with the traces + HLO of SAM2-Large and the policy's
 # update and decode step (`tar xzf profiles.tgz; python -m experiments.profile_summary
@@ -61,12 +62,17 @@ step qwen3b_train 150 python -m experiments.benchmark_qwen --mode=train --preset
   --seq=1228 --new_tokens=256 --image_px=840 --remat=none --warmup=1 --iters=3 --json_out="$out/qwen3b_train.json" \
   --profile_dir="$out/profiles/qwen3b_train"
 pack_profiles
+# the decode step in the decoding layout (one module and one KV-cache buffer per layer)
 step qwen3b_decode 120 python -m experiments.benchmark_qwen --mode=decode --preset=3b --dtype=bfloat16 --batch=128 \
-  --seq=1228 --image_px=840 --warmup=2 --iters=10 --json_out="$out/qwen3b_decode.json" \
+  --seq=1228 --image_px=840 --noscan_layers --warmup=2 --iters=10 --json_out="$out/qwen3b_decode.json" \
   --profile_dir="$out/profiles/qwen3b_decode"
 pack_profiles
 if [[ -f .bench/peer_hf_gpu.py ]]; then
   OUT="$out" PHASE=train MB=1 REMAT=0 step peer_hf_gpu 150 python .bench/peer_hf_gpu.py
 fi
+# diagnostic: the same decode step with the layers scanned (what the per-layer layout saves)
+step qwen3b_decode_scanned 90 python -m experiments.benchmark_qwen --mode=decode --preset=3b --dtype=bfloat16 \
+  --batch=128 --seq=1228 --image_px=840 --scan_layers --compare_hf=false --warmup=2 --iters=10 \
+  --json_out="$out/qwen3b_decode_scanned.json"
 rm -rf "$out/profiles"   # kept in profiles.tgz
 echo "== done, $((deadline - SECONDS))s of the budget left"

@@ -284,14 +284,31 @@ REMAT_POLICIES: dict[str, Optional[Callable[..., Any]]] = {
 }
 
 
-def maybe_remat(block: type[nn.Module], policy: str, static_argnums: tuple[int, ...] = ()) -> type[nn.Module]:
-    """Wraps `block` in `nn.remat` with the named `jax.checkpoint_policies` entry ("none": no remat)."""
+def maybe_remat(block: type[nn.Module], policy: str, static_argnums: tuple[int, ...] = (),
+                prevent_cse: bool = False) -> type[nn.Module]:
+    """Wraps `block` in `nn.remat` with the named `jax.checkpoint_policies` entry ("none": no remat).
+
+    Inside `nn.scan` XLA cannot merge the recomputation with the forward (`prevent_cse=False`,
+    the default); a block called outside a scan needs `prevent_cse=True`.
+    """
     if policy not in REMAT_POLICIES:
         raise ValueError(f"remat policy {policy!r} is not one of {sorted(REMAT_POLICIES)}")
     if policy == "none":
         return block
-    return nn.remat(block, policy=REMAT_POLICIES[policy], prevent_cse=False,
+    return nn.remat(block, policy=REMAT_POLICIES[policy], prevent_cse=prevent_cse,
                     static_argnums=static_argnums)
+
+
+def separate_operands(x: jax.Array, n: int) -> tuple[jax.Array, ...]:
+    """`n` handles on `x` that XLA treats as different values, so that matmuls reading them stay
+    separate matmuls.
+
+    XLA's GPU compiler merges matmuls that share an operand (q/k/v, gate/up) into one, with
+    their weights concatenated into a new buffer on every call. When few rows go through the
+    weights (a decode step), that copy costs twice the weights' reads. An optimisation barrier
+    is free at run time.
+    """
+    return jax.lax.optimization_barrier((x,) * n)
 
 
 class Einsum(nn.Module):
@@ -334,14 +351,16 @@ class GatedMLP(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     act_axes: Sequence[Optional[str]] = ("act_batch", "act_length", "act_mlp")
+    separate_matmuls: bool = False   # keep gate and up apart (see separate_operands)
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         d, f = self.hidden_size, self.intermediate_size
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         up_bias = dict(bias_shape=(f,), bias_axes=("mlp",)) if self.use_bias else {}
-        gate = Einsum("...D,DF->...F", (d, f), ("embed", "mlp"), name="gate", **up_bias, **kw)(x)
-        up = Einsum("...D,DF->...F", (d, f), ("embed", "mlp"), name="up", **up_bias, **kw)(x)
+        xg, xu = separate_operands(x, 2) if self.separate_matmuls else (x, x)
+        gate = Einsum("...D,DF->...F", (d, f), ("embed", "mlp"), name="gate", **up_bias, **kw)(xg)
+        up = Einsum("...D,DF->...F", (d, f), ("embed", "mlp"), name="up", **up_bias, **kw)(xu)
         h = activation(self.act)(gate) * up
         if h.ndim == len(self.act_axes):
             h = nn.with_logical_constraint(h, tuple(self.act_axes))

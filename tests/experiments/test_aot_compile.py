@@ -18,10 +18,12 @@ def _compile(*flags):
     return run_json("experiments.aot_compile", *flags, devices=8, pythonpath=libtpu)[0]
 
 
-@pytest.mark.parametrize("work", ["train", "prefill", "decode"])
-def test_policy_work_on_local_mesh(work):
-    row = _compile(f"--work={work}", "--mesh=2,2,2", *POLICY)
+@pytest.mark.parametrize("work,layers", [("train", "--scan_layers"), ("prefill", "--scan_layers"),
+                                         ("decode", "--scan_layers"), ("decode", "--noscan_layers")])
+def test_policy_work_on_local_mesh(work, layers):
+    row = _compile(f"--work={work}", "--mesh=2,2,2", layers, *POLICY)
     assert row["devices"] == 8 and row["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
+    assert row["scan_layers"] == (layers == "--scan_layers")
     assert row["peak_bytes"] > row["argument_bytes"] > 0
     # Donated state is updated in place: params + optimizer moments (train) or the KV cache.
     assert row["alias_bytes"] > 0.9 * row["output_bytes"] if work == "train" else row["alias_bytes"] > 0

@@ -19,11 +19,14 @@ def test_benchmark_rewards(tmp_path):
     assert json.loads(out.read_text()) == row
 
 
-@pytest.mark.parametrize("mode", ["forward", "train", "decode"])
-def test_benchmark_qwen(mode, tmp_path):
-    row, _ = _run("experiments.benchmark_qwen", f"--mode={mode}", "--preset=tiny", "--batch=2", "--seq=48",
-                  "--new_tokens=8", "--chunk_size=4", "--warmup=0", "--iters=1", f"--profile_dir={tmp_path}")
+@pytest.mark.parametrize("mode,layers", [("forward", "--scan_layers"), ("train", "--scan_layers"),
+                                         ("decode", "--scan_layers"), ("decode", "--noscan_layers")])
+def test_benchmark_qwen(mode, layers, tmp_path):
+    row, _ = _run("experiments.benchmark_qwen", f"--mode={mode}", layers, "--preset=tiny", "--batch=2",
+                  "--seq=48", "--new_tokens=8", "--chunk_size=4", "--warmup=0", "--iters=1",
+                  f"--profile_dir={tmp_path}")
     assert row["mode"] == mode and row["ours_tokens_per_s"] > 0 and row["hf_tokens_per_s"] > 0
+    assert row["scan_layers"] == (layers == "--scan_layers")
     # --profile_dir: the trace (decode continues from the donated cache) and the compiled HLO
     assert len(list(tmp_path.glob("plugins/profile/*/*.xplane.pb"))) == 1
     assert "HloModule" in (tmp_path / f"qwen_{mode}.hlo.txt").read_text()[:200]

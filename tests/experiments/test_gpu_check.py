@@ -40,6 +40,9 @@ def test_every_step_runs_in_order_within_the_budget(tmp_path):
     assert f"--json_out={tmp_path}/out/sam2_large.json" in " ".join(calls)
     assert f"--profile_dir={tmp_path}/out/profiles/sam2_large" in calls[2]
     assert sum("--profile_dir=" in c for c in calls) == 3
+    assert steps[-2:] == ["qwen3b_decode_scanned", "done,"]
+    decode = [c for c in calls if "--mode=decode" in c]
+    assert "--noscan_layers" in decode[0] and "--scan_layers" in decode[1]
     log = (tmp_path / "out" / "steps.log").read_text()
     assert log.startswith("== sam2_large: exit 0") and "== qwen3b_decode: exit 0" in log
 

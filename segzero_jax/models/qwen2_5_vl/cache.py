@@ -1,6 +1,8 @@
 """KV cache pytree of the Qwen2.5-VL decoder (filled by `Qwen2_5_VL.prefill`, advanced by `decode`).
 
-  k, v      `[layers, B, S, K, H]`  rotated keys / values, compute dtype by default
+  k, v      rotated keys / values, compute dtype by default: one `[layers, B, S, K, H]` array
+            (`config.scan_layers`, the scanned stack's layout), or a tuple of `layers` arrays
+            `[B, S, K, H]`, one buffer per layer (the unscanned decoding layout)
   lengths   int32[B]                keys held per row: slots `[0, lengths)` are real tokens
   rope_deltas int32[B]              M-RoPE offset per row: the next token's rotary position is
                                     `lengths + rope_deltas` (see rope.get_rope_index)
@@ -16,24 +18,48 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 
 from segzero_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 
-Cache = dict[str, jax.Array]
+Cache = dict[str, Any]
 
 
 def init_cache(config: Qwen2_5_VLConfig, batch: int, max_len: int, dtype: Any = None) -> Cache:
-    """Empty KV cache: k/v `[layers, B, S, K, H]`, lengths int32[B], rope_deltas int32[B]."""
+    """Empty KV cache in `config`'s layout (see the module docstring), lengths and rope_deltas
+    int32[B]."""
     t = config.text
     dtype = config.compute_dtype if dtype is None else dtype
-    shape = (t.num_layers, batch, max_len, t.num_kv_heads, t.head_dim)
-    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype),
-            "lengths": jnp.zeros((batch,), jnp.int32), "rope_deltas": jnp.zeros((batch,), jnp.int32)}
+    if config.scan_layers:
+        shape = (t.num_layers, batch, max_len, t.num_kv_heads, t.head_dim)
+        k, v = jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
+    else:
+        shape = (batch, max_len, t.num_kv_heads, t.head_dim)
+        k = tuple(jnp.zeros(shape, dtype) for _ in range(t.num_layers))
+        v = tuple(jnp.zeros(shape, dtype) for _ in range(t.num_layers))
+    return {"k": k, "v": v, "lengths": jnp.zeros((batch,), jnp.int32),
+            "rope_deltas": jnp.zeros((batch,), jnp.int32)}
 
 
-def cache_logical_axes(config: Qwen2_5_VLConfig) -> dict[str, tuple]:
-    """Logical axis names of `init_cache`'s pytree (map with nn.logical_to_mesh_sharding)."""
-    kv = ("layers", "act_batch", "act_length", "kv_heads", "head_dim")
-    return {"k": kv, "v": kv, "lengths": ("act_batch",), "rope_deltas": ("act_batch",)}
+def cache_logical_axes(config: Qwen2_5_VLConfig) -> dict[str, Any]:
+    """Logical axis names of `init_cache`'s pytree: an axes tuple per array (for the unscanned
+    layout, k and v hold a tuple of them, one per layer). Map with `cache_shardings` or
+    nn.logical_to_mesh_sharding."""
+    kv = ("act_batch", "act_length", "kv_heads", "head_dim")
+    if config.scan_layers:
+        k = v = ("layers",) + kv
+    else:
+        k = v = (kv,) * config.text.num_layers
+    return {"k": k, "v": v, "lengths": ("act_batch",), "rope_deltas": ("act_batch",)}
+
+
+def is_axes(x: Any) -> bool:
+    """True for one array's logical axes (a tuple of names / None), the leaves of
+    `cache_logical_axes`."""
+    return isinstance(x, tuple) and all(a is None or isinstance(a, str) for a in x)
+
+
+def cache_capacity(cache: Cache) -> int:
+    """S: key slots per row."""
+    k = cache["k"]
+    return k[0].shape[1] if isinstance(k, (tuple, list)) else k.shape[2]

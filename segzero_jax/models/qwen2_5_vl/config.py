@@ -82,6 +82,12 @@ class Qwen2_5_VLConfig:
     param_dtype: str = "float32"    # storage dtype of params
     remat_policy: str = "none"      # key of layers.REMAT_POLICIES
     attention_impl: str = "auto"    # "auto" | "xla" | "cudnn"
+    # Decoder layers under one nn.scan, params stacked `[L, ...]` and the KV cache one `[L, B, S,
+    # K, H]` array (the training layout, one compiled layer), or as L layers of their own, params
+    # `layers_0 ... layers_{L-1}` and the cache L arrays `[B, S, K, H]` (the decoding layout: a
+    # scanned GPU decode step copies every layer's weights and cache slice out of the stacks
+    # before cuBLAS and cuDNN read them). `unstack_layers` / `stack_layers` convert params.
+    scan_layers: bool = True
 
     def __post_init__(self):
         validate(self)
@@ -112,6 +118,7 @@ def validate(c: Qwen2_5_VLConfig) -> None:
            f"{c.remat_policy!r} not in {sorted(REMAT_POLICIES)}")
     _check(c.attention_impl in ATTENTION_IMPLEMENTATIONS, "attention_impl",
            f"{c.attention_impl!r} not in {ATTENTION_IMPLEMENTATIONS}")
+    _check(isinstance(c.scan_layers, bool), "scan_layers", f"{c.scan_layers!r} is not a bool")
     _check(t.hidden_size % t.num_heads == 0, "text.hidden_size",
            f"{t.hidden_size} not divisible by num_heads {t.num_heads}")
     _check(t.num_heads % t.num_kv_heads == 0, "text.num_kv_heads",

@@ -16,9 +16,12 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from segzero_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig, load_config, to_hf_dict
-from segzero_jax.models.qwen2_5_vl.convert_rules import (EXPORT_PREFIXES, PREFIXES, RULES, TRANSFORMS, Rule,
-                                                        canonical_name, match_rule)
-from segzero_jax.models.qwen2_5_vl.model import abstract_params
+from segzero_jax.models.qwen2_5_vl.convert_rules import (DECODER_LAYERS, EXPORT_PREFIXES, PREFIXES, RULES,
+                                                        TRANSFORMS, Rule, canonical_name, match_rule)
+from segzero_jax.models.qwen2_5_vl.model import abstract_params, unstack_layers
+
+# Where the decoder's layers live: stacked under the scan, or one module per layer.
+SCANNED_DECODER, UNSCANNED_DECODER = DECODER_LAYERS, "language_model/decoder/layers_"
 from segzero_jax.models.tensor_files import open_safetensors
 
 __all__ = ["load_hf", "export_hf", "hf_tensors", "checkpoint_files", "RULES", "TRANSFORMS", "Rule",
@@ -71,9 +74,10 @@ def load_hf(path: str, *, shardings: Any = None, config: Optional[Qwen2_5_VLConf
 
     Params are numpy arrays in `config.param_dtype` (override e.g. `param_dtype="bfloat16"`),
     or, with `shardings` (a tree matching the params), jax arrays placed one param at a time.
+    They take `config.scan_layers`' layout (`scan_layers=False` gives the unscanned decoding one).
     """
     config = config or load_config(path, **config_overrides)
-    abstract = abstract_params(config)
+    abstract = abstract_params(config.replace(scan_layers=True))
     dtype = np.dtype(config.weight_dtype)
     buffers: dict[str, np.ndarray] = {}
     filled: dict[str, set] = {}
@@ -112,9 +116,13 @@ def load_hf(path: str, *, shardings: Any = None, config: Optional[Qwen2_5_VLConf
             raise ValueError(f"checkpoint {path!r} lacks {_rule_for_path(path_).hf} "
                              f"for {sorted(missing, key=str)[:5]} (param {path_})")
         buf = buffers.pop(path_)
-        if shardings is not None:
+        if shardings is not None and config.scan_layers:
             buf = jax.device_put(buf, _get(shardings, path_))
         _set(params, path_, buf)
+    if not config.scan_layers:
+        params = unstack_layers(params)   # numpy views of the stacked buffers
+        if shardings is not None:
+            params = jax.tree.map(jax.device_put, params, shardings)
     return config, params
 
 
@@ -135,16 +143,23 @@ def _rule_for_path(path: str) -> Rule:
 
 
 def hf_tensors(config: Qwen2_5_VLConfig, params: dict, dtype: Any = None) -> Iterator[tuple[str, np.ndarray]]:
-    """Yields (HF name, numpy tensor) one at a time, named as in the published checkpoints."""
+    """Yields (HF name, numpy tensor) one at a time, named as in the published checkpoints.
+    `params` take `config.scan_layers`' layout."""
     for rule in RULES:
         if rule.only_untied and config.tie_word_embeddings:
             continue
-        value = _get(params, rule.path)
         canon, rest = next((c, rule.hf[len(c):]) for c in PREFIXES if rule.hf.startswith(c))
         prefix = EXPORT_PREFIXES[canon]
-        layers = range(value.shape[0]) if rule.stacked else [None]
+        per_layer = not config.scan_layers and rule.path.startswith(SCANNED_DECODER + "/")
+        if per_layer:
+            layers = range(config.text.num_layers)
+            value_of = lambda i, r=rule: _get(params, r.path.replace(SCANNED_DECODER, f"{UNSCANNED_DECODER}{i}", 1))
+        else:
+            value = _get(params, rule.path)
+            layers = range(value.shape[0]) if rule.stacked else [None]
+            value_of = lambda i, v=value: v if i is None else v[i]
         for i in layers:
-            y = np.asarray(jax.device_get(value[i] if i is not None else value))
+            y = np.asarray(jax.device_get(value_of(i)))
             if dtype is not None:
                 y = y.astype(dtype)
             name = prefix + rest.replace("{i}", str(i))

@@ -51,6 +51,7 @@ class Rule:
 
 
 _VB, _LB = "visual/blocks/block", "language_model/decoder/layers/layer"
+DECODER_LAYERS = _LB   # the scanned decoder's stacked layer params (unscanned: decoder/layers_{i})
 RULES: tuple[Rule, ...] = (
     Rule("vision.patch_embed.proj.weight", "visual/patch_embed/kernel", "conv"),
     Rule("vision.blocks.{i}.norm1.weight", f"{_VB}/norm1/scale", "copy"),

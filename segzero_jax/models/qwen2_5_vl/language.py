@@ -23,18 +23,22 @@ import jax
 import jax.numpy as jnp
 
 from segzero_jax.models.layers import (Einsum, GatedMLP, RMSNorm, apply_rotary,
-                                       dot_product_attention, logical_param, maybe_remat)
+                                       dot_product_attention, logical_param, maybe_remat,
+                                       separate_operands)
 from segzero_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 
 
 class DecoderLayer(nn.Module):
     """One decoder layer. Returns (y `[B, T, D]`, (k, v) `[B, T, K, H]` rotated keys/values).
 
-    With the whole cache `cache_k`/`cache_v` (`[L, B, S, K, H]`) and `layer_index`: without
+    With a cache — the whole stack's `cache_k`/`cache_v` `[L, B, S, K, H]` and this layer's
+    `layer_index`, or this layer's own `[B, S, K, H]` buffers with `layer_index=None` — without
     `cache_index` (prefill) the fresh k/v go to slots `[0, T)` of the layer and attention runs
     over them; with `cache_index` int32[B] (decode, T = 1) row b's new k/v go to slot
     `cache_index[b]` (dropped when that is S) and attention runs over the layer's first
     `kv_lengths[b]` keys. Either way the updated cache is returned instead of the fresh k/v.
+    A decode step keeps the q/k/v and gate/up matmuls apart (`layers.separate_operands`), so
+    each weight is read once.
     """
 
     config: Qwen2_5_VLConfig
@@ -45,29 +49,37 @@ class DecoderLayer(nn.Module):
         c, t = self.config, self.config.text
         kw = dict(dtype=c.compute_dtype, param_dtype=c.weight_dtype)
         d, n, kh, h = t.hidden_size, t.num_heads, t.num_kv_heads, t.head_dim
+        decoding = cache_k is not None and cache_index is not None
+        if decoding and x.shape[1] != 1:
+            raise ValueError(f"decoding with a cache takes one token per row, got {x.shape[1]}")
         y = RMSNorm(t.rms_norm_eps, c.weight_dtype, name="input_norm")(x)
+        yq, yk, yv = separate_operands(y, 3) if decoding else (y, y, y)
         q = Einsum("BTD,DNH->BTNH", (d, n, h), ("embed", "heads", "head_dim"), (n, h),
-                   ("heads", "head_dim"), name="q", **kw)(y)
+                   ("heads", "head_dim"), name="q", **kw)(yq)
         k = Einsum("BTD,DKH->BTKH", (d, kh, h), ("embed", "kv_heads", "head_dim"), (kh, h),
-                   ("kv_heads", "head_dim"), name="k", **kw)(y)
+                   ("kv_heads", "head_dim"), name="k", **kw)(yk)
         v = Einsum("BTD,DKH->BTKH", (d, kh, h), ("embed", "kv_heads", "head_dim"), (kh, h),
-                   ("kv_heads", "head_dim"), name="v", **kw)(y)
+                   ("kv_heads", "head_dim"), name="v", **kw)(yv)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         q = nn.with_logical_constraint(q, ("act_batch", "act_length", "act_heads", None))
-        if cache_k is not None and cache_index is None:          # prefill: slots [0, T) of every row
-            start = (layer_index, 0, 0, 0, 0)
-            cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype), start)
-            cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), start)
+        # The stack's cache is addressed with a leading layer index, a layer's own buffer without.
+        lead = () if layer_index is None else (layer_index,)
+        if cache_k is not None and not decoding:                 # prefill: slots [0, T) of every row
+            start = lead + (0, 0, 0, 0)
+            fresh_k, fresh_v = (a.reshape((1,) * len(lead) + a.shape) for a in (k, v))
+            cache_k = jax.lax.dynamic_update_slice(cache_k, fresh_k.astype(cache_k.dtype), start)
+            cache_v = jax.lax.dynamic_update_slice(cache_v, fresh_v.astype(cache_v.dtype), start)
             k_att, v_att = k, v
             new_kv = (cache_k, cache_v)
-        elif cache_k is not None:
-            if k.shape[1] != 1:
-                raise ValueError(f"decoding with a cache takes one token per row, got {k.shape[1]}")
-            rows = jnp.arange(k.shape[0])
-            cache_k = cache_k.at[layer_index, rows, cache_index].set(k[:, 0].astype(cache_k.dtype), mode="drop")
-            cache_v = cache_v.at[layer_index, rows, cache_index].set(v[:, 0].astype(cache_v.dtype), mode="drop")
-            k_att = jax.lax.dynamic_index_in_dim(cache_k, layer_index, 0, keepdims=False).astype(q.dtype)
-            v_att = jax.lax.dynamic_index_in_dim(cache_v, layer_index, 0, keepdims=False).astype(q.dtype)
+        elif decoding:
+            slot = lead + (jnp.arange(k.shape[0]), cache_index)
+            cache_k = cache_k.at[slot].set(k[:, 0].astype(cache_k.dtype), mode="drop")
+            cache_v = cache_v.at[slot].set(v[:, 0].astype(cache_v.dtype), mode="drop")
+            if layer_index is None:
+                k_att, v_att = cache_k.astype(q.dtype), cache_v.astype(q.dtype)
+            else:
+                k_att = jax.lax.dynamic_index_in_dim(cache_k, layer_index, 0, keepdims=False).astype(q.dtype)
+                v_att = jax.lax.dynamic_index_in_dim(cache_v, layer_index, 0, keepdims=False).astype(q.dtype)
             new_kv = (cache_k, cache_v)
         else:
             k_att, v_att = k, v
@@ -78,7 +90,7 @@ class DecoderLayer(nn.Module):
         x = x + Einsum("BTNH,NHD->BTD", (n, h, d), ("heads", "head_dim", "embed"), name="o", **kw)(o)
         x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
         y = RMSNorm(t.rms_norm_eps, c.weight_dtype, name="post_attention_norm")(x)
-        x = x + GatedMLP(d, t.intermediate_size, t.hidden_act, name="mlp", **kw)(y)
+        x = x + GatedMLP(d, t.intermediate_size, t.hidden_act, separate_matmuls=decoding, name="mlp", **kw)(y)
         return nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed")), new_kv
 
 
@@ -182,20 +194,37 @@ class LanguageModel(nn.Module):
     def __call__(self, x, cos, sin, *, kv_lengths: Optional[jax.Array] = None, is_causal: bool = True,
                  cache: Optional[tuple[jax.Array, jax.Array]] = None,
                  cache_index: Optional[jax.Array] = None):
-        """Decoder stack on embeddings `[B, T, D]`; returns (hidden `[B, T, D]`, stacked (k, v)).
+        """Decoder stack on embeddings `[B, T, D]`; returns (hidden `[B, T, D]`, (k, v)).
 
-        k/v come back as `[layers, B, T, K, H]` (or the updated `[layers, B, S, K, H]` cache).
+        k/v come back as `[layers, B, T, K, H]` (or the updated `[layers, B, S, K, H]` cache);
+        unscanned (`config.scan_layers=False`) as tuples of per-layer arrays, like its cache.
         """
         return self.decoder(x, cos, sin, kv_lengths, is_causal, cache, cache_index)
 
 
 class DecoderStack(nn.Module):
-    """`num_layers` decoder layers under one `nn.scan` (params stacked on a leading "layers" axis)."""
+    """`num_layers` decoder layers: under one `nn.scan` (params stacked on a leading "layers"
+    axis, submodule `layers`), or with `config.scan_layers=False` as modules `layers_0 ...
+    layers_{L-1}` of their own, the cache a tuple of per-layer buffers."""
 
     config: Qwen2_5_VLConfig
 
     @nn.compact
     def __call__(self, x, cos, sin, kv_lengths, is_causal: bool, cache, cache_index):
+        c = self.config
+        if not c.scan_layers:
+            # The remat'd layer is called outside a scan: keep XLA from merging the recomputation.
+            layer = maybe_remat(DecoderLayer, c.remat_policy, static_argnums=(5,), prevent_cse=True)
+            ks, vs = [], []
+            for i in range(c.text.num_layers):
+                if cache is None:
+                    x, (k, v) = layer(c, name=f"layers_{i}")(x, cos, sin, kv_lengths, is_causal)
+                else:
+                    x, (k, v) = DecoderLayer(c, name=f"layers_{i}")(
+                        x, cos, sin, kv_lengths, is_causal, cache[0][i], cache[1][i], cache_index)
+                ks.append(k)
+                vs.append(v)
+            return x, (tuple(ks), tuple(vs))
         scan = dict(variable_axes={"params": 0}, split_rngs={"params": True},
                     length=self.config.text.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
         if cache is None:

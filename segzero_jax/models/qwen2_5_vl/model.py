@@ -19,7 +19,13 @@ Vision attention always uses per-segment lengths.
 KV cache (pure pytree, `init_cache`): prefill writes the packed prompt's rotated k/v, layer by
 layer, at the front of each cache row, with the row's length and M-RoPE offset (the next
 rotary position is `lengths + rope_deltas`); `decode` appends one token per row at that row's
-length. The cache rides in the layer scan's carry, so a donated cache is updated in place.
+length. The cache rides in the layer scan's carry (or, unscanned, each layer holds its own
+buffer), so a donated cache is updated in place.
+
+Layer layouts (`config.scan_layers`): the scanned stack keeps decoder params under
+`language_model/decoder/layers/layer` with a leading layer axis; the unscanned one under
+`language_model/decoder/layers_{i}`. `unstack_layers` / `stack_layers` convert a param tree
+between them (numpy leaves are sliced as views, no copy).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segzero_jax.models.qwen2_5_vl.cache import Cache
+from segzero_jax.models.qwen2_5_vl.cache import Cache, cache_capacity
 from segzero_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 from segzero_jax.models.qwen2_5_vl.language import LanguageModel
 from segzero_jax.models.qwen2_5_vl.rope import get_rope_index, mrope_cos_sin
@@ -197,8 +203,9 @@ class Qwen2_5_VL(nn.Module):
         `rope_deltas` int32[B, 1] too.
         """
         b, t = input_ids.shape
-        if t > cache["k"].shape[2]:
-            raise ValueError(f"prompt length {t} exceeds the cache capacity {cache['k'].shape[2]}")
+        _check_cache_layout(self.config, cache)
+        if t > cache_capacity(cache):
+            raise ValueError(f"prompt length {t} exceeds the cache capacity {cache_capacity(cache)}")
         if position_ids is not None and rope_deltas is None:
             raise ValueError("prefill with precomputed position_ids also needs rope_deltas")
         x, (k, v), position_ids, deltas, dest, lengths = self._prompt_pass(
@@ -215,12 +222,13 @@ class Qwen2_5_VL(nn.Module):
 
     def decode(self, token_ids, cache: Cache):
         """One token per row, int32[B] -> (logits float32[B, V], cache advanced by one)."""
+        _check_cache_layout(self.config, cache)
         ids = jnp.asarray(token_ids, jnp.int32).reshape(-1, 1)
         x = self.language_model.embed(ids)
         position = cache["lengths"] + cache["rope_deltas"]
         pos = jnp.broadcast_to(position[None, :, None], (3, ids.shape[0], 1))
         cos, sin = self._cos_sin(pos)
-        capacity = cache["k"].shape[2]
+        capacity = cache_capacity(cache)
         lengths = cache["lengths"]
         x, (k, v) = self.language_model(x, cos, sin, kv_lengths=jnp.minimum(lengths + 1, capacity),
                                         is_causal=False, cache=(cache["k"], cache["v"]),
@@ -228,6 +236,15 @@ class Qwen2_5_VL(nn.Module):
         new = {"k": k, "v": v, "lengths": jnp.minimum(lengths + 1, capacity),
                "rope_deltas": cache["rope_deltas"]}
         return self.language_model.logits(x)[:, 0], new
+
+
+def _check_cache_layout(config: Qwen2_5_VLConfig, cache: Cache) -> None:
+    per_layer = isinstance(cache["k"], (tuple, list))
+    if per_layer == config.scan_layers:
+        have, want = ("per-layer buffers", "one stacked array") if per_layer else \
+            ("one stacked array", "per-layer buffers")
+        raise ValueError(f"the cache holds {have} but config.scan_layers={config.scan_layers} needs {want}: "
+                         "make it with init_cache(config, ...)")
 
 
 def packing_destinations(valid: jax.Array) -> jax.Array:
@@ -253,3 +270,49 @@ def init_params(config: Qwen2_5_VLConfig, rng: jax.Array) -> dict:
 def abstract_params(config: Qwen2_5_VLConfig) -> dict:
     """ShapeDtypeStructs of the (unboxed) param tree."""
     return nn.unbox(jax.eval_shape(lambda r: init_params(config, r), jax.random.key(0)))
+
+
+_DECODER = ("language_model", "decoder")
+
+
+def _decoder(params: dict) -> dict:
+    try:
+        return params[_DECODER[0]][_DECODER[1]]
+    except (KeyError, TypeError):
+        raise ValueError("not a Qwen2.5-VL param tree: no language_model/decoder") from None
+
+
+def _with_decoder(params: dict, decoder: dict) -> dict:
+    lm = dict(params[_DECODER[0]], **{_DECODER[1]: decoder})
+    return dict(params, **{_DECODER[0]: lm})
+
+
+def unstack_layers(params: dict) -> dict:
+    """Scanned params (`config.scan_layers=True`) -> the unscanned layout: the decoder's stacked
+    `layers/layer` leaves `[L, ...]` become `layers_0 ... layers_{L-1}`. Numpy leaves become
+    views; jax arrays are sliced on device (one copy of the decoder). Other params are shared."""
+    dec = _decoder(params)
+    if "layers" not in dec:
+        raise ValueError("params are not in the scanned layout (no language_model/decoder/layers)")
+    stacked = dec["layers"]["layer"]
+    n = jax.tree.leaves(stacked)[0].shape[0]
+    new = {k: v for k, v in dec.items() if k != "layers"}
+    for i in range(n):
+        new[f"layers_{i}"] = jax.tree.map(lambda a, i=i: a[i], stacked)
+    return _with_decoder(params, new)
+
+
+def stack_layers(params: dict) -> dict:
+    """The inverse of `unstack_layers`: `layers_{i}` leaves stacked into `layers/layer` `[L, ...]`
+    (numpy leaves with np.stack, jax arrays with jnp.stack)."""
+    dec = _decoder(params)
+    names = sorted((k for k in dec if k.startswith("layers_")), key=lambda k: int(k.split("_")[1]))
+    if not names or [int(k.split("_")[1]) for k in names] != list(range(len(names))):
+        raise ValueError(f"params are not in the unscanned layout (decoder holds {sorted(dec)})")
+
+    def stack(*leaves):
+        return np.stack(leaves) if all(isinstance(a, np.ndarray) for a in leaves) else jnp.stack(leaves)
+
+    new = {k: v for k, v in dec.items() if not k.startswith("layers_")}
+    new["layers"] = {"layer": jax.tree.map(stack, *(dec[k] for k in names))}
+    return _with_decoder(params, new)

@@ -38,6 +38,19 @@ def build_hf_model(tie: bool = True, seed: int = 0, fullatt=(1,)):
 
 
 
+def hf_generate(model, ids, mask, n_new, pixels=None, grid=None):
+    """transformers' greedy `generate` (no EOS stop) -> the new tokens int64[B, n_new]."""
+    import torch
+    kw = {}
+    if pixels is not None:
+        kw = dict(pixel_values=torch.tensor(pixels), image_grid_thw=torch.tensor(grid),
+                  mm_token_type_ids=torch.tensor((ids == IMG).astype(np.int64)))
+    with torch.no_grad():
+        out = model.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), **kw,
+                             max_new_tokens=n_new, do_sample=False, eos_token_id=None, pad_token_id=0)
+    return out[:, ids.shape[1]:].numpy()
+
+
 def image_row(rs, n_image_tokens, pre, post):
     return ([int(t) for t in rs.randint(0, 2000, pre)] + [VS] + [IMG] * n_image_tokens + [VE]
             + [int(t) for t in rs.randint(0, 2000, post)])

@@ -4,10 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 from segzero_jax.models.qwen2_5_vl import Qwen2_5_VL, init_cache
-from tests.models.qwen2_5_vl.hf_reference import IMG, image_row, left_pad
+from tests.models.qwen2_5_vl.hf_reference import hf_generate, image_row, left_pad
 
 NEW = 20
 
@@ -56,12 +55,7 @@ def ours_greedy(ours_tied, prompts):
 def test_greedy_matches_generate(hf_tied, prompts, ours_greedy):
     model, _ = hf_tied
     ids, mask, pixels, grid = prompts
-    with torch.no_grad():
-        out = model.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                             pixel_values=torch.tensor(pixels), image_grid_thw=torch.tensor(grid),
-                             mm_token_type_ids=torch.tensor((ids == IMG).astype(np.int64)),
-                             max_new_tokens=NEW, do_sample=False, eos_token_id=None, pad_token_id=0)
-    ref = out[:, ids.shape[1]:].numpy()
+    ref = hf_generate(model, ids, mask, NEW, pixels, grid)
     assert ref.shape == (2, NEW)
     np.testing.assert_array_equal(ours_greedy[0], ref)
 
@@ -84,8 +78,5 @@ def test_text_only_greedy_matches_generate(hf_tied, ours_tied):
     cfg, params = ours_tied
     rs = np.random.RandomState(12)
     ids, mask = left_pad([list(rs.randint(0, 150000, 9)), list(rs.randint(0, 150000, 4))])
-    with torch.no_grad():
-        out = model.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                             max_new_tokens=NEW, do_sample=False, eos_token_id=None, pad_token_id=0)
     toks, _ = greedy(cfg, None, NEW)(params, jnp.asarray(ids, jnp.int32), None, jnp.asarray(mask, jnp.int32))
-    np.testing.assert_array_equal(np.asarray(toks), out[:, ids.shape[1]:].numpy())
+    np.testing.assert_array_equal(np.asarray(toks), hf_generate(model, ids, mask, NEW))
