@@ -127,8 +127,9 @@ def _fusion_flops(body: list[_Instruction]) -> int:
 
 def _operand_reads(body: list[_Instruction], n_operands: int) -> list[Optional[int]]:
     """Per fusion operand: the bytes the fused computation reads of it when it only slices it
-    (dynamic-slice / slice: the slices' sizes; the buffer a write-in-place op updates:
-    nothing), else None (read whole). Bitcasts of a parameter are views of it."""
+    (dynamic-slice / slice / gather, an embedding lookup: the pieces' sizes; the buffer a
+    write-in-place op updates: nothing), else None (read whole). Bitcasts of a parameter are
+    views of it."""
     params, uses, origin = {}, collections.defaultdict(list), {}
     for i in body:
         if i.op == "parameter":
@@ -143,7 +144,7 @@ def _operand_reads(body: list[_Instruction], n_operands: int) -> list[Optional[i
     reads: list[Optional[int]] = []
     for n in range(n_operands):
         found = uses.get(params.get(n, ""), [])
-        if found and all(op in ("dynamic-slice", "slice") and pos == 0 for op, pos, _ in found):
+        if found and all(op in ("dynamic-slice", "slice", "gather") and pos == 0 for op, pos, _ in found):
             reads.append(sum(array_bytes(t) for _, _, t in found))
         elif found and all(op in _PIECE and pos == 0 for op, pos, _ in found):
             reads.append(0)

@@ -151,6 +151,12 @@ HANDWRITTEN = """HloModule m, entry_computation_layout={(f32[36,1024,1024]{2,1,0
   ROOT %sc = bf16[8,1024,64]{2,1,0} scatter(%w0, %w1, %w2), update_window_dims={1,2}, inserted_window_dims={}, scatter_dims_to_operand_dims={1}, index_vector_dim=1, to_apply=%assign
 }
 
+%fused_embed (e0: bf16[1000,64], e1: s32[8,1]) -> bf16[8,1,64] {
+  %e0 = bf16[1000,64]{1,0} parameter(0)
+  %e1 = s32[8,1]{1,0} parameter(1)
+  ROOT %rows_of = bf16[8,1,64]{2,1,0} gather(%e0, %e1), offset_dims={1,2}, collapsed_slice_dims={}, start_index_map={0}, index_vector_dim=1, slice_sizes={1,64}
+}
+
 %fused_neg (n0: bf16[64,32]) -> bf16[64,32] {
   %n0 = bf16[64,32]{1,0} parameter(0)
   ROOT %ng = bf16[64,32]{1,0} negate(%n0)
@@ -166,7 +172,7 @@ HANDWRITTEN = """HloModule m, entry_computation_layout={(f32[36,1024,1024]{2,1,0
   ROOT %nb = bf16[64,32]{1,0} fusion(%b0), kind=kLoop, calls=%fused_neg
 }
 
-ENTRY %main (x: f32[36,1024,1024], l: bf16[64,128], r: bf16[128,32], k: s32[], cache: bf16[8,1024,64], pos: s32[8,1], new: bf16[8,1,64]) -> f32[36,1024,1024] {
+ENTRY %main (x: f32[36,1024,1024], l: bf16[64,128], r: bf16[128,32], k: s32[], cache: bf16[8,1024,64], pos: s32[8,1], new: bf16[8,1,64], table: bf16[1000,64]) -> f32[36,1024,1024] {
   %x = f32[36,1024,1024]{2,1,0} parameter(0)
   %l = bf16[64,128]{1,0} parameter(1)
   %r = bf16[128,32]{1,0} parameter(2)
@@ -180,6 +186,8 @@ ENTRY %main (x: f32[36,1024,1024], l: bf16[64,128], r: bf16[128,32], k: s32[], c
   %pos = s32[8,1]{1,0} parameter(5)
   %new = bf16[8,1,64]{2,1,0} parameter(6)
   %written = bf16[8,1024,64]{2,1,0} fusion(%cache, %pos, %new), kind=kLoop, calls=%fused_cache_write
+  %table = bf16[1000,64]{1,0} parameter(7)
+  %looked_up = bf16[8,1,64]{2,1,0} fusion(%table, %pos), kind=kLoop, calls=%fused_embed
   ROOT %res = f32[36,1024,1024]{2,1,0} get-tuple-element(%w), index=1
 }
 """
@@ -193,6 +201,9 @@ def test_in_place_updates_gemm_fusions_conditionals_and_loop_conditions():
     upd, cache = by_kind["in-place update"]
     assert upd.launches == 36 and upd.bytes == 2 * 4 * 1024 * 1024 + 4   # the slice and index, not the buffer
     assert cache.launches == 1 and cache.bytes == 2 * (8 * 64 * 2) + 8 * 4   # a KV-cache write: one row per sequence
+    # an embedding lookup reads the rows it gathers, not the table
+    (embed,) = [k for k in kernels if k.target == "fused_embed"]
+    assert embed.bytes == 2 * (8 * 64 * 2) + 8 * 4
     # a reduction over one layer of the buffer (read through a bitcast view) reads that layer
     (rows,) = by_kind["reduction (norms, softmax)"]
     assert rows.launches == 36 and rows.bytes == 4 * 1024 * 1024 + 4 + 4 * 1024
