@@ -16,7 +16,8 @@ from segzero_jax.models.qwen2_5_vl import (Qwen2_5_VL, abstract_params, cache_ca
                                           unstack_layers)
 from segzero_jax.models.qwen2_5_vl.cache import is_axes
 from segzero_jax.models.qwen2_5_vl.convert_rules import canonical_name
-from segzero_jax.parallel import DEFAULT_RULES, make_mesh, named_sharding, sharded_init
+from segzero_jax.models.qwen2_5_vl.model import init_params
+from segzero_jax.parallel import DEFAULT_RULES, logical_shardings, make_mesh, named_sharding, sharded_init
 from tests.models.qwen2_5_vl.hf_reference import hf_generate, image_row, left_pad
 from tests.models.qwen2_5_vl.test_qwen_generate import greedy
 
@@ -81,6 +82,17 @@ def test_load_and_export_in_the_unscanned_layout(hf_tied, unscanned, tmp_path):
     assert {canonical_name(k) for k in ours} == set(ref)
     for name, value in ours.items():
         np.testing.assert_array_equal(value, ref[canonical_name(name)], err_msg=name)
+
+
+def test_load_onto_shardings_in_the_unscanned_layout(hf_tied, unscanned):
+    _, path = hf_tied
+    ucfg, uparams = unscanned
+    boxed = jax.eval_shape(lambda r: init_params(ucfg, r), jax.random.key(0))
+    _, params = load_hf(path, scan_layers=False, shardings=logical_shardings(boxed, make_mesh((2, 2, 2))))
+    q = params["language_model"]["decoder"]["layers_1"]["q"]["kernel"]   # [D, N, H]
+    assert isinstance(q, jax.Array) and q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
+    assert q.addressable_shards[0].data.shape == (32, 2, 16)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(params), uparams)
 
 
 def test_unscanned_cache_layout_and_errors(ours_tied, unscanned):
