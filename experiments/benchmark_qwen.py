@@ -170,6 +170,7 @@ def bench_ours_decode(cfg, params, ids, pixels, grid):
     import jax
     import jax.numpy as jnp
     from segzero_jax.flops import count_flops
+    from segzero_jax.models.layers import blocked_argmax
     from segzero_jax.models.qwen2_5_vl import Qwen2_5_VL, init_cache, vision_layout
     model = Qwen2_5_VL(cfg)
     b, t = ids.shape
@@ -181,12 +182,12 @@ def bench_ours_decode(cfg, params, ids, pixels, grid):
     def prefill(p, i, pv, lay):
         logits, cache = model.apply({"params": p}, i, init_cache(cfg, b, capacity), pv, gridj,
                                     vision_layout=lay, method=Qwen2_5_VL.prefill)
-        return jnp.argmax(logits, -1).astype(jnp.int32), cache
+        return blocked_argmax(logits), cache
 
     def make_step(model):
         def step(p, tok, cache):
             logits, cache = model.apply({"params": p}, tok, cache, method=Qwen2_5_VL.decode)
-            return jnp.argmax(logits, -1).astype(jnp.int32), logits, cache
+            return blocked_argmax(logits), logits, cache
         return step
 
     step = make_step(model)

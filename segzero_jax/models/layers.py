@@ -311,6 +311,27 @@ def separate_operands(x: jax.Array, n: int) -> tuple[jax.Array, ...]:
     return jax.lax.optimization_barrier((x,) * n)
 
 
+def blocked_argmax(x: jax.Array, block: int = 128) -> jax.Array:
+    """`jnp.argmax(x, axis=-1)` (int32, the first index of the largest value; a NaN counts as
+    the largest), in two passes: the largest value of each block of `block` entries, then the
+    argmax within the first block that holds the overall one.
+
+    The same indices as `jnp.argmax`. On XLA's CPU backend an argmax over a vocabulary-sized
+    axis runs as a scalar loop of value-index pairs, about ten times slower than a max over the
+    same axis; this form reduces with max and leaves one block to the pair reduction.
+    """
+    v = x.shape[-1]
+    if v <= block:
+        return jnp.argmax(x, axis=-1).astype(jnp.int32)
+    n = -(-v // block)
+    low = jnp.array(-jnp.inf if jnp.issubdtype(x.dtype, jnp.floating) else jnp.iinfo(x.dtype).min, x.dtype)
+    padded = jnp.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, n * block - v)], constant_values=low)
+    blocks = padded.reshape(x.shape[:-1] + (n, block))
+    first = jnp.argmax(jnp.max(blocks, axis=-1), axis=-1)
+    rows = jnp.take_along_axis(blocks, first[..., None, None], axis=-2)[..., 0, :]
+    return (first * block + jnp.argmax(rows, axis=-1)).astype(jnp.int32)
+
+
 class Einsum(nn.Module):
     """A projection written as one einsum: `y = einsum(equation, x, kernel) (+ bias)`.
 

@@ -258,3 +258,23 @@ def test_gelu_lowers_to_one_erf():
            if " = " in line and not line.lstrip().startswith("ENTRY")]
     assert ops.count("erf") == 1 and "exponential" not in ops and "divide" not in ops, ops
     assert len(ops) < 20, ops
+
+
+@pytest.mark.parametrize("shape,dtype", [((3, 1000), np.float32), ((2, 4, 151936), np.float32),
+                                         ((5, 256), np.float32), ((4, 100), np.float32),
+                                         ((3, 777), jnp.bfloat16), ((6, 300), np.int32)])
+def test_blocked_argmax_equals_numpy(shape, dtype):
+    rs = np.random.RandomState(sum(shape))
+    if dtype == np.int32:
+        x = rs.randint(-50, 50, shape).astype(np.int32)          # many ties
+    else:
+        x = rs.randn(*shape).astype(np.float32)
+        x[0, ..., 5] = x[0, ..., -3] = x[0].max() + 1.0           # a tie: the first index wins
+        if shape[-1] > 300:
+            x[1, ..., 299] = np.nan                                # NaN counts as the largest
+        x[-1] = -np.inf                                            # a row with no finite value
+        x = np.asarray(jnp.asarray(x, dtype))
+    got = np.asarray(jax.jit(layers.blocked_argmax)(jnp.asarray(x)))
+    want = np.argmax(x.astype(np.float32) if dtype == jnp.bfloat16 else x, axis=-1)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, want)
