@@ -317,8 +317,8 @@ def blocked_argmax(x: jax.Array, block: int = 128) -> jax.Array:
     argmax within the first block that holds the overall one.
 
     The same indices as `jnp.argmax`. On XLA's CPU backend an argmax over a vocabulary-sized
-    axis runs as a scalar loop of value-index pairs, about ten times slower than a max over the
-    same axis; this form reduces with max and leaves one block to the pair reduction.
+    axis runs as a scalar loop of value-index pairs, many times slower than a max over the same
+    axis; this form reduces with max and leaves one block to the pair reduction.
     """
     v = x.shape[-1]
     if v <= block:

@@ -43,8 +43,8 @@ def init_cache(config: Qwen2_5_VLConfig, batch: int, max_len: int, dtype: Any = 
 
 def cache_logical_axes(config: Qwen2_5_VLConfig) -> dict[str, Any]:
     """Logical axis names of `init_cache`'s pytree: an axes tuple per array (for the unscanned
-    layout, k and v hold a tuple of them, one per layer). Map with `cache_shardings` or
-    nn.logical_to_mesh_sharding."""
+    layout, k and v hold a tuple of them, one per layer). Shardings: `jax.tree.map(lambda ax,
+    a: parallel.named_sharding(ax, a.shape, mesh), axes, cache, is_leaf=is_axes)`."""
     kv = ("act_batch", "act_length", "kv_heads", "head_dim")
     if config.scan_layers:
         k = v = ("layers",) + kv

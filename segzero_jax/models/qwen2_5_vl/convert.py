@@ -16,12 +16,10 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from segzero_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig, load_config, to_hf_dict
-from segzero_jax.models.qwen2_5_vl.convert_rules import (DECODER_LAYERS, EXPORT_PREFIXES, PREFIXES, RULES,
-                                                        TRANSFORMS, Rule, canonical_name, match_rule)
+from segzero_jax.models.qwen2_5_vl.convert_rules import (DECODER, DECODER_LAYERS, EXPORT_PREFIXES, PREFIXES,
+                                                        RULES, TRANSFORMS, Rule, canonical_name, match_rule)
+from segzero_jax.models.qwen2_5_vl.language import layer_name
 from segzero_jax.models.qwen2_5_vl.model import abstract_params, unstack_layers
-
-# Where the decoder's layers live: stacked under the scan, or one module per layer.
-SCANNED_DECODER, UNSCANNED_DECODER = DECODER_LAYERS, "language_model/decoder/layers_"
 from segzero_jax.models.tensor_files import open_safetensors
 
 __all__ = ["load_hf", "export_hf", "hf_tensors", "checkpoint_files", "RULES", "TRANSFORMS", "Rule",
@@ -142,6 +140,21 @@ def _rule_for_path(path: str) -> Rule:
     raise ValueError(f"param {path!r} has no conversion rule")
 
 
+def _rule_values(config: Qwen2_5_VLConfig, params: dict, rule: Rule) -> Iterator[tuple[Optional[int], Any]]:
+    """(layer index or None, value) of a rule's param, per layer for a stacked one, in either
+    decoder layout."""
+    if not config.scan_layers and rule.path.startswith(DECODER_LAYERS + "/"):
+        for i in range(config.text.num_layers):   # unscanned: language_model/decoder/layers_{i}/...
+            yield i, _get(params, rule.path.replace(DECODER_LAYERS, f"{DECODER}/{layer_name(i)}", 1))
+        return
+    value = _get(params, rule.path)
+    if not rule.stacked:
+        yield None, value
+        return
+    for i in range(value.shape[0]):
+        yield i, value[i]
+
+
 def hf_tensors(config: Qwen2_5_VLConfig, params: dict, dtype: Any = None) -> Iterator[tuple[str, np.ndarray]]:
     """Yields (HF name, numpy tensor) one at a time, named as in the published checkpoints.
     `params` take `config.scan_layers`' layout."""
@@ -150,16 +163,8 @@ def hf_tensors(config: Qwen2_5_VLConfig, params: dict, dtype: Any = None) -> Ite
             continue
         canon, rest = next((c, rule.hf[len(c):]) for c in PREFIXES if rule.hf.startswith(c))
         prefix = EXPORT_PREFIXES[canon]
-        per_layer = not config.scan_layers and rule.path.startswith(SCANNED_DECODER + "/")
-        if per_layer:
-            layers = range(config.text.num_layers)
-            value_of = lambda i, r=rule: _get(params, r.path.replace(SCANNED_DECODER, f"{UNSCANNED_DECODER}{i}", 1))
-        else:
-            value = _get(params, rule.path)
-            layers = range(value.shape[0]) if rule.stacked else [None]
-            value_of = lambda i, v=value: v if i is None else v[i]
-        for i in layers:
-            y = np.asarray(jax.device_get(value_of(i)))
+        for i, value in _rule_values(config, params, rule):
+            y = np.asarray(jax.device_get(value))
             if dtype is not None:
                 y = y.astype(dtype)
             name = prefix + rest.replace("{i}", str(i))

@@ -50,8 +50,9 @@ class Rule:
         return re.compile("^" + re.escape(self.hf).replace(r"\{i\}", r"(\d+)") + "$")
 
 
-_VB, _LB = "visual/blocks/block", "language_model/decoder/layers/layer"
-DECODER_LAYERS = _LB   # the scanned decoder's stacked layer params (unscanned: decoder/layers_{i})
+DECODER = "language_model/decoder"
+DECODER_LAYERS = f"{DECODER}/layers/layer"   # the scanned decoder's stacked layer params
+_VB, _LB = "visual/blocks/block", DECODER_LAYERS
 RULES: tuple[Rule, ...] = (
     Rule("vision.patch_embed.proj.weight", "visual/patch_embed/kernel", "conv"),
     Rule("vision.blocks.{i}.norm1.weight", f"{_VB}/norm1/scale", "copy"),

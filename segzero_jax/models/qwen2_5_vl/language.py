@@ -16,6 +16,7 @@ Query positions past a row's length produce finite garbage; callers ignore them.
 
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 import flax.linen as nn
@@ -26,6 +27,22 @@ from segzero_jax.models.layers import (Einsum, GatedMLP, RMSNorm, apply_rotary,
                                        dot_product_attention, logical_param, maybe_remat,
                                        separate_operands)
 from segzero_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
+
+
+# Names of the decoder's layers in the param tree: the scan's submodule (params under
+# `layers/layer`, stacked), or one module per layer when unscanned.
+SCANNED_STACK = "layers"
+
+
+def layer_name(i: int) -> str:
+    """The unscanned decoder's module name of layer i."""
+    return f"layers_{i}"
+
+
+def layer_number(name: str) -> Optional[int]:
+    """i for `layer_name(i)`, None for any other name."""
+    m = re.fullmatch(r"layers_(\d+)", name)
+    return int(m.group(1)) if m else None
 
 
 class DecoderLayer(nn.Module):
@@ -218,9 +235,9 @@ class DecoderStack(nn.Module):
             ks, vs = [], []
             for i in range(c.text.num_layers):
                 if cache is None:
-                    x, (k, v) = layer(c, name=f"layers_{i}")(x, cos, sin, kv_lengths, is_causal)
+                    x, (k, v) = layer(c, name=layer_name(i))(x, cos, sin, kv_lengths, is_causal)
                 else:
-                    x, (k, v) = DecoderLayer(c, name=f"layers_{i}")(
+                    x, (k, v) = DecoderLayer(c, name=layer_name(i))(
                         x, cos, sin, kv_lengths, is_causal, cache[0][i], cache[1][i], cache_index)
                 ks.append(k)
                 vs.append(v)
@@ -229,8 +246,8 @@ class DecoderStack(nn.Module):
                     length=self.config.text.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
         if cache is None:
             stack = nn.scan(_ScanBody, in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), out_axes=0, **scan)
-            return stack(self.config, is_causal, name="layers")(x, cos, sin, kv_lengths)
+            return stack(self.config, is_causal, name=SCANNED_STACK)(x, cos, sin, kv_lengths)
         stack = nn.scan(_CacheScanBody, in_axes=(nn.broadcast,) * 4, **scan)
         carry = (x, cache[0], cache[1], jnp.zeros((), jnp.int32))
-        (x, k, v, _), _ = stack(self.config, is_causal, name="layers")(carry, cos, sin, kv_lengths, cache_index)
+        (x, k, v, _), _ = stack(self.config, is_causal, name=SCANNED_STACK)(carry, cos, sin, kv_lengths, cache_index)
         return x, (k, v)

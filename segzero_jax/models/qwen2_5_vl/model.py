@@ -39,7 +39,7 @@ import numpy as np
 
 from segzero_jax.models.qwen2_5_vl.cache import Cache, cache_capacity
 from segzero_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
-from segzero_jax.models.qwen2_5_vl.language import LanguageModel
+from segzero_jax.models.qwen2_5_vl.language import SCANNED_STACK, LanguageModel, layer_name, layer_number
 from segzero_jax.models.qwen2_5_vl.rope import get_rope_index, mrope_cos_sin
 from segzero_jax.models.qwen2_5_vl.vision import VisionTower, layout_arrays
 from segzero_jax.models.qwen2_5_vl.vision_layout import vision_layout as host_vision_layout
@@ -292,13 +292,13 @@ def unstack_layers(params: dict) -> dict:
     `layers/layer` leaves `[L, ...]` become `layers_0 ... layers_{L-1}`. Numpy leaves become
     views; jax arrays are sliced on device (one copy of the decoder). Other params are shared."""
     dec = _decoder(params)
-    if "layers" not in dec:
-        raise ValueError("params are not in the scanned layout (no language_model/decoder/layers)")
-    stacked = dec["layers"]["layer"]
+    if SCANNED_STACK not in dec:
+        raise ValueError(f"params are not in the scanned layout (no language_model/decoder/{SCANNED_STACK})")
+    stacked = dec[SCANNED_STACK]["layer"]
     n = jax.tree.leaves(stacked)[0].shape[0]
-    new = {k: v for k, v in dec.items() if k != "layers"}
+    new = {k: v for k, v in dec.items() if k != SCANNED_STACK}
     for i in range(n):
-        new[f"layers_{i}"] = jax.tree.map(lambda a, i=i: a[i], stacked)
+        new[layer_name(i)] = jax.tree.map(lambda a, i=i: a[i], stacked)
     return _with_decoder(params, new)
 
 
@@ -306,13 +306,13 @@ def stack_layers(params: dict) -> dict:
     """The inverse of `unstack_layers`: `layers_{i}` leaves stacked into `layers/layer` `[L, ...]`
     (numpy leaves with np.stack, jax arrays with jnp.stack)."""
     dec = _decoder(params)
-    names = sorted((k for k in dec if k.startswith("layers_")), key=lambda k: int(k.split("_")[1]))
-    if not names or [int(k.split("_")[1]) for k in names] != list(range(len(names))):
+    numbers = {k: layer_number(k) for k in dec if layer_number(k) is not None}
+    if not numbers or sorted(numbers.values()) != list(range(len(numbers))):
         raise ValueError(f"params are not in the unscanned layout (decoder holds {sorted(dec)})")
 
     def stack(*leaves):
         return np.stack(leaves) if all(isinstance(a, np.ndarray) for a in leaves) else jnp.stack(leaves)
 
-    new = {k: v for k, v in dec.items() if not k.startswith("layers_")}
-    new["layers"] = {"layer": jax.tree.map(stack, *(dec[k] for k in names))}
+    new = {k: v for k, v in dec.items() if k not in numbers}
+    new[SCANNED_STACK] = {"layer": jax.tree.map(stack, *(dec[layer_name(i)] for i in range(len(numbers))))}
     return _with_decoder(params, new)
