@@ -61,6 +61,8 @@ flags.DEFINE_string("dtype", "bfloat16", "compute dtype")
 flags.DEFINE_string("param_dtype", "", "param dtype (default: float32 for train, else the compute dtype)")
 flags.DEFINE_string("remat", "full", "remat policy for train (none, full, dots, dots_no_batch, everything)")
 flags.DEFINE_integer("chunk_size", 256, "positions per logits chunk in train")
+flags.DEFINE_bool("scan_blocks", True, "sam2: runs of Hiera blocks under one scan; --noscan_blocks: every block a "
+                  "module of its own")
 flags.DEFINE_bool("scan_layers", True, "policy decoder layers under one scan (params stacked, the training "
                   "layout); --noscan_layers: one module and one KV-cache buffer per layer (the decoding layout)")
 flags.DEFINE_string("attention_impl", "auto",
@@ -281,7 +283,7 @@ def build_sam2_work(mesh, rules, attention: str):
     param_dtype = FLAGS.param_dtype or FLAGS.dtype
     cfg = get_preset(FLAGS.sam2_preset, dtype=getattr(jnp, FLAGS.dtype), param_dtype=getattr(jnp, param_dtype),
                      attention_implementation=attention, trunk_gelu=auto_choice(),
-                     attention_pack_tokens=FLAGS.attention_pack_tokens)
+                     attention_pack_tokens=FLAGS.attention_pack_tokens, scan_blocks=FLAGS.scan_blocks)
     params = _sharded(nn.unbox(abstract_params(cfg)), param_shardings(cfg, mesh, rules))
     b, s = FLAGS.batch, cfg.image_size
     rows = lambda shape, dt: _rows(mesh, rules, shape, dt)
@@ -291,7 +293,7 @@ def build_sam2_work(mesh, rules, attention: str):
 
     desc = {"sam2_preset": FLAGS.sam2_preset, "image_size": s, "param_dtype": param_dtype, "dtype": FLAGS.dtype,
             "attention": attention, "attention_pack_tokens": cfg.attention_pack_tokens,
-            "trunk_activation": cfg.trunk_activation()}
+            "trunk_activation": cfg.trunk_activation(), "scan_blocks": cfg.scan_blocks}
     return jax.jit(segment), (params, images, boxes, points, labels), desc
 
 

@@ -35,6 +35,8 @@ flags.DEFINE_string("attention_impl", "auto", "auto | xla | cudnn | cudnn_packed
 flags.DEFINE_integer("attention_pack_tokens", 128, "row length \"auto\" packs short windows into for cuDNN on a GPU "
                      "(0: they stay on XLA)", lower_bound=0)
 flags.DEFINE_string("trunk_gelu", "auto", "the trunk MLP's GELU: auto (tanh on a GPU in 16-bit compute) | exact | tanh | gpu_auto | tpu_auto")
+flags.DEFINE_bool("scan_blocks", True, "runs of Hiera blocks under one scan (params stacked); --noscan_blocks: "
+                  "every block a module of its own (no loop, no per-block weight copies)")
 flags.DEFINE_string("peer", "auto", "auto | sam2 | transformers | none")
 flags.DEFINE_integer("warmup", 1, "untimed calls after compilation")
 flags.DEFINE_integer("iters", 5, "timed calls (the median is reported)")
@@ -245,13 +247,13 @@ def main(argv):
     try:
         cfg = get_preset(FLAGS.preset, dtype=getattr(jnp, FLAGS.dtype), param_dtype=getattr(jnp, param_dtype),
                          attention_implementation=FLAGS.attention_impl, trunk_gelu=FLAGS.trunk_gelu,
-                         attention_pack_tokens=FLAGS.attention_pack_tokens)
+                         attention_pack_tokens=FLAGS.attention_pack_tokens, scan_blocks=FLAGS.scan_blocks)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
     result = {"preset": FLAGS.preset, "batch": FLAGS.batch, "image_size": cfg.image_size,
               "dtype": FLAGS.dtype, "param_dtype": param_dtype, "prompt": "box + 2 points, multimask",
               "attention": FLAGS.attention_impl, "attention_pack_tokens": cfg.attention_pack_tokens,
-              "trunk_activation": cfg.trunk_activation()}
+              "trunk_activation": cfg.trunk_activation(), "scan_blocks": cfg.scan_blocks}
     result["ours"] = bench_jax(cfg, FLAGS.batch)
     peer = _pick_peer(FLAGS.peer)
     if peer != "none":

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU acceptance run: the SAM2-Large and policy benchmarks (update, decode step) against
-# transformers on the same card, three SAM2-Large diagnostics, the cuDNN correctness checks and
+# transformers on the same card, four SAM2-Large diagnostics, the cuDNN correctness checks and
 # the policy's decode step with scanned layers. Needs jax[cuda], flax, optax,
 # transformers and torch. Writes to DIR (default ./gpu_check): steps.log (every step's output),
 # each benchmark's JSON, and profiles.tgz with the traces + HLO of SAM2-Large and the policy's
@@ -37,8 +37,10 @@ step() {  # step NAME SECONDS COMMAND...: output to NAME.log, appended to steps.
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python -c "import jax, flax, transformers, torch; print(jax.__version__, flax.__version__, transformers.__version__, torch.__version__, jax.devices())"
+# SAM2 runs frozen: every Hiera block a module of its own (--noscan_blocks), no loop and no
+# per-block weight copies; the diagnostics below change one thing each against this step
 step sam2_large 200 python -m experiments.benchmark_sam2 --preset=hiera_large --batch=16 --dtype=bfloat16 \
-  --peer=transformers --json_out="$out/sam2_large.json" --profile_dir="$out/profiles/sam2_large"
+  --noscan_blocks --peer=transformers --json_out="$out/sam2_large.json" --profile_dir="$out/profiles/sam2_large"
 pack_profiles
 # the correctness of what was just timed: cuDNN attention (plain and packed) against XLA, and the
 # bf16 trunk's GELU epilogue
@@ -47,17 +49,21 @@ if python -c "import pytest" 2>/dev/null; then
 else
   step cudnn_tests 150 python -m tests.test_gpu
 fi
-# SAM2 diagnostics: the same work with the short windows' attention left on XLA instead of packed
-# for cuDNN (what packing saves), with Triton GEMMs off (cuBLAS, with its bias/GELU/residual
-# epilogues, for every matmul) and with the exact trunk GELU (what the tanh form saves)
+# SAM2 diagnostics: the same work with runs of blocks scanned (what per-block modules save), with
+# the short windows' attention left on XLA instead of packed for cuDNN (what packing saves), with
+# Triton GEMMs off (cuBLAS, with its bias/GELU/residual epilogues, for every matmul) and with the
+# exact trunk GELU (what the tanh form saves)
+step sam2_large_scanned 100 python -m experiments.benchmark_sam2 --preset=hiera_large --batch=16 \
+  --dtype=bfloat16 --scan_blocks --peer=none --predict_batch=false --json_out="$out/sam2_large_scanned.json"
 step sam2_large_unpacked 100 python -m experiments.benchmark_sam2 --preset=hiera_large --batch=16 \
-  --dtype=bfloat16 --attention_pack_tokens=0 --peer=none --predict_batch=false \
+  --dtype=bfloat16 --noscan_blocks --attention_pack_tokens=0 --peer=none --predict_batch=false \
   --json_out="$out/sam2_large_unpacked.json"
 XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_triton_gemm=false" step sam2_large_cublas 100 \
-  python -m experiments.benchmark_sam2 --preset=hiera_large --batch=16 --dtype=bfloat16 --peer=none \
-  --predict_batch=false --json_out="$out/sam2_large_cublas.json"
+  python -m experiments.benchmark_sam2 --preset=hiera_large --batch=16 --dtype=bfloat16 --noscan_blocks \
+  --peer=none --predict_batch=false --json_out="$out/sam2_large_cublas.json"
 step sam2_large_exact_gelu 100 python -m experiments.benchmark_sam2 --preset=hiera_large --batch=16 \
-  --dtype=bfloat16 --trunk_gelu=exact --peer=none --predict_batch=false --json_out="$out/sam2_large_exact_gelu.json"
+  --dtype=bfloat16 --noscan_blocks --trunk_gelu=exact --peer=none --predict_batch=false \
+  --json_out="$out/sam2_large_exact_gelu.json"
 step qwen3b_train 150 python -m experiments.benchmark_qwen --mode=train --preset=3b --dtype=bfloat16 --batch=1 \
   --seq=1228 --new_tokens=256 --image_px=840 --remat=none --warmup=1 --iters=3 --json_out="$out/qwen3b_train.json" \
   --profile_dir="$out/profiles/qwen3b_train"

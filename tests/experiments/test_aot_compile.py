@@ -45,7 +45,12 @@ def test_tpu_topology_train_and_sam2():
     assert train["ms_lower_bound"] == max(train["ms_compute_at_peak"], train["ms_reading_arguments"])
     sam2 = _compile("--work=sam2", "--sam2_preset=test_tiny", "--topology=v5p:2x2x1", "--mesh=-1,1,1",
                     "--batch=4")
-    assert sam2["fits"] is True and sam2["peak_bytes"] > 0
+    assert sam2["fits"] is True and sam2["peak_bytes"] > 0 and sam2["scan_blocks"] is True
+    # every Hiera block a module of its own: the same FLOPs
+    unscanned = _compile("--work=sam2", "--sam2_preset=test_tiny", "--topology=v5p:2x2x1", "--mesh=-1,1,1",
+                         "--batch=4", "--noscan_blocks")
+    assert unscanned["scan_blocks"] is False
+    assert unscanned["gflops_per_device"] == pytest.approx(sam2["gflops_per_device"], rel=1e-6)
 
 
 def test_bad_mesh_and_topology_are_named():

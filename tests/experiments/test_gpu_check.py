@@ -33,8 +33,11 @@ def _run(tmp_path, budget):
 def test_every_step_runs_in_order_within_the_budget(tmp_path):
     out, calls = _run(tmp_path, 540)
     steps = [line.split()[1] for line in out.splitlines() if line.startswith("== ") and "skipped" not in line]
-    assert steps[:7] == ["sam2_large", "cudnn_tests", "sam2_large_unpacked", "sam2_large_cublas",
-                         "sam2_large_exact_gelu", "qwen3b_train", "qwen3b_decode"]
+    assert steps[:8] == ["sam2_large", "cudnn_tests", "sam2_large_scanned", "sam2_large_unpacked",
+                         "sam2_large_cublas", "sam2_large_exact_gelu", "qwen3b_train", "qwen3b_decode"]
+    sam2 = [c for c in calls if "benchmark_sam2" in c]
+    assert "--noscan_blocks" in sam2[0] and "--scan_blocks" in sam2[1]
+    assert all("--noscan_blocks" in c for c in sam2[2:])
     modules = [c.split()[2] for c in calls if c.startswith("python -m ")]
     assert modules[0] == "experiments.benchmark_sam2" and "experiments.benchmark_qwen" in modules
     assert f"--json_out={tmp_path}/out/sam2_large.json" in " ".join(calls)

@@ -76,6 +76,10 @@ class Sam2Config:
     # cuDNN rows of up to this many positions with a block-diagonal bias; 0 keeps them on XLA.
     attention_pack_tokens: int = 128
     remat_policy: str = "none"
+    # Runs of same-shape Hiera blocks under one nn.scan (params stacked, `trunk/segment_j`), or
+    # every block a module of its own (`trunk/block_i`, Meta's block index): no loop, and no
+    # per-block copies of the weights out of the stacks, for a frozen model's inference on a GPU.
+    scan_blocks: bool = True
     # The trunk MLP's GELU: "exact" (erf, the reference's `nn.GELU()`), "tanh" (its tanh form),
     # or one of `layers.AUTO_CHOICES` ("auto" resolved by the backend tracing the model,
     # "gpu_auto"/"tpu_auto" as that backend would): tanh on a GPU in 16-bit compute, else exact. On a GPU, XLA hands bias + tanh-GELU to cuBLAS as the first MLP matmul's
@@ -97,6 +101,8 @@ class Sam2Config:
                              f"{('exact', 'tanh', *AUTO_CHOICES)}")
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"Sam2Config.remat_policy={self.remat_policy!r} is not one of {sorted(REMAT_POLICIES)}")
+        if not isinstance(self.scan_blocks, bool):
+            raise ValueError(f"Sam2Config.scan_blocks={self.scan_blocks!r} is not a bool")
         if len(self.stages) != len(self.window_spec):
             raise ValueError(f"Sam2Config.window_spec {self.window_spec} needs one size per stage "
                              f"{self.stages}")

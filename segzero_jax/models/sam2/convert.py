@@ -31,7 +31,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from segzero_jax.models.sam2.config import PRESETS, Sam2Config, get_preset
-from segzero_jax.models.sam2.hiera import block_segments, is_scanned
+from segzero_jax.models.sam2.hiera import block_name, block_segments, is_scanned, segment_name
 from segzero_jax.models.sam2.model import abstract_params
 from segzero_jax.models.tensor_files import read_safetensors, read_torch_state_dict
 
@@ -212,11 +212,15 @@ _IGNORED = {"meta": IGNORED_PREFIXES, "transformers": tuple(HF_TIED)}
 
 
 def block_locations(config: Sam2Config) -> dict[int, tuple[str, Optional[int]]]:
-    """Hiera block index -> (param scope `segment_j`, stack index or None if unstacked)."""
+    """Hiera block index -> (param scope `segment_j`, stack index or None if unstacked), or
+    (`block_i`, None) when `config.scan_blocks` is off."""
     loc = {}
     for j, (start, count, spec) in enumerate(block_segments(config)):
         for k in range(count):
-            loc[start + k] = (f"segment_{j}", k if is_scanned(spec) else None)
+            if not config.scan_blocks:
+                loc[start + k] = (block_name(start + k), None)
+            else:
+                loc[start + k] = (segment_name(j), k if is_scanned(spec) else None)
     return loc
 
 

@@ -55,6 +55,16 @@ def block_segments(config: Sam2Config) -> list[tuple[int, int, BlockSpec]]:
     return segments
 
 
+def segment_name(j: int) -> str:
+    """The trunk's module of run j of blocks (`config.scan_blocks`)."""
+    return f"segment_{j}"
+
+
+def block_name(i: int) -> str:
+    """The trunk's module of block i when blocks are not scanned."""
+    return f"block_{i}"
+
+
 def is_scanned(spec: BlockSpec) -> bool:
     """Shape-preserving blocks run under `nn.scan` (params stacked on a leading axis); a block
     that changes width or pools runs on its own (unstacked params)."""
@@ -286,14 +296,18 @@ class Hiera(nn.Module):
             windowed = run.layout > 0 and spec.window_size > 0
             # a global block over window layout reads each image's windows side by side
             group = (run.hw[0] // run.layout) * (run.hw[1] // run.layout) if run.layout and not windowed else 1
-            if is_scanned(spec):
+            if not cfg.scan_blocks:
+                block_cls = maybe_remat(MultiScaleBlock, cfg.remat_policy, prevent_cse=True)
+                for i in range(run.start, run.start + run.count):
+                    x = block_cls(spec, cfg, windowed, group, name=block_name(i))(x)
+            elif is_scanned(spec):
                 block_cls = maybe_remat(_ScannedBlock, cfg.remat_policy)
                 stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                                 length=run.count, metadata_params={nn.PARTITION_NAME: "layers"})
-                x, _ = stack(spec, cfg, windowed, group, name=f"segment_{j}")(x, None)
+                x, _ = stack(spec, cfg, windowed, group, name=segment_name(j))(x, None)
             else:
                 block_cls = maybe_remat(MultiScaleBlock, cfg.remat_policy)
-                x = block_cls(spec, cfg, windowed, group, name=f"segment_{j}")(x)
+                x = block_cls(spec, cfg, windowed, group, name=segment_name(j))(x)
             layout = run.out_layout
             if run.start + run.count - 1 in cfg.stage_ends:
                 outputs.append(constrain(to_layout(x, run.out_hw, layout, 0), ACT))

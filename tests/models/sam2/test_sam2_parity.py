@@ -83,7 +83,8 @@ def test_trunk_layout_plan():
         MultiScaleBlock(glob, tiny, row_group=3).init(jax.random.PRNGKey(0), jnp.zeros((4, 2, 2, glob.dim)))
 
 
-def test_window_layout_equals_per_block_partition(monkeypatch):
+@pytest.mark.parametrize("scan_blocks", [True, False])
+def test_window_layout_equals_per_block_partition(monkeypatch, scan_blocks):
     """The planned layouts give exactly the features of the reference's way, every windowed
     block partitioning the map for itself (pinned to Meta's sam2 by the parity above), also
     with params sharded over a (2, 2, 2) mesh. The config has SAM2-Large's window sizes: runs
@@ -95,7 +96,7 @@ def test_window_layout_equals_per_block_partition(monkeypatch):
     from segzero_jax.parallel import DEFAULT_RULES, logical_shardings, make_mesh
     cfg = get_preset("test_tiny").replace(stages=(2, 3, 4, 2), global_att_blocks=(6, 8), window_spec=(8, 4, 16, 8),
                                           image_size=256, window_pos_embed_bkg_spatial_size=(7, 7),
-                                          remat_policy="full")
+                                          remat_policy="full", scan_blocks=scan_blocks)
     plan = hiera.layout_plan(cfg)
     assert [(run.start, run.count, run.layout) for run in plan] == [
         (0, 2, 8), (2, 1, 8), (3, 2, 4), (5, 1, 4), (6, 1, 2), (7, 1, 16), (8, 1, 16), (9, 1, 16), (10, 1, 8)]
@@ -143,6 +144,23 @@ def test_predict_matches_reference(setup, name):
     assert_masks_agree(m, rm, "masks")
     expected_m = 3 if kw.get("multimask_output", True) else 1
     assert s.shape[-1] == expected_m and m.shape[-2:] == setup["image"].shape[:2]
+
+
+def test_unscanned_blocks_match_reference(setup):
+    """`scan_blocks=False`: every Hiera block a module of its own, converted from the same
+    checkpoint, gives the reference's features and masks."""
+    cfg = setup["cfg"].replace(scan_blocks=False)
+    _, params = load_checkpoint(setup["path"], cfg)
+    assert "block_3" in params["trunk"] and not any(k.startswith("segment_") for k in params["trunk"])
+    jp = SamPredictor(cfg, params)
+    jp.set_image(setup["image"])
+    assert_close(jp.get_image_embedding(), setup["rp"]._features["image_embed"].numpy(), "image_embed")
+    for name in ("box_2points", "points"):
+        rm, rs, rl = setup["rp"].predict(**PROMPTS[name])
+        m, s, lo = jp.predict(**PROMPTS[name])
+        assert_close(lo, rl, "low-res logits")
+        assert_close(s, rs, "scores")
+        assert_masks_agree(m, rm, "masks")
 
 
 def test_return_logits_matches_reference(setup):
