@@ -13,8 +13,9 @@ E block output width, C the q/k/v triple, N heads, H head dim, F mlp width.
 
 Windows are zero-padded to a multiple of the window size (after norm1) and padded tokens take
 part in attention, exactly as in the reference. Runs of identical blocks (same widths, window,
-no pooling) are one `nn.scan` with params stacked on a leading "layers" axis; a block that
-changes width or pools is applied on its own.
+no pooling) are one `nn.scan` with params stacked on a leading "layers" axis (`segment_j`); a
+block that changes width or pools is applied on its own. With `config.scan_blocks=False` every
+block is a module of its own (`block_i`), the frozen model's inference layout.
 
 Layout. Norms, MLPs and projections act per token and global attention does not care about
 token order, so x travels between blocks in whatever layout the next block wants
