@@ -5,9 +5,10 @@ Each mapping is one declarative table (`TABLE` for Meta's names, `HF_TABLE` for 
 transform). Templates may name `{block}` (a Hiera block index, resolved through the scan layout
 to `segment_j` plus a stack index) and `{stack}` (a row of a stacked param such as one of the
 four point embeddings or one hypernetwork MLP). Transforms only permute axes and then reshape
-to the target's shape:
+to the target's shape; `T@qkv` (Hiera's fused q/k/v projection) splits the tensor's first axis
+in three and applies T to each third, which fills the param of template `{part}` = q, k, v:
 
-  linear   torch Linear weight [F, D]          -> [D, F]  (then e.g. [D, 3, N, H])
+  linear   torch Linear weight [F, D]          -> [D, F]  (then e.g. [D, N, H])
   conv     torch Conv2d weight [O, I, kh, kw]  -> [kh, kw, I, O]  (1x1: [I, O])
   conv_t   torch ConvTranspose2d [I, O, kh, kw] -> [I, kh, kw, O]
   chw      [1, C, h, w]                         -> [h, w, C]
@@ -49,8 +50,8 @@ TABLE: tuple[tuple[str, str, str], ...] = (
     (_T + r"pos_embed_window", "trunk/pos_embed_window", "chw"),
     (_B + r"norm(?P<n>[12])\.weight", "trunk/{block}/norm{n}/scale", "reshape"),
     (_B + r"norm(?P<n>[12])\.bias", "trunk/{block}/norm{n}/bias", "reshape"),
-    (_B + r"attn\.qkv\.weight", "trunk/{block}/attn/qkv_kernel", "linear"),
-    (_B + r"attn\.qkv\.bias", "trunk/{block}/attn/qkv_bias", "reshape"),
+    (_B + r"attn\.qkv\.weight", "trunk/{block}/attn/{part}_kernel", "linear@qkv"),
+    (_B + r"attn\.qkv\.bias", "trunk/{block}/attn/{part}_bias", "reshape@qkv"),
     (_B + r"attn\.proj\.weight", "trunk/{block}/attn/proj_kernel", "linear"),
     (_B + r"attn\.proj\.bias", "trunk/{block}/attn/proj_bias", "reshape"),
     (_B + r"mlp\.layers\.(?P<l>\d)\.weight", "trunk/{block}/mlp/layers_{l}/kernel", "linear"),
@@ -145,8 +146,8 @@ HF_TABLE: tuple[tuple[str, str, str], ...] = (
     (_HB + r"pos_embed_window", "trunk/pos_embed_window", "chw"),
     (_HBB + r"layer_norm(?P<n>[12])\.weight", "trunk/{block}/norm{n}/scale", "reshape"),
     (_HBB + r"layer_norm(?P<n>[12])\.bias", "trunk/{block}/norm{n}/bias", "reshape"),
-    (_HBB + r"attn\.qkv\.weight", "trunk/{block}/attn/qkv_kernel", "linear"),
-    (_HBB + r"attn\.qkv\.bias", "trunk/{block}/attn/qkv_bias", "reshape"),
+    (_HBB + r"attn\.qkv\.weight", "trunk/{block}/attn/{part}_kernel", "linear@qkv"),
+    (_HBB + r"attn\.qkv\.bias", "trunk/{block}/attn/{part}_bias", "reshape@qkv"),
     (_HBB + r"attn\.proj\.weight", "trunk/{block}/attn/proj_kernel", "linear"),
     (_HBB + r"attn\.proj\.bias", "trunk/{block}/attn/proj_bias", "reshape"),
     (_HBB + r"mlp\.proj_in\.weight", "trunk/{block}/mlp/layers_0/kernel", "linear"),
@@ -224,8 +225,22 @@ def block_locations(config: Sam2Config) -> dict[int, tuple[str, Optional[int]]]:
     return loc
 
 
+_PARTS = {"qkv": ("q", "k", "v")}
+
+
+def apply_transform(transform: str, a: np.ndarray) -> np.ndarray:
+    """`T` or `T@qkv#i` (the i-th third of `a`'s first axis, then T) applied to a tensor."""
+    base, _, split = transform.partition("@")
+    if split:
+        name, _, index = split.partition("#")
+        a = np.split(a, len(_PARTS[name]), axis=0)[int(index)]
+    return TRANSFORMS[base](a)
+
+
 def _resolve(key: str, config: Sam2Config, blocks: dict,
-             source: str = "meta") -> Optional[tuple[tuple[str, ...], Optional[int], str]]:
+             source: str = "meta") -> Optional[list[tuple[tuple[str, ...], Optional[int], str]]]:
+    """[(param path, stack index or None, transform)] filled by a checkpoint key (one entry, or
+    one per part of a split), None for a key no table row matches."""
     for pattern, template, transform in _COMPILED[source]:
         m = pattern.match(key)
         if not m:
@@ -248,7 +263,11 @@ def _resolve(key: str, config: Sam2Config, blocks: dict,
             groups["mlp"] = _HMLP[groups["mlp"]]
         if groups.get("p") == "o":
             groups["p"] = "out"
-        return tuple(template.format(**groups).split("/")), stack, transform
+        base, _, split = transform.partition("@")
+        if not split:
+            return [(tuple(template.format(**groups).split("/")), stack, transform)]
+        return [(tuple(template.format(**groups, part=part).split("/")), stack, f"{base}@{split}#{i}")
+                for i, part in enumerate(_PARTS[split])]
     return None
 
 
@@ -265,30 +284,33 @@ def plan_conversion(shapes: Mapping[str, tuple[int, ...]], config: Sam2Config,
     blocks = block_locations(config)
     plan = []
     for key, shape in shapes.items():
-        hit = _resolve(key, config, blocks, source)
-        if hit is None:
+        hits = _resolve(key, config, blocks, source)
+        if hits is None:
             if key.startswith(_IGNORED[source]):
                 continue
             raise ValueError(f"checkpoint key {key!r} has no place in the SAM2 params "
                              "(wrong config or not a SAM2 checkpoint?)")
-        path, stack, transform = hit
-        if path not in targets:
-            raise ValueError(f"checkpoint key {key!r} maps to {'/'.join(path)}, which this config "
-                             "does not have")
-        full = targets[path].shape
-        target = full if stack is None else full[1:]
-        if stack is not None and stack >= full[0]:
-            raise ValueError(f"checkpoint key {key!r}: index {stack} out of range for "
-                             f"{'/'.join(path)} {full}")
-        moved = TRANSFORMS[transform](np.broadcast_to(np.float32(0), tuple(shape))).shape
-        if int(np.prod(moved)) != int(np.prod(target)) or (
-                len(moved) == len(target) and tuple(moved) != tuple(target)):
-            raise ValueError(f"checkpoint key {key!r}: shape {tuple(shape)} does not fit "
-                             f"{'/'.join(path)} {tuple(target)}")
-        if stack in seen[path]:
-            raise ValueError(f"checkpoint key {key!r} fills {'/'.join(path)} a second time")
-        seen[path].add(stack)
-        plan.append((key, path, stack, transform, tuple(target)))
+        for path, stack, transform in hits:
+            if path not in targets:
+                raise ValueError(f"checkpoint key {key!r} maps to {'/'.join(path)}, which this config "
+                                 "does not have")
+            full = targets[path].shape
+            target = full if stack is None else full[1:]
+            if stack is not None and stack >= full[0]:
+                raise ValueError(f"checkpoint key {key!r}: index {stack} out of range for "
+                                 f"{'/'.join(path)} {full}")
+            try:
+                moved = apply_transform(transform, np.broadcast_to(np.float32(0), tuple(shape))).shape
+            except ValueError:   # a split of an axis that does not divide
+                moved = None
+            if moved is None or int(np.prod(moved)) != int(np.prod(target)) or (
+                    len(moved) == len(target) and tuple(moved) != tuple(target)):
+                raise ValueError(f"checkpoint key {key!r}: shape {tuple(shape)} does not fit "
+                                 f"{'/'.join(path)} {tuple(target)}")
+            if stack in seen[path]:
+                raise ValueError(f"checkpoint key {key!r} fills {'/'.join(path)} a second time")
+            seen[path].add(stack)
+            plan.append((key, path, stack, transform, tuple(target)))
     missing = ["/".join(path) for path, t in targets.items()
                if not seen[path] or (None not in seen[path] and seen[path] != set(range(t.shape[0])))]
     if missing:
@@ -302,7 +324,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], config: Sam2Config, source
     targets = flatten_dict(nn.meta.unbox(abstract_params(config)))
     out: dict[tuple[str, ...], np.ndarray] = {}
     for key, path, stack, transform, target in plan:
-        arr = TRANSFORMS[transform](np.asarray(state_dict[key], dtype=np.float32)).reshape(target)
+        arr = apply_transform(transform, np.asarray(state_dict[key], dtype=np.float32)).reshape(target)
         if stack is None:
             out[path] = arr
         else:

@@ -165,20 +165,25 @@ class MultiScaleAttention(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg, spec = self.config, self.spec
         n, hd = spec.num_heads, spec.dim_out // spec.num_heads
-        w_qkv = logical_param(self, "qkv_kernel", nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2, 3)),
-                              (spec.dim, 3, n, hd), ("embed", None, "heads", "head_dim"), cfg.param_dtype)
-        b_qkv = logical_param(self, "qkv_bias", nn.initializers.zeros, (3, n, hd),
-                              (None, "heads", "head_dim"), cfg.param_dtype)
         # One matmul per projection, each written straight in the [B, Y, X, N, H] layout the
         # attention call takes: a fused [3, ...] product costs a transpose and a split of the
         # whole q/k/v tensor (about an eighth of SAM2-Large's time on an H100). Each is a plain
         # [D, N*H] product plus an [N*H] bias, the form XLA:GPU gives to cuBLAS with the bias
         # in its epilogue; with [N, H] weights and bias the bias was broadcast to the output's
-        # full size first and read back by the matmul.
+        # full size first and read back by the matmul. The reference's fused qkv Linear is
+        # three params here (the converter splits it): slicing a fused weight costs a copy
+        # kernel per projection and call.
         x = x.astype(cfg.dtype)
-        q, k, v = ((jnp.einsum("BYXD,DF->BYXF", x, w_qkv[:, c].reshape(spec.dim, n * hd).astype(cfg.dtype))
-                    + b_qkv[c].reshape(n * hd).astype(cfg.dtype)).reshape(*x.shape[:3], n, hd)
-                   for c in range(3))
+
+        def project(part: str) -> jax.Array:
+            w = logical_param(self, f"{part}_kernel", nn.initializers.lecun_normal(in_axis=0, out_axis=(1, 2)),
+                              (spec.dim, n, hd), ("embed", "heads", "head_dim"), cfg.param_dtype)
+            b = logical_param(self, f"{part}_bias", nn.initializers.zeros, (n, hd), ("heads", "head_dim"),
+                              cfg.param_dtype)
+            y = jnp.einsum("BYXD,DF->BYXF", x, w.reshape(spec.dim, n * hd).astype(cfg.dtype))
+            return (y + b.reshape(n * hd).astype(cfg.dtype)).reshape(*x.shape[:3], n, hd)
+
+        q, k, v = project("q"), project("k"), project("v")
         if spec.q_pool:
             q = max_pool_2x2(q)
         b, qy, qx = q.shape[:3]

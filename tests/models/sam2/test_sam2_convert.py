@@ -145,9 +145,10 @@ def test_checkpoint_round_trip_with_save_helper(small_checkpoint):
             return sd
 
     _, params = load_checkpoint(save_checkpoint(Holder(), str(d)), "test_tiny")
-    kernel = np.asarray(params["trunk"]["segment_4"]["attn"]["qkv_kernel"])  # blocks 4, 5 stacked
-    w = sd["image_encoder.trunk.blocks.5.attn.qkv.weight"].numpy()
-    np.testing.assert_array_equal(kernel[1], w.T.reshape(kernel.shape[1:]))
+    w = sd["image_encoder.trunk.blocks.5.attn.qkv.weight"].numpy()   # [3 * E, D]: q, k, v rows
+    for c, part in enumerate("qkv"):   # the fused projection becomes three params
+        kernel = np.asarray(params["trunk"]["segment_4"]["attn"][f"{part}_kernel"])  # blocks 4, 5 stacked
+        np.testing.assert_array_equal(kernel[1], np.split(w, 3)[c].T.reshape(kernel.shape[1:]))
 
 
 def test_config_validation_names_the_field():
