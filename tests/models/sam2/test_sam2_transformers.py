@@ -43,9 +43,10 @@ def hf(tmp_path_factory):
     return cfg, model, path
 
 
-def test_masks_scores_match_transformers(hf):
+@pytest.mark.parametrize("scan_blocks", [True, False])
+def test_masks_scores_match_transformers(hf, scan_blocks):
     cfg, model, path = hf
-    cfg, params = load_checkpoint(path, cfg)
+    cfg, params = load_checkpoint(path, cfg.replace(scan_blocks=scan_blocks))
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, cfg.image_size, cfg.image_size, generator=gen)
     boxes = torch.tensor([[[20.0, 15.0, 100.0, 70.0]], [[10.0, 30.0, 90.0, 120.0]]])
