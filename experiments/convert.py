@@ -24,6 +24,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("qwen_hf_dir", None, "HF Qwen2.5-VL directory (config.json + safetensors).")
 flags.DEFINE_string("sam2_checkpoint", None, "Meta's sam2_hiera_*.pt (a {'model': state_dict}).")
 flags.DEFINE_string("sam2_preset", None, "SAM2 preset name; default: inferred from the checkpoint.")
+flags.DEFINE_bool("sam2_scan_blocks", True, "SAM2 params with runs of Hiera blocks stacked for nn.scan; "
+                  "--nosam2_scan_blocks: one module per block, the inference layout on a GPU")
 flags.DEFINE_string("out", None, "Output directory for the Orbax model directories.")
 flags.DEFINE_enum("param_dtype", "bfloat16", ["float32", "bfloat16"], "Stored dtype of the policy.")
 flags.DEFINE_string("checkpoint", None, "With --export_hf: a convert output or a policy directory.")
@@ -56,10 +58,10 @@ def import_qwen(hf_dir: str, out: str, param_dtype: str) -> None:
     logging.info("policy -> %s (tokenizer files: %s)", target, ", ".join(copied) or "none")
 
 
-def import_sam2(path: str, out: str, preset: str | None) -> None:
+def import_sam2(path: str, out: str, preset: str | None, scan_blocks: bool = True) -> None:
     from segzero_jax import checkpoint
     from segzero_jax.models.sam2 import load_checkpoint
-    config, params = load_checkpoint(path, preset)
+    config, params = load_checkpoint(path, preset, scan_blocks=scan_blocks)
     target = os.path.join(out, SAM2_DIR)
     checkpoint.save_model(target, checkpoint.SAM2_KIND, config, params)
     logging.info("sam2 -> %s", target)
@@ -102,7 +104,7 @@ def main(argv):
     if FLAGS.qwen_hf_dir:
         import_qwen(FLAGS.qwen_hf_dir, FLAGS.out, FLAGS.param_dtype)
     if FLAGS.sam2_checkpoint:
-        import_sam2(FLAGS.sam2_checkpoint, FLAGS.out, FLAGS.sam2_preset)
+        import_sam2(FLAGS.sam2_checkpoint, FLAGS.out, FLAGS.sam2_preset, FLAGS.sam2_scan_blocks)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,12 @@ def test_sam2_import_matches_direct_conversion(tmp_path):
     assert config == cfg
     _, direct = load_checkpoint(pt, cfg)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, direct)
+    # the per-block layout: a model directory whose config says so, params filled block by block
+    convert.import_sam2(pt, str(tmp_path / "blocks"), "test_tiny", scan_blocks=False)
+    config, params = checkpoint.restore_sam2(str(tmp_path / "blocks" / "sam2"))
+    assert config == cfg.replace(scan_blocks=False) and "block_5" in params["trunk"]
+    np.testing.assert_array_equal(np.asarray(params["trunk"]["block_5"]["attn"]["q_kernel"]),
+                                  np.asarray(direct["trunk"]["segment_4"]["attn"]["q_kernel"][1]))
 
 
 def test_command_line_reports_missing_inputs(tmp_path):

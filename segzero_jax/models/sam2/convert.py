@@ -368,12 +368,14 @@ def infer_preset(state_dict: Mapping[str, Any], source: str = "meta") -> str:
 
 
 def load_checkpoint(path: str, config: Union[Sam2Config, str, None] = None,
-                    mesh: Optional[jax.sharding.Mesh] = None, rules: Any = None) -> tuple[Sam2Config, dict]:
+                    mesh: Optional[jax.sharding.Mesh] = None, rules: Any = None,
+                    **overrides: Any) -> tuple[Sam2Config, dict]:
     """Reads a SAM2 checkpoint -> (config, params).
 
     `path`: Meta's `sam2_hiera_*.pt` (read by torch with weights_only=True), or transformers'
     `Sam2Model` weights (a `.safetensors` file or a directory holding `model.safetensors`).
-    `config` is a `Sam2Config`, a preset name, or None to pick the preset matching the file.
+    `config` is a `Sam2Config`, a preset name, or None to pick the preset matching the file;
+    `overrides` replace its fields (e.g. `scan_blocks=False`, `dtype=jnp.bfloat16`).
     Params are cast to `config.param_dtype`; with `mesh`, placed by the logical-axis rules.
     """
     source = "transformers" if _is_safetensors(path) else "meta"
@@ -382,6 +384,7 @@ def load_checkpoint(path: str, config: Union[Sam2Config, str, None] = None,
         config = infer_preset(state, source)
     if isinstance(config, str):
         config = get_preset(config)
+    config = config.replace(**overrides) if overrides else config
     params = convert_state_dict(state, config, source)
     params = jax.tree.map(lambda a: jnp.asarray(a, dtype=config.param_dtype), params)
     if mesh is not None:
