@@ -6,7 +6,8 @@ transform). Templates may name `{block}` (a Hiera block index, resolved through 
 to `segment_j` plus a stack index) and `{stack}` (a row of a stacked param such as one of the
 four point embeddings or one hypernetwork MLP). Transforms only permute axes and then reshape
 to the target's shape; `T@qkv` (Hiera's fused q/k/v projection) splits the tensor's first axis
-in three and applies T to each third, which fills the param of template `{part}` = q, k, v:
+in three and applies T to each third, which fills the param of template `{part}` = q, k, v
+(a `Piece` of the tensor):
 
   linear   torch Linear weight [F, D]          -> [D, F]  (then e.g. [D, N, H])
   conv     torch Conv2d weight [O, I, kh, kw]  -> [kh, kw, I, O]  (1x1: [I, O])
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
 
 import flax.linen as nn
 import jax
@@ -225,22 +226,27 @@ def block_locations(config: Sam2Config) -> dict[int, tuple[str, Optional[int]]]:
     return loc
 
 
-_PARTS = {"qkv": ("q", "k", "v")}
+_PARTS = {"qkv": ("q", "k", "v")}   # a table transform `T@qkv` fills {part} = q, k, v
 
 
-def apply_transform(transform: str, a: np.ndarray) -> np.ndarray:
-    """`T` or `T@qkv#i` (the i-th third of `a`'s first axis, then T) applied to a tensor."""
-    base, _, split = transform.partition("@")
-    if split:
-        name, _, index = split.partition("#")
-        a = np.split(a, len(_PARTS[name]), axis=0)[int(index)]
-    return TRANSFORMS[base](a)
+class Piece(NamedTuple):
+    """What one param takes of a checkpoint tensor: the `index`-th of `parts` equal slices of
+    its first axis (all of it when `parts` is 1), moved by the `TRANSFORMS` entry `transform`."""
+
+    transform: str
+    index: int = 0
+    parts: int = 1
+
+    def __call__(self, a: np.ndarray) -> np.ndarray:
+        if self.parts > 1:
+            a = np.split(a, self.parts, axis=0)[self.index]
+        return TRANSFORMS[self.transform](a)
 
 
 def _resolve(key: str, config: Sam2Config, blocks: dict,
-             source: str = "meta") -> Optional[list[tuple[tuple[str, ...], Optional[int], str]]]:
-    """[(param path, stack index or None, transform)] filled by a checkpoint key (one entry, or
-    one per part of a split), None for a key no table row matches."""
+             source: str = "meta") -> Optional[list[tuple[tuple[str, ...], Optional[int], Piece]]]:
+    """[(param path, stack index or None, piece)] filled by a checkpoint key (one entry, or one
+    per part of a split), None for a key no table row matches."""
     for pattern, template, transform in _COMPILED[source]:
         m = pattern.match(key)
         if not m:
@@ -263,11 +269,12 @@ def _resolve(key: str, config: Sam2Config, blocks: dict,
             groups["mlp"] = _HMLP[groups["mlp"]]
         if groups.get("p") == "o":
             groups["p"] = "out"
-        base, _, split = transform.partition("@")
+        name, _, split = transform.partition("@")
         if not split:
-            return [(tuple(template.format(**groups).split("/")), stack, transform)]
-        return [(tuple(template.format(**groups, part=part).split("/")), stack, f"{base}@{split}#{i}")
-                for i, part in enumerate(_PARTS[split])]
+            return [(tuple(template.format(**groups).split("/")), stack, Piece(name))]
+        parts = _PARTS[split]
+        return [(tuple(template.format(**groups, part=part).split("/")), stack, Piece(name, i, len(parts)))
+                for i, part in enumerate(parts)]
     return None
 
 
@@ -276,7 +283,7 @@ def plan_conversion(shapes: Mapping[str, tuple[int, ...]], config: Sam2Config,
     """Checks a reference state dict's key -> shape map against `config` without touching data.
 
     `source` picks the table: "meta" (`TABLE`) or "transformers" (`HF_TABLE`).
-    Returns [(key, param path, stack index or None, transform, target shape)]; raises ValueError
+    Returns [(key, param path, stack index or None, `Piece`, target shape)]; raises ValueError
     naming the key for an unknown key, a shape that does not fit, or params left unfilled.
     """
     targets = flatten_dict(nn.meta.unbox(abstract_params(config)))
@@ -290,7 +297,7 @@ def plan_conversion(shapes: Mapping[str, tuple[int, ...]], config: Sam2Config,
                 continue
             raise ValueError(f"checkpoint key {key!r} has no place in the SAM2 params "
                              "(wrong config or not a SAM2 checkpoint?)")
-        for path, stack, transform in hits:
+        for path, stack, piece in hits:
             if path not in targets:
                 raise ValueError(f"checkpoint key {key!r} maps to {'/'.join(path)}, which this config "
                                  "does not have")
@@ -300,7 +307,7 @@ def plan_conversion(shapes: Mapping[str, tuple[int, ...]], config: Sam2Config,
                 raise ValueError(f"checkpoint key {key!r}: index {stack} out of range for "
                                  f"{'/'.join(path)} {full}")
             try:
-                moved = apply_transform(transform, np.broadcast_to(np.float32(0), tuple(shape))).shape
+                moved = piece(np.broadcast_to(np.float32(0), tuple(shape))).shape
             except ValueError:   # a split of an axis that does not divide
                 moved = None
             if moved is None or int(np.prod(moved)) != int(np.prod(target)) or (
@@ -310,7 +317,7 @@ def plan_conversion(shapes: Mapping[str, tuple[int, ...]], config: Sam2Config,
             if stack in seen[path]:
                 raise ValueError(f"checkpoint key {key!r} fills {'/'.join(path)} a second time")
             seen[path].add(stack)
-            plan.append((key, path, stack, transform, tuple(target)))
+            plan.append((key, path, stack, piece, tuple(target)))
     missing = ["/".join(path) for path, t in targets.items()
                if not seen[path] or (None not in seen[path] and seen[path] != set(range(t.shape[0])))]
     if missing:
@@ -323,8 +330,8 @@ def convert_state_dict(state_dict: Mapping[str, Any], config: Sam2Config, source
     plan = plan_conversion({k: np.shape(v) for k, v in state_dict.items()}, config, source)
     targets = flatten_dict(nn.meta.unbox(abstract_params(config)))
     out: dict[tuple[str, ...], np.ndarray] = {}
-    for key, path, stack, transform, target in plan:
-        arr = apply_transform(transform, np.asarray(state_dict[key], dtype=np.float32)).reshape(target)
+    for key, path, stack, piece, target in plan:
+        arr = piece(np.asarray(state_dict[key], dtype=np.float32)).reshape(target)
         if stack is None:
             out[path] = arr
         else:

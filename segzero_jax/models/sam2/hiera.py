@@ -302,18 +302,17 @@ class Hiera(nn.Module):
             windowed = run.layout > 0 and spec.window_size > 0
             # a global block over window layout reads each image's windows side by side
             group = (run.hw[0] // run.layout) * (run.hw[1] // run.layout) if run.layout and not windowed else 1
-            if not cfg.scan_blocks:
-                block_cls = maybe_remat(MultiScaleBlock, cfg.remat_policy, prevent_cse=True)
-                for i in range(run.start, run.start + run.count):
-                    x = block_cls(spec, cfg, windowed, group, name=block_name(i))(x)
-            elif is_scanned(spec):
+            if cfg.scan_blocks and is_scanned(spec):
                 block_cls = maybe_remat(_ScannedBlock, cfg.remat_policy)
                 stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                                 length=run.count, metadata_params={nn.PARTITION_NAME: "layers"})
                 x, _ = stack(spec, cfg, windowed, group, name=segment_name(j))(x, None)
-            else:
-                block_cls = maybe_remat(MultiScaleBlock, cfg.remat_policy)
-                x = block_cls(spec, cfg, windowed, group, name=segment_name(j))(x)
+            else:   # blocks applied one by one, outside a scan
+                block_cls = maybe_remat(MultiScaleBlock, cfg.remat_policy, prevent_cse=True)
+                names = ([segment_name(j)] if cfg.scan_blocks
+                         else [block_name(i) for i in range(run.start, run.start + run.count)])
+                for name in names:
+                    x = block_cls(spec, cfg, windowed, group, name=name)(x)
             layout = run.out_layout
             if run.start + run.count - 1 in cfg.stage_ends:
                 outputs.append(constrain(to_layout(x, run.out_hw, layout, 0), ACT))

@@ -56,6 +56,15 @@ def image_row(rs, n_image_tokens, pre, post):
             + [int(t) for t in rs.randint(0, 2000, post)])
 
 
+def image_batch(rs, grid, context):
+    """Left-padded rows of one image each: image i has grid row `[t, h, w]` (2x2 patches merge
+    into one token) between `context[i]` = (tokens before, tokens after) random text tokens.
+    -> (ids, mask) int64[B, T], pixels float32[sum t*h*w, 1176], grid."""
+    grid = np.asarray(grid)
+    ids, mask = left_pad([image_row(rs, int(np.prod(g)) // 4, pre, post) for g, (pre, post) in zip(grid, context)])
+    return ids, mask, rs.randn(int(grid.prod(axis=1).sum()), 1176).astype(np.float32), grid
+
+
 def left_pad(rows, pad_id=0):
     t = max(len(r) for r in rows)
     ids = np.full((len(rows), t), pad_id, np.int64)

@@ -19,7 +19,7 @@ from segzero_jax.parallel import make_mesh
 from segzero_jax.parallel.sharding import logical_shardings
 from segzero_jax.models.qwen2_5_vl.model import init_params
 from segzero_jax.models.tensor_files import WeightFileError
-from tests.models.qwen2_5_vl.hf_reference import IMG, build_hf_model, image_row, left_pad
+from tests.models.qwen2_5_vl.hf_reference import IMG, build_hf_model, image_batch
 
 LEGACY = (("model.language_model.", "model."), ("model.visual.", "visual."))
 
@@ -67,10 +67,7 @@ def _write_published_layout(model, path, n_shards=3):
 
 @pytest.fixture(scope="module")
 def inputs():
-    rs = np.random.RandomState(21)
-    grid = np.array([[1, 6, 8], [1, 4, 6]])
-    ids, mask = left_pad([image_row(rs, 12, 4, 3), image_row(rs, 6, 1, 2)])
-    return ids, mask, rs.randn(48 + 24, 1176).astype(np.float32), grid
+    return image_batch(np.random.RandomState(21), [[1, 6, 8], [1, 4, 6]], [(4, 3), (1, 2)])
 
 
 def _ours(cfg, params, inputs):

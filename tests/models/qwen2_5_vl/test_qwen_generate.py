@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from segzero_jax.models.qwen2_5_vl import Qwen2_5_VL, init_cache
-from tests.models.qwen2_5_vl.hf_reference import hf_generate, image_row, left_pad
+from tests.models.qwen2_5_vl.hf_reference import hf_generate, image_batch, left_pad
 
 NEW = 20
 
@@ -36,11 +36,7 @@ def greedy(cfg, grid, n_new):
 
 @pytest.fixture(scope="module")
 def prompts():
-    rs = np.random.RandomState(11)
-    grid = np.array([[1, 10, 14], [1, 4, 6]])
-    ids, mask = left_pad([image_row(rs, 35, 3, 4), image_row(rs, 6, 9, 6)])
-    pixels = rs.randn(140 + 24, 1176).astype(np.float32)
-    return ids, mask, pixels, grid
+    return image_batch(np.random.RandomState(11), [[1, 10, 14], [1, 4, 6]], [(3, 4), (9, 6)])
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,13 @@ import pytest
 from segzero_jax.models.qwen2_5_vl import (Qwen2_5_VL, cache_logical_axes, get_rope_index, init_cache,
                                           vision_layout)
 from segzero_jax.models.qwen2_5_vl.model import init_params, inverse_permutation, packing_destinations
-from tests.models.qwen2_5_vl.hf_reference import IMG, image_row, left_pad
+from tests.models.qwen2_5_vl.hf_reference import IMG, image_batch, left_pad
 
 
 @pytest.fixture(scope="module")
 def batch():
-    rs = np.random.RandomState(31)
-    grid = np.array([[1, 6, 8], [1, 4, 6]])
-    ids, mask = left_pad([image_row(rs, 12, 2, 3), image_row(rs, 6, 4, 5)])
-    return ids.astype(np.int32), mask.astype(np.int32), rs.randn(72, 1176).astype(np.float32), grid
+    ids, mask, pixels, grid = image_batch(np.random.RandomState(31), [[1, 6, 8], [1, 4, 6]], [(2, 3), (4, 5)])
+    return ids.astype(np.int32), mask.astype(np.int32), pixels, grid
 
 
 def _jit_forward(cfg, grid, **kw):

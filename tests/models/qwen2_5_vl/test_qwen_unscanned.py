@@ -18,7 +18,7 @@ from segzero_jax.models.qwen2_5_vl.cache import is_axes
 from segzero_jax.models.qwen2_5_vl.convert_rules import canonical_name
 from segzero_jax.models.qwen2_5_vl.model import init_params
 from segzero_jax.parallel import DEFAULT_RULES, logical_shardings, make_mesh, named_sharding, sharded_init
-from tests.models.qwen2_5_vl.hf_reference import hf_generate, image_row, left_pad
+from tests.models.qwen2_5_vl.hf_reference import hf_generate, image_batch, left_pad
 from tests.models.qwen2_5_vl.test_qwen_generate import greedy
 
 NEW = 12
@@ -32,10 +32,7 @@ def unscanned(ours_tied):
 
 @pytest.fixture(scope="module")
 def prompts():
-    rs = np.random.RandomState(21)
-    grid = np.array([[1, 6, 8], [1, 4, 6]])
-    ids, mask = left_pad([image_row(rs, 12, 5, 2), image_row(rs, 6, 1, 7)])
-    return ids, mask, rs.randn(48 + 24, 1176).astype(np.float32), grid
+    return image_batch(np.random.RandomState(21), [[1, 6, 8], [1, 4, 6]], [(5, 2), (1, 7)])
 
 
 def test_unscanned_greedy_matches_generate(hf_tied, unscanned, prompts):
