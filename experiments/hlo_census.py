@@ -38,6 +38,7 @@ from experiments.gpu_targets import card_figures
 _ARRAY = re.compile(r"\b(pred|token|[subfc]\d+[a-z0-9]*|bf16)\[([\d,]*)\]")
 _COMPUTATION = re.compile(r"^(ENTRY )?%(\S+) \(.*?\{\n(.*?)^\}", re.M | re.S)
 _INSTRUCTION = re.compile(r"\s*(?:ROOT )?%(\S+) = (.*?) ([a-z][a-z0-9\-]*)\((.*)$")
+_OP_NAME = re.compile(r'op_name="([^"]+)"')
 # Instructions that launch nothing: views, tuples, constants, the ends of asynchronous pairs,
 # control flow (walked into).
 _NO_KERNEL = {"get-tuple-element", "bitcast", "parameter", "constant", "tuple", "after-all",
@@ -102,6 +103,18 @@ def _parse(body: str) -> list[_Instruction]:
             out.append(_Instruction(name, type_text, op, tuple(re.findall(r"%([\w.\-]+)", rest.split("), ")[0])),
                                     line))
     return out
+
+
+def op_names(hlo_text: str) -> dict[str, str]:
+    """Instruction name -> its `op_name` metadata (the JAX op it came from), for every
+    instruction of a program's text that carries one."""
+    found = {}
+    for line in hlo_text.splitlines():
+        m = _INSTRUCTION.match(line)
+        op_name = _OP_NAME.search(line) if m else None
+        if op_name:
+            found[m.group(1)] = op_name.group(1)
+    return found
 
 
 def _matmul_flops(lhs: list[int], contracting: list[int], out: list[int]) -> int:
@@ -256,7 +269,7 @@ def census(hlo_text: str) -> list[Kernel]:
                 if len(q) == 4 and len(kv) == 4:   # [B, T, N, H] and [B, S, N, H]
                     flops = 4 * q[0] * q[1] * q[2] * q[3] * kv[1]
             epilogue = re.search(r'"epilogue":"([A-Z_]+)"', i.line)
-            op_name = re.search(r'op_name="([^"]+)"', i.line)
+            op_name = _OP_NAME.search(i.line)
             kernels.append(Kernel(i.name, kind, target, loop, launches, in_bytes + out_bytes, flops,
                                   epilogue.group(1) if epilogue else "", op_name.group(1) if op_name else ""))
 

@@ -27,6 +27,7 @@ from collections import defaultdict
 
 from absl import app, flags
 
+from experiments import hlo_census
 from experiments.report import emit
 
 FLAGS = flags.FLAGS
@@ -45,11 +46,8 @@ _WRAPPERS = re.compile(r"^(jit\(.*\)|while|body|cond|eval_jaxpr|checkpoint|remat
 
 
 def hlo_op_names(hlo_text: str) -> dict[str, str]:
-    """Instruction name -> `op_name` metadata, for every instruction of an HLO module's text."""
-    found = {}
-    for m in re.finditer(r'^\s*(?:ROOT )?%?([\w.\-]+) = [^\n]*?op_name="([^"]+)"', hlo_text, re.MULTILINE):
-        found[m.group(1)] = m.group(2)
-    return found
+    """Instruction name -> `op_name` metadata, read with the kernel census's HLO parser."""
+    return hlo_census.op_names(hlo_text)
 
 
 def op_group(op_name: str) -> str:
