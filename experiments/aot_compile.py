@@ -404,7 +404,7 @@ def main(argv):
             kind = card_figures("h100")[0]
             print(f"(the roofline uses the {kind}'s figures: {row['device_kind']!r} has none here)")
         bandwidth, peak = HBM_GBPS[kind], PEAK_BF16_TFLOPS[kind]
-        kernels = hlo_census.census(text)
+        kernels = hlo_census.census(text, bandwidth, peak)
         row["census"] = hlo_census.summarize(kernels, bandwidth, peak)
         print()
         hlo_census.print_summary(row["census"], kernels, 15)

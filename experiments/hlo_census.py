@@ -18,8 +18,10 @@ Bytes count each operand and result once at full size, except that an operand a 
 slices (a scanned layer's weights or saved activations) counts the slices, an in-place update
 (dynamic-update-slice, scatter: a KV-cache write) reads and writes only the piece, and cuBLAS
 workspaces are left out. FLOPs are those of dots (cuBLAS calls and GEMM fusions) and cuDNN attention. A loop's
-condition counts one launch more than its trips; a conditional counts every branch once (an
-upper bound).
+condition counts one launch more than its trips. A conditional counts its costliest branch by
+roofline time (an upper bound: one branch runs per execution), plus one "conditional" entry for
+the branch index that XLA:GPU copies to the host, which waits for the stream to drain before it
+launches the branch's kernels.
 """
 
 from __future__ import annotations
@@ -202,8 +204,12 @@ def _kind(op: str, target: str, body: list[_Instruction]) -> str:
     return "elementwise / other fusion"
 
 
-def census(hlo_text: str) -> list[Kernel]:
-    """Every kernel launch of the compiled program `hlo_text`, loops unrolled by trip count."""
+def census(hlo_text: str, bandwidth_gbps: Optional[float] = None,
+           peak_tflops: Optional[float] = None) -> list[Kernel]:
+    """Every kernel launch of the compiled program `hlo_text`, loops unrolled by trip count.
+    The card's figures (default: the H100's) pick a conditional's costliest branch."""
+    if bandwidth_gbps is None or peak_tflops is None:
+        _, _, bandwidth_gbps, peak_tflops = card_figures("h100")
     bodies, entries = {}, []
     for m in _COMPUTATION.finditer(hlo_text):
         bodies[m.group(2)] = _parse(m.group(3))
@@ -212,8 +218,9 @@ def census(hlo_text: str) -> list[Kernel]:
     if len(entries) != 1:
         raise ValueError(f"expected one ENTRY computation in the HLO text, found {len(entries)}")
     kernels: list[Kernel] = []
+    cost = lambda ks: sum(roofline_seconds(k, bandwidth_gbps, peak_tflops) * k.launches for k in ks)
 
-    def walk(name: str, launches: int, loop: str) -> None:
+    def walk(name: str, launches: int, loop: str, out: list[Kernel]) -> None:
         types: dict[str, str] = {}
         for i in bodies[name]:
             types[i.name] = i.type
@@ -225,18 +232,27 @@ def census(hlo_text: str) -> list[Kernel]:
                     raise ValueError(f"while loop %{i.name} in %{name}: its body or condition is missing")
                 trips = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', i.line)
                 n = int(trips.group(1)) if trips else 1
-                walk(body.group(1), launches * n, body.group(1))
-                walk(cond.group(1), launches * (n + 1), body.group(1))   # checked once more to exit
+                walk(body.group(1), launches * n, body.group(1), out)
+                walk(cond.group(1), launches * (n + 1), body.group(1), out)   # checked once more to exit
                 continue
             if i.op in ("call", "conditional", "async-start"):
-                # A conditional's branches are all counted, once each: an upper bound.
                 callees = re.findall(r"%([\w.\-]+)", " ".join(re.findall(
                     r"(?:to_apply|calls|true_computation|false_computation)=%[\w.\-]+"
                     r"|branch_computations=\{[^}]*\}", i.line)))
+                branches = []
                 for callee in callees:
                     if callee not in bodies:
                         raise ValueError(f"%{i.name} in %{name} calls %{callee}, which is not in the HLO text")
-                    walk(callee, launches, loop)
+                    branches.append([])
+                    walk(callee, launches, loop, branches[-1])
+                if i.op != "conditional":
+                    out.extend(k for branch in branches for k in branch)
+                    continue
+                op_name = _OP_NAME.search(i.line)
+                out.append(Kernel(i.name, "conditional (branch index to host)", "conditional", loop, launches,
+                                  array_bytes(types.get(i.operands[0], "")) if i.operands else 0, 0, "",
+                                  op_name.group(1) if op_name else ""))
+                out.extend(max(branches, key=cost, default=[]))
                 continue
             called = re.search(r"calls=%([\w.\-]+)", i.line)
             custom = re.search(r'custom_call_target="([^"]+)"', i.line)
@@ -270,10 +286,10 @@ def census(hlo_text: str) -> list[Kernel]:
                     flops = 4 * q[0] * q[1] * q[2] * q[3] * kv[1]
             epilogue = re.search(r'"epilogue":"([A-Z_]+)"', i.line)
             op_name = _OP_NAME.search(i.line)
-            kernels.append(Kernel(i.name, kind, target, loop, launches, in_bytes + out_bytes, flops,
-                                  epilogue.group(1) if epilogue else "", op_name.group(1) if op_name else ""))
+            out.append(Kernel(i.name, kind, target, loop, launches, in_bytes + out_bytes, flops,
+                              epilogue.group(1) if epilogue else "", op_name.group(1) if op_name else ""))
 
-    walk(entries[0], 1, "entry")
+    walk(entries[0], 1, "entry", kernels)
     return kernels
 
 
@@ -349,7 +365,7 @@ def main(argv):
     try:
         with open(FLAGS.hlo) as f:
             text = f.read()
-        kernels = census(text)
+        kernels = census(text, FLAGS.bandwidth_gbps, FLAGS.peak_tflops)
     except (OSError, ValueError) as e:
         raise app.UsageError(f"--hlo={FLAGS.hlo!r}: {e}") from None
     summary = summarize(kernels, FLAGS.bandwidth_gbps, FLAGS.peak_tflops)

@@ -71,7 +71,7 @@ def test_command_line(tmp_path):
 
 # Hand-written in the text format of compiled XLA:GPU programs: a loop of 36 trips writing one
 # [1, 1024, 1024] f32 slice per trip into a [36, 1024, 1024] buffer in place, a Triton GEMM
-# fusion, and a conditional with two branches.
+# fusion, and a conditional with two branches (the second does twice the first's work).
 HANDWRITTEN = """HloModule m, entry_computation_layout={(f32[36,1024,1024]{2,1,0})->f32[36,1024,1024]{2,1,0}}
 
 %fused_dus (p0: f32[36,1024,1024], p1: f32[1,1024,1024], p2: s32[]) -> f32[36,1024,1024] {
@@ -169,7 +169,8 @@ HANDWRITTEN = """HloModule m, entry_computation_layout={(f32[36,1024,1024]{2,1,0
 
 %branch_b (b0: bf16[64,32]) -> bf16[64,32] {
   %b0 = bf16[64,32]{1,0} parameter(0)
-  ROOT %nb = bf16[64,32]{1,0} fusion(%b0), kind=kLoop, calls=%fused_neg
+  %nb.0 = bf16[64,32]{1,0} fusion(%b0), kind=kLoop, calls=%fused_neg
+  ROOT %nb = bf16[64,32]{1,0} fusion(%nb.0), kind=kLoop, calls=%fused_neg
 }
 
 ENTRY %main (x: f32[36,1024,1024], l: bf16[64,128], r: bf16[128,32], k: s32[], cache: bf16[8,1024,64], pos: s32[8,1], new: bf16[8,1,64], table: bf16[1000,64]) -> f32[36,1024,1024] {
@@ -209,8 +210,13 @@ def test_in_place_updates_gemm_fusions_conditionals_and_loop_conditions():
     assert rows.launches == 36 and rows.bytes == 4 * 1024 * 1024 + 4 + 4 * 1024
     (mm,) = by_kind["matmul (fusion)"]
     assert mm.flops == 2 * 64 * 32 * 128 and mm.launches == 1
-    # both branches of the conditional, once each; the loop condition runs trips + 1 times
-    assert sorted(k.loop for k in kernels if k.target == "fused_neg") == ["entry", "entry"]
+    # the conditional's costlier branch, and its branch index (an s32) read back by the host;
+    # the loop condition runs trips + 1 times
+    assert sorted(k.name for k in kernels if k.target == "fused_neg") == ["nb", "nb.0"]
+    (sel,) = by_kind["conditional (branch index to host)"]
+    assert sel.name == "sel" and sel.launches == 1 and sel.bytes == 4 and sel.loop == "entry"
+    cheap = hlo_census.census(HANDWRITTEN.replace("%branch_a, %branch_b}", "%branch_a, %branch_a}"))
+    assert [k.name for k in cheap if k.target == "fused_neg"] == ["na"]
     assert next(k for k in kernels if k.target == "fused_lt").launches == 37
     assert hlo_census.array_bytes("(s4[7], c64[2], pred[3], u8[100])") == 4 + 16 + 3
 
