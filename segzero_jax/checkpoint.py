@@ -106,21 +106,31 @@ def load_model_config(directory: str) -> tuple[str, dict]:
 def restore_model(directory: str, shardings: Shardings = None,
                   expected_kind: Optional[str] = None) -> tuple[str, dict, Any]:
     """(kind, config fields, params) of a model directory."""
+    kind, config = _model_config(directory, expected_kind)
+    return kind, config, restore_params(os.path.join(directory, PARAMS_DIR), shardings)
+
+
+def _model_config(directory: str, expected_kind: Optional[str]) -> tuple[str, dict]:
     kind, config = load_model_config(directory)
     if expected_kind is not None and kind != expected_kind:
         raise ValueError(f"{directory} holds a {kind!r} model, expected {expected_kind!r}")
-    return kind, config, restore_params(os.path.join(directory, PARAMS_DIR), shardings)
+    return kind, config
+
+
+def _restore_typed(directory: str, shardings: Shardings, kind: str, config_class: type):
+    """(config, params) of a model directory; the config is checked before any weight is read."""
+    _, fields = _model_config(directory, kind)
+    config = config_io.from_dict(config_class, fields, f"{directory}/{CONFIG_FILE}")
+    return config, restore_params(os.path.join(directory, PARAMS_DIR), shardings)
 
 
 def restore_policy(directory: str, shardings: Shardings = None):
     """(Qwen2_5_VLConfig, params) from a policy model directory."""
     from segzero_jax.models.qwen2_5_vl import Qwen2_5_VLConfig
-    _, fields, params = restore_model(directory, shardings, expected_kind=POLICY_KIND)
-    return config_io.from_dict(Qwen2_5_VLConfig, fields, f"{directory}/{CONFIG_FILE}"), params
+    return _restore_typed(directory, shardings, POLICY_KIND, Qwen2_5_VLConfig)
 
 
 def restore_sam2(directory: str, shardings: Shardings = None):
     """(Sam2Config, params) from a SAM2 model directory."""
     from segzero_jax.models.sam2 import Sam2Config
-    _, fields, params = restore_model(directory, shardings, expected_kind=SAM2_KIND)
-    return config_io.from_dict(Sam2Config, fields, f"{directory}/{CONFIG_FILE}"), params
+    return _restore_typed(directory, shardings, SAM2_KIND, Sam2Config)

@@ -91,3 +91,18 @@ def test_model_directory(tmp_path):
     (tmp_path / "bad" / "config.json").write_text(json.dumps([1, 2]))
     with pytest.raises(ValueError, match="'kind' and 'config'"):
         checkpoint.load_model_config(str(tmp_path / "bad"))
+
+
+def test_a_bad_config_is_named_before_any_weight_is_read(tmp_path):
+    from segzero_jax.config_io import to_dict
+    from segzero_jax.models import sam2
+    model = tmp_path / "sam2_model"
+    model.mkdir()
+    fields = to_dict(sam2.get_preset("hiera_tiny"))
+    fields["image_size"] = "1024"
+    (model / "config.json").write_text(json.dumps({"kind": "sam2", "config": fields}))
+    # no params/ directory at all: the config's error comes first
+    with pytest.raises(ValueError, match=f"{model}/config.json.image_size: expected an integer"):
+        checkpoint.restore_sam2(str(model))
+    with pytest.raises(ValueError, match="expected 'qwen2_5_vl'"):
+        checkpoint.restore_policy(str(model))
