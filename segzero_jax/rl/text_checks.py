@@ -30,15 +30,6 @@ def _shift(x: jax.Array, k: int, fill) -> jax.Array:
     return jnp.concatenate([x[k:], pad]) if k > 0 else jnp.concatenate([pad, x[:k]])
 
 
-def prefix_extreme(x: jax.Array, op: str, reverse: bool = False) -> jax.Array:
-    """Running max ("max") or min ("min") along the last axis (a parallel prefix scan;
-    on CPU several times faster than `lax.cummax`, which lowers to a reduce_window)."""
-    fn = jnp.maximum if op == "max" else jnp.minimum
-    # The barrier keeps XLA from re-fusing (recomputing) x's producers into every level.
-    x = jax.lax.optimization_barrier(x)
-    return jax.lax.associative_scan(fn, x, reverse=reverse, axis=x.ndim - 1)
-
-
 def byte_words(stream: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Little-endian uint32 words of bytes [i, i+4) and [i+4, i+8) at every position i."""
     size = stream.shape[0]
@@ -60,11 +51,6 @@ def match_words(words: tuple[jax.Array, jax.Array], pattern: bytes) -> jax.Array
         hit = (w & jnp.uint32(mask)) == jnp.uint32(int.from_bytes(chunk, "little"))
         out = hit if out is None else out & hit
     return out
-
-
-def match_at(stream: jax.Array, pattern: bytes) -> jax.Array:
-    """bool[N]: `pattern` (at most 8 bytes) starts at position i."""
-    return match_words(byte_words(stream), pattern)
 
 
 def whitespace_covered(stream: jax.Array, words=None) -> jax.Array:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -270,12 +270,6 @@ def segzero_prompt(question: str, image_grid_thw: Sequence[int] | np.ndarray, me
 # ----------------------------------------------------------------------------- tokenisation
 
 
-class Tokenizer(Protocol):
-    pad_id: int
-
-    def encode(self, text: str) -> list[int]: ...
-
-
 def left_pad(ids: Sequence[int], max_length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """Left-pads token ids to ``max_length``: (input_ids int32[T], attention_mask int32[T])."""
     if len(ids) > max_length:
@@ -286,8 +280,3 @@ def left_pad(ids: Sequence[int], max_length: int, pad_id: int) -> tuple[np.ndarr
         input_ids[max_length - len(ids):] = np.asarray(ids, dtype=np.int32)
         mask[max_length - len(ids):] = 1
     return input_ids, mask
-
-
-def encode_prompt(tokenizer: Tokenizer, text: str, max_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Tokenises a templated prompt and left-pads it (prompts are left-padded for generation)."""
-    return left_pad(tokenizer.encode(text), max_length, tokenizer.pad_id)
