@@ -22,20 +22,49 @@ import jax
 import jax.numpy as jnp
 
 from segzero_jax.models.layers import (Einsum, GatedMLP, RMSNorm, activation, apply_rotary,
-                                       dot_product_attention, maybe_remat)
+                                       dot_product_attention, logical_param, maybe_remat)
 from segzero_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 from segzero_jax.models.qwen2_5_vl.rope import vision_cos_sin
 
 Layout = dict[str, jax.Array]
 
 
-def segment_attention(q, k, v, gather, lengths, scatter, impl: str):
-    """Attention inside segments: q/k/v `[I, L, N, H]`, gather `[G, S]` -> `[I, L, N, H]`."""
-    i, (g, s) = q.shape[0], gather.shape
-    seg = lambda t: t[:, gather].reshape(i * g, s, *t.shape[2:])
-    out = dot_product_attention(seg(q), seg(k), seg(v), kv_lengths=jnp.tile(lengths, i),
-                                implementation=impl)
-    return out.reshape(i, g * s, *out.shape[2:])[:, scatter]
+def segment_attention(qkv, cos, sin, gather, lengths, scatter, impl: str):
+    """Attention inside segments: qkv `[I, L, N, C=3, H]`, cos/sin `[L, H]`, gather `[G, S]` ->
+    `[I, L, N, H]`. Slicing q, k or v out of qkv, gathering it into segments and (q, k) the
+    rotary make one pass over each, where a slice, a rotary pass and a gather made three."""
+    i, (g, s), n, h = qkv.shape[0], gather.shape, qkv.shape[2], qkv.shape[4]
+    seg = lambda c: qkv[:, :, :, c][:, gather]                             # [I, G, S, N, H]
+    rope = lambda t: apply_rotary(t, cos[gather], sin[gather])             # cos/sin [G, S, H]
+    flat = lambda t: t.reshape(i * g, s, n, h)
+    out = dot_product_attention(flat(rope(seg(0))), flat(rope(seg(1))), flat(seg(2)),
+                                kv_lengths=jnp.tile(lengths, i), implementation=impl)
+    return out.reshape(i, g * s, n, h)[:, scatter]
+
+
+class QKVProjection(nn.Module):
+    """x `[I, L, D]` -> qkv `[I, L, N, C=3, H]` from the checkpoint's fused weight `[D, C, N, H]`
+    and bias `[C, N, H]`, as one `[D, N*C*H]` product whose bias is a vector over its columns,
+    which XLA:GPU hands to cuBLAS as its epilogue (on the `[C, N, H]` form the bias was broadcast
+    to the whole output first). Heads stay the outer factor of the columns, so a tensor-sharded
+    N keeps the product's column sharding."""
+
+    num_heads: int
+    head_dim: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        n, h, d = self.num_heads, self.head_dim, x.shape[-1]
+        kernel = logical_param(self, "kernel", nn.initializers.normal(0.02), (d, 3, n, h),
+                               ("embed", None, "heads", "head_dim"), self.param_dtype)
+        bias = logical_param(self, "bias", nn.initializers.zeros, (3, n, h), (None, "heads", "head_dim"),
+                             self.param_dtype)
+        w = kernel.transpose(0, 2, 1, 3).reshape(d, n * 3 * h).astype(self.dtype)
+        y = jnp.einsum("ILD,DF->ILF", x.astype(self.dtype), w)
+        y = y + bias.transpose(1, 0, 2).reshape(n * 3 * h).astype(self.dtype)
+        return y.reshape(*x.shape[:-1], n, 3, h)
 
 
 class VisionBlock(nn.Module):
@@ -49,10 +78,7 @@ class VisionBlock(nn.Module):
         kw = dict(dtype=c.compute_dtype, param_dtype=c.weight_dtype)
         n, h, d = v.num_heads, v.head_dim, v.hidden_size
         y = RMSNorm(v.rms_norm_eps, c.weight_dtype, name="norm1")(x)
-        qkv = Einsum("ILD,DCNH->ILCNH", (d, 3, n, h), ("embed", None, "heads", "head_dim"),
-                     (3, n, h), (None, "heads", "head_dim"), name="qkv", **kw)(y)
-        q, k, val = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        qkv = QKVProjection(n, h, name="qkv", **kw)(y)
         impl = c.attention_impl
 
         def full(args):
@@ -63,7 +89,7 @@ class VisionBlock(nn.Module):
             return segment_attention(*args, layout["window_gather"], layout["window_lengths"],
                                      layout["window_scatter"], impl)
 
-        o = jax.lax.cond(is_full, full, window, (q, k, val))
+        o = jax.lax.cond(is_full, full, window, (qkv, cos, sin))
         o = nn.with_logical_constraint(o, ("act_batch", "act_length", "act_heads", None))
         x = x + Einsum("ILNH,NHD->ILD", (n, h, d), ("heads", "head_dim", "embed"), (d,), ("embed",),
                        name="proj", **kw)(o)
