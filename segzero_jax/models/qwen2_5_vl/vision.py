@@ -39,7 +39,10 @@ def segment_attention(qkv, cos, sin, gather, lengths, scatter, impl: str):
     flat = lambda t: t.reshape(i * g, s, n, h)
     out = dot_product_attention(flat(rope(seg(0))), flat(rope(seg(1))), flat(seg(2)),
                                 kv_lengths=jnp.tile(lengths, i), implementation=impl)
-    return out.reshape(i, g * s, n, h)[:, scatter]
+    # Back to token order with one index over all images' rows, so the result comes out
+    # image-major (a per-image index gathers token-major, and a transpose followed).
+    rows = (jnp.arange(i, dtype=scatter.dtype)[:, None] * (g * s) + scatter).reshape(-1)
+    return out.reshape(i * g * s, n, h)[rows].reshape(i, -1, n, h)
 
 
 class QKVProjection(nn.Module):
