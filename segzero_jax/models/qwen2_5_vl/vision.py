@@ -3,7 +3,7 @@
 Einsum alphabet: I image slots (a batch of equal-grid images, or 1 slot holding all images
 concatenated; see vision_layout.py), L patch tokens per slot, P patch pixels
 (C*Tp*patch*patch = 1176), D vision width, C the three projections q/k/v, N heads, H head
-dim, F mlp width, G attention segments (windows or frames), S tokens per segment, E merged
+dim, Q the fused q/k/v product's columns (N*C*H), F mlp width, G attention segments (windows or frames), S tokens per segment, E merged
 width (merge^2 * D), O output width (= LM width).
 
   x = patch_embed(pixels) [I, L, D] -> window order -> depth x block -> merger -> [I * L/4, O]
@@ -47,7 +47,7 @@ def segment_attention(qkv, cos, sin, gather, lengths, scatter, impl: str):
 
 class QKVProjection(nn.Module):
     """x `[I, L, D]` -> qkv `[I, L, N, C=3, H]` from the checkpoint's fused weight `[D, C, N, H]`
-    and bias `[C, N, H]`, as one `[D, N*C*H]` product whose bias is a vector over its columns,
+    and bias `[C, N, H]`, as one `[D, Q=N*C*H]` product whose bias is a vector over its columns,
     which XLA:GPU hands to cuBLAS as its epilogue (on the `[C, N, H]` form the bias was broadcast
     to the whole output first). Heads stay the outer factor of the columns, so a tensor-sharded
     N keeps the product's column sharding."""
@@ -65,7 +65,7 @@ class QKVProjection(nn.Module):
         bias = logical_param(self, "bias", nn.initializers.zeros, (3, n, h), (None, "heads", "head_dim"),
                              self.param_dtype)
         w = kernel.transpose(0, 2, 1, 3).reshape(d, n * 3 * h).astype(self.dtype)
-        y = jnp.einsum("ILD,DF->ILF", x.astype(self.dtype), w)
+        y = jnp.einsum("ILD,DQ->ILQ", x.astype(self.dtype), w)
         y = y + bias.transpose(1, 0, 2).reshape(n * 3 * h).astype(self.dtype)
         return y.reshape(*x.shape[:-1], n, 3, h)
 
