@@ -45,11 +45,6 @@ _WRAPPERS = re.compile(r"^(jit\(.*\)|while|body|cond|eval_jaxpr|checkpoint|remat
                        r"pjit|closed_call|transpose\(jvp.*\)|jvp\(.*\))$")
 
 
-def hlo_op_names(hlo_text: str) -> dict[str, str]:
-    """Instruction name -> `op_name` metadata, read with the kernel census's HLO parser."""
-    return hlo_census.op_names(hlo_text)
-
-
 def op_group(op_name: str) -> str:
     """`jit(f)/Sam2.encode_image/trunk/while/body/eval_jaxpr/segment_6/segment_6/mlp/mul` ->
     `mlp/mul`: the last two parts, without wrappers, layer indices or repeated scopes."""
@@ -165,7 +160,7 @@ def main(argv):
     op_names = {}
     if hlo:
         with open(hlo) as f:
-            op_names = hlo_op_names(f.read())
+            op_names = hlo_census.op_names(f.read())
     else:
         print("no *.hlo.txt beside the trace or above it (--hlo=FILE): fusions are grouped by kernel name")
     result = summarize(read_kernels(xplane), op_names, FLAGS.iterations)

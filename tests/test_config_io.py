@@ -67,3 +67,20 @@ def test_qwen_nested_fields_of_the_wrong_type_are_named():
     blob["text"]["rope_theta"] = int(good["text"]["rope_theta"])
     config = config_io.from_dict(qwen2_5_vl.Qwen2_5_VLConfig, blob)
     assert isinstance(config.text.rope_theta, float) and config == qwen2_5_vl.preset("tiny")
+
+
+def test_optional_fields_take_null_or_their_type():
+    import dataclasses
+    from typing import Optional
+
+    @dataclasses.dataclass(frozen=True)
+    class WithOptional:
+        sizes: Optional[tuple[int, ...]] = None
+        limit: Optional[int] = 3
+
+    got = config_io.from_dict(WithOptional, {"sizes": [1, 2], "limit": None})
+    assert got == WithOptional(sizes=(1, 2), limit=None)
+    with pytest.raises(ValueError, match=r"config.sizes\[1\]: expected an integer"):
+        config_io.from_dict(WithOptional, {"sizes": [1, "2"]})
+    with pytest.raises(ValueError, match="config.limit: expected an integer, got str 'x'"):
+        config_io.from_dict(WithOptional, {"limit": "x"})

@@ -332,6 +332,19 @@ def blocked_argmax(x: jax.Array, block: int = 128) -> jax.Array:
     return (first * block + jnp.argmax(rows, axis=-1)).astype(jnp.int32)
 
 
+def flat_product(x: jax.Array, kernel: jax.Array, bias: Optional[jax.Array], dtype: Dtype) -> jax.Array:
+    """x `[..., D]` times kernel `[D, *F]` (+ bias `[*F]`) -> `[..., *F]`, computed as one
+    `[D, prod(F)]` product plus a `[prod(F)]` bias: the form XLA:GPU hands to cuBLAS with the
+    bias in its epilogue (with a multi-axis bias, XLA broadcasts it to the whole output first
+    and the matmul reads it back). The first axis of F stays the outer factor of the columns,
+    so a sharded F[0] (heads) keeps the product's column sharding."""
+    d, f = kernel.shape[0], kernel.shape[1:]
+    y = jnp.einsum("...D,DF->...F", x.astype(dtype), kernel.reshape(d, -1).astype(dtype))
+    if bias is not None:
+        y = y + bias.reshape(-1).astype(dtype)
+    return y.reshape(*x.shape[:-1], *f)
+
+
 class Einsum(nn.Module):
     """A projection written as one einsum: `y = einsum(equation, x, kernel) (+ bias)`.
 

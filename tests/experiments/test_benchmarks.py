@@ -57,8 +57,8 @@ def test_benchmark_sam2_profile(tmp_path):
     assert "predict_batch" not in row["ours"] and row["ours"]["lowres"]["images_per_s"] > 0
     traces = list(tmp_path.glob("plugins/profile/*/*.xplane.pb"))
     assert len(traces) == 1 and traces[0].stat().st_size > 0
-    from experiments.profile_summary import hlo_op_names
-    names = hlo_op_names((tmp_path / "lowres.hlo.txt").read_text())
+    from experiments.hlo_census import op_names
+    names = op_names((tmp_path / "lowres.hlo.txt").read_text())
     assert any("Sam2.encode_image/trunk" in op for op in names.values())
 
 

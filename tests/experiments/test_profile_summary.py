@@ -5,7 +5,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from experiments.profile_summary import (find_files, hlo_op_names, kernel_group, op_group, stream_launches,
+from experiments.hlo_census import op_names
+from experiments.profile_summary import (find_files, kernel_group, op_group, stream_launches,
                                         summarize)
 from tests.experiments.scripts import run_module
 
@@ -35,7 +36,7 @@ def test_library_kernels_are_named_by_kind():
 
 
 def test_fusion_kernels_map_to_model_ops_through_the_hlo():
-    names = hlo_op_names(_compiled_text())
+    names = op_names(_compiled_text())
     mine = {k: v for k, v in names.items() if "mlp" in v}
     assert mine, names
     inst, op = next(iter(mine.items()))

@@ -3,7 +3,7 @@
 Einsum alphabet: I image slots (a batch of equal-grid images, or 1 slot holding all images
 concatenated; see vision_layout.py), L patch tokens per slot, P patch pixels
 (C*Tp*patch*patch = 1176), D vision width, C the three projections q/k/v, N heads, H head
-dim, Q the fused q/k/v product's columns (N*C*H), F mlp width, G attention segments (windows or frames), S tokens per segment, E merged
+dim, F mlp width, G attention segments (windows or frames), S tokens per segment, E merged
 width (merge^2 * D), O output width (= LM width).
 
   x = patch_embed(pixels) [I, L, D] -> window order -> depth x block -> merger -> [I * L/4, O]
@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from segzero_jax.models.layers import (Einsum, GatedMLP, RMSNorm, activation, apply_rotary,
-                                       dot_product_attention, logical_param, maybe_remat)
+                                       dot_product_attention, flat_product, logical_param,
+                                       maybe_remat)
 from segzero_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 from segzero_jax.models.qwen2_5_vl.rope import vision_cos_sin
 
@@ -47,10 +48,10 @@ def segment_attention(qkv, cos, sin, gather, lengths, scatter, impl: str):
 
 class QKVProjection(nn.Module):
     """x `[I, L, D]` -> qkv `[I, L, N, C=3, H]` from the checkpoint's fused weight `[D, C, N, H]`
-    and bias `[C, N, H]`, as one `[D, Q=N*C*H]` product whose bias is a vector over its columns,
-    which XLA:GPU hands to cuBLAS as its epilogue (on the `[C, N, H]` form the bias was broadcast
-    to the whole output first). Heads stay the outer factor of the columns, so a tensor-sharded
-    N keeps the product's column sharding."""
+    and bias `[C, N, H]`, as one `flat_product` (bias in cuBLAS's epilogue) over the weight
+    reordered to `[D, N, C, H]`: heads are the outer factor of the columns, so tensor-sharded
+    heads keep the product's sharding (a `[D, C*N*H]` flattening would not). In the scanned
+    layer stack the reordering rides in the copy of the layer's weights out of the stack."""
 
     num_heads: int
     head_dim: int
@@ -64,10 +65,7 @@ class QKVProjection(nn.Module):
                                ("embed", None, "heads", "head_dim"), self.param_dtype)
         bias = logical_param(self, "bias", nn.initializers.zeros, (3, n, h), (None, "heads", "head_dim"),
                              self.param_dtype)
-        w = kernel.transpose(0, 2, 1, 3).reshape(d, n * 3 * h).astype(self.dtype)
-        y = jnp.einsum("ILD,DQ->ILQ", x.astype(self.dtype), w)
-        y = y + bias.transpose(1, 0, 2).reshape(n * 3 * h).astype(self.dtype)
-        return y.reshape(*x.shape[:-1], n, 3, h)
+        return flat_product(x, kernel.transpose(0, 2, 1, 3), bias.transpose(1, 0, 2), self.dtype)
 
 
 class VisionBlock(nn.Module):

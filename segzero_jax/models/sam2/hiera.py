@@ -36,7 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segzero_jax.models.layers import dot_product_attention, logical_param, maybe_remat
+from segzero_jax.models.layers import dot_product_attention, flat_product, logical_param, maybe_remat
 from segzero_jax.models.sam2.common import Dense, LayerNorm, Mlp, constrain
 from segzero_jax.models.sam2.config import BlockSpec, Sam2Config
 from segzero_jax.models.sam2.resize import resize_hwc
@@ -165,14 +165,12 @@ class MultiScaleAttention(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg, spec = self.config, self.spec
         n, hd = spec.num_heads, spec.dim_out // spec.num_heads
-        # One matmul per projection, each written straight in the [B, Y, X, N, H] layout the
-        # attention call takes: a fused [3, ...] product costs a transpose and a split of the
-        # whole q/k/v tensor (about an eighth of SAM2-Large's time on an H100). Each is a plain
-        # [D, N*H] product plus an [N*H] bias, the form XLA:GPU gives to cuBLAS with the bias
-        # in its epilogue; with [N, H] weights and bias the bias was broadcast to the output's
-        # full size first and read back by the matmul. The reference's fused qkv Linear is
-        # three params here (the converter splits it): slicing a fused weight costs a copy
-        # kernel per projection and call.
+        # One matmul per projection (`flat_product`: its bias in cuBLAS's epilogue), each
+        # written straight in the [B, Y, X, N, H] layout the attention call takes: a fused
+        # [3, ...] product costs a transpose and a split of the whole q/k/v tensor (about an
+        # eighth of SAM2-Large's time on an H100). The reference's fused qkv Linear is three
+        # params here (the converter splits it): in the per-block layout, slicing a fused
+        # weight costs a copy kernel per projection and call.
         x = x.astype(cfg.dtype)
 
         def project(part: str) -> jax.Array:
@@ -180,8 +178,7 @@ class MultiScaleAttention(nn.Module):
                               (spec.dim, n, hd), ("embed", "heads", "head_dim"), cfg.param_dtype)
             b = logical_param(self, f"{part}_bias", nn.initializers.zeros, (n, hd), ("heads", "head_dim"),
                               cfg.param_dtype)
-            y = jnp.einsum("BYXD,DF->BYXF", x, w.reshape(spec.dim, n * hd).astype(cfg.dtype))
-            return (y + b.reshape(n * hd).astype(cfg.dtype)).reshape(*x.shape[:3], n, hd)
+            return flat_product(x, w, b, cfg.dtype)
 
         q, k, v = project("q"), project("k"), project("v")
         if spec.q_pool:
