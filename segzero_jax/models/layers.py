@@ -245,6 +245,56 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
         implementation=impl)
 
 
+def _partial_attention(scores: jax.Array, valid: jax.Array, v: jax.Array, eq: str):
+    """Unnormalised softmax pieces over one key set: (row max m, sum of exp(s - m), sum of
+    exp(s - m) v), all float32; rows without a valid key get m = -inf-safe zeros."""
+    scores = jnp.where(valid, scores, -jnp.inf)
+    m = jnp.max(scores, axis=-1)
+    m = jnp.where(jnp.isfinite(m), m, 0.0)
+    p = jnp.where(valid, jnp.exp(scores - m[..., None]), 0.0)
+    return m, jnp.sum(p, axis=-1), jnp.einsum(eq, p, v.astype(jnp.float32))
+
+
+def grouped_decode_attention(q: jax.Array, prefix_k: jax.Array, prefix_v: jax.Array,
+                             prefix_lengths: jax.Array, own_k: jax.Array, own_v: jax.Array,
+                             own_lengths: jax.Array, scale: Optional[float] = None) -> jax.Array:
+    """One decode step of n = B*n / B samples per prompt that share the prompt's keys.
+
+    q `[B*n, 1, N, H]` (rows prompt-major: row b*n + j is sample j of prompt b); prefix k/v
+    `[B, P, K, H]`, one copy per prompt, of which the first `prefix_lengths[b]` are valid;
+    own k/v `[B*n, M, K, H]`, each sample's generated tokens, the first `own_lengths` valid.
+    Returns `[B*n, 1, N, H]` in q's dtype: softmax attention over the concatenation
+    prefix ++ own, computed as two partial softmaxes merged by their log-sum-exp
+
+        o = (e^(m1 - m) o1 + e^(m2 - m) o2) / (e^(m1 - m) l1 + e^(m2 - m) l2),  m = max(m1, m2),
+
+    so the n queries of a group read their prompt's keys once (one `[n*N, P]` score block per
+    prompt) instead of n copies of the cache.
+    """
+    bn, t, n_heads, h = q.shape
+    b, p_len, kh, _ = prefix_k.shape
+    if t != 1 or bn % b:
+        raise ValueError(f"grouped decode takes [B*n, 1, N, H] queries for B={b} prompts, got {q.shape}")
+    group_size = bn // b
+    g = n_heads // kh
+    scale = h ** -0.5 if scale is None else scale
+    qg = (q.astype(jnp.float32) * scale).reshape(b, group_size, kh, g, h)
+    s1 = jnp.einsum("BnKGH,BSKH->BKGnS", qg, prefix_k.astype(jnp.float32))
+    valid1 = (jnp.arange(p_len) < prefix_lengths[:, None])[:, None, None, None, :]
+    m1, l1, o1 = _partial_attention(s1, valid1, prefix_v, "BKGnS,BSKH->BKGnH")
+    qo = qg.reshape(bn, kh, g, h)
+    s2 = jnp.einsum("RKGH,RSKH->RKGS", qo, own_k.astype(jnp.float32))
+    valid2 = (jnp.arange(own_k.shape[1]) < own_lengths[:, None])[:, None, None, :]
+    m2, l2, o2 = _partial_attention(s2, valid2, own_v, "RKGS,RSKH->RKGH")
+    # Group-major [B, K, G, n] -> row-major [B*n, K, G].
+    to_rows = lambda a: jnp.moveaxis(a, 3, 1).reshape((bn, kh, g) + a.shape[4:])  # noqa: E731
+    m1, l1, o1 = to_rows(m1), to_rows(l1), to_rows(o1)
+    m = jnp.maximum(m1, m2)
+    w1, w2 = jnp.exp(m1 - m) * (l1 > 0), jnp.exp(m2 - m) * (l2 > 0)
+    out = (w1[..., None] * o1 + w2[..., None] * o2) / jnp.maximum(w1 * l1 + w2 * l2, 1e-30)[..., None]
+    return out.reshape(bn, 1, n_heads, h).astype(q.dtype)
+
+
 def gelu(x: jax.Array) -> jax.Array:
     """Exact GELU, x * (1 + erf(x / sqrt 2)) / 2, computed in (at least) float32 and returned in
     x's dtype.

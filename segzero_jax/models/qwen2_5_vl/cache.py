@@ -63,3 +63,17 @@ def cache_capacity(cache: Cache) -> int:
     """S: key slots per row."""
     k = cache["k"]
     return k[0].shape[1] if isinstance(k, (tuple, list)) else k.shape[2]
+
+
+def group_cache(config: Qwen2_5_VLConfig, prompt_cache: Cache, group_size: int, max_new_tokens: int,
+                dtype: Any = None) -> Cache:
+    """The generated-token cache of `group_size` samples per prompt for grouped decoding
+    (`Qwen2_5_VL.decode(..., prompt_cache=...)`): B*n rows, prompt-major (row b*n + j is sample
+    j of prompt b), `max_new_tokens` slots each, empty; `rope_deltas` carries each row's offset
+    past its prompt (prompt length + the prompt's M-RoPE delta), so the first generated token
+    takes the rotary position that follows its prompt."""
+    b = prompt_cache["lengths"].shape[0]
+    cache = init_cache(config, b * group_size, max_new_tokens, dtype)
+    offset = prompt_cache["lengths"] + prompt_cache["rope_deltas"]
+    cache["rope_deltas"] = jnp.repeat(offset.astype(jnp.int32), group_size)
+    return cache

@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from segzero_jax.models.layers import (Einsum, GatedMLP, RMSNorm, apply_rotary,
-                                       dot_product_attention, logical_param, maybe_remat,
-                                       separate_operands)
+                                       dot_product_attention, grouped_decode_attention,
+                                       logical_param, maybe_remat, separate_operands)
 from segzero_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 
 
@@ -56,13 +56,18 @@ class DecoderLayer(nn.Module):
     `kv_lengths[b]` keys. Either way the updated cache is returned instead of the fresh k/v.
     A decode step keeps the q/k/v and gate/up matmuls apart (`layers.separate_operands`), so
     each weight is read once.
+
+    Grouped decode (`prefix` = (k, v, lengths)): the cache holds each sample's generated
+    tokens only, and the B*n rows (prompt-major) also attend to their prompt's keys, one copy
+    per prompt (`[L, B, P, K, H]` stacked with `layer_index`, or this layer's `[B, P, K, H]`),
+    the first `lengths[b]` valid (`layers.grouped_decode_attention`).
     """
 
     config: Qwen2_5_VLConfig
 
     @nn.compact
     def __call__(self, x, cos, sin, kv_lengths, is_causal: bool,
-                 cache_k=None, cache_v=None, cache_index=None, layer_index=None):
+                 cache_k=None, cache_v=None, cache_index=None, layer_index=None, prefix=None):
         c, t = self.config, self.config.text
         kw = dict(dtype=c.compute_dtype, param_dtype=c.weight_dtype)
         d, n, kh, h = t.hidden_size, t.num_heads, t.num_kv_heads, t.head_dim
@@ -101,8 +106,17 @@ class DecoderLayer(nn.Module):
         else:
             k_att, v_att = k, v
             new_kv = (k, v)
-        o = dot_product_attention(q, k_att, v_att, is_causal=is_causal, kv_lengths=kv_lengths,
-                                  implementation=c.attention_impl)
+        if prefix is not None:
+            if not decoding:
+                raise ValueError("a shared prompt prefix is only read by decode steps")
+            pk, pv, p_lengths = prefix
+            if layer_index is not None:
+                pk = jax.lax.dynamic_index_in_dim(pk, layer_index, 0, keepdims=False)
+                pv = jax.lax.dynamic_index_in_dim(pv, layer_index, 0, keepdims=False)
+            o = grouped_decode_attention(q, pk, pv, p_lengths, k_att, v_att, kv_lengths)
+        else:
+            o = dot_product_attention(q, k_att, v_att, is_causal=is_causal, kv_lengths=kv_lengths,
+                                      implementation=c.attention_impl)
         o = nn.with_logical_constraint(o, ("act_batch", "act_length", "act_heads", None))
         x = x + Einsum("BTNH,NHD->BTD", (n, h, d), ("heads", "head_dim", "embed"), name="o", **kw)(o)
         x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
@@ -132,10 +146,10 @@ class _CacheScanBody(nn.Module):
     is_causal: bool = True
 
     @nn.compact
-    def __call__(self, carry, cos, sin, kv_lengths, cache_index):
+    def __call__(self, carry, cos, sin, kv_lengths, cache_index, prefix):
         x, cache_k, cache_v, i = carry
         x, (cache_k, cache_v) = DecoderLayer(self.config, name="layer")(
-            x, cos, sin, kv_lengths, self.is_causal, cache_k, cache_v, cache_index, i)
+            x, cos, sin, kv_lengths, self.is_causal, cache_k, cache_v, cache_index, i, prefix)
         return (x, cache_k, cache_v, i + 1), None
 
 
@@ -210,13 +224,14 @@ class LanguageModel(nn.Module):
 
     def __call__(self, x, cos, sin, *, kv_lengths: Optional[jax.Array] = None, is_causal: bool = True,
                  cache: Optional[tuple[jax.Array, jax.Array]] = None,
-                 cache_index: Optional[jax.Array] = None):
+                 cache_index: Optional[jax.Array] = None, prefix=None):
         """Decoder stack on embeddings `[B, T, D]`; returns (hidden `[B, T, D]`, (k, v)).
 
         k/v come back as `[layers, B, T, K, H]` (or the updated `[layers, B, S, K, H]` cache);
         unscanned (`config.scan_layers=False`) as tuples of per-layer arrays, like its cache.
+        `prefix`: a shared prompt cache for grouped decode steps (see `DecoderLayer`).
         """
-        return self.decoder(x, cos, sin, kv_lengths, is_causal, cache, cache_index)
+        return self.decoder(x, cos, sin, kv_lengths, is_causal, cache, cache_index, prefix)
 
 
 class DecoderStack(nn.Module):
@@ -227,7 +242,7 @@ class DecoderStack(nn.Module):
     config: Qwen2_5_VLConfig
 
     @nn.compact
-    def __call__(self, x, cos, sin, kv_lengths, is_causal: bool, cache, cache_index):
+    def __call__(self, x, cos, sin, kv_lengths, is_causal: bool, cache, cache_index, prefix=None):
         c = self.config
         if not c.scan_layers:
             # The remat'd layer is called outside a scan: keep XLA from merging the recomputation.
@@ -237,8 +252,10 @@ class DecoderStack(nn.Module):
                 if cache is None:
                     x, (k, v) = layer(c, name=layer_name(i))(x, cos, sin, kv_lengths, is_causal)
                 else:
+                    layer_prefix = None if prefix is None else (prefix[0][i], prefix[1][i], prefix[2])
                     x, (k, v) = DecoderLayer(c, name=layer_name(i))(
-                        x, cos, sin, kv_lengths, is_causal, cache[0][i], cache[1][i], cache_index)
+                        x, cos, sin, kv_lengths, is_causal, cache[0][i], cache[1][i], cache_index,
+                        None, layer_prefix)
                 ks.append(k)
                 vs.append(v)
             return x, (tuple(ks), tuple(vs))
@@ -247,7 +264,8 @@ class DecoderStack(nn.Module):
         if cache is None:
             stack = nn.scan(_ScanBody, in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), out_axes=0, **scan)
             return stack(self.config, is_causal, name=SCANNED_STACK)(x, cos, sin, kv_lengths)
-        stack = nn.scan(_CacheScanBody, in_axes=(nn.broadcast,) * 4, **scan)
+        stack = nn.scan(_CacheScanBody, in_axes=(nn.broadcast,) * 5, **scan)
         carry = (x, cache[0], cache[1], jnp.zeros((), jnp.int32))
-        (x, k, v, _), _ = stack(self.config, is_causal, name=SCANNED_STACK)(carry, cos, sin, kv_lengths, cache_index)
+        (x, k, v, _), _ = stack(self.config, is_causal, name=SCANNED_STACK)(carry, cos, sin, kv_lengths,
+                                                                            cache_index, prefix)
         return x, (k, v)

@@ -30,7 +30,7 @@ between them (numpy leaves are sliced as views, no copy).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -220,9 +220,20 @@ class Qwen2_5_VL(nn.Module):
         last = jnp.take_along_axis(x, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)
         return self.language_model.logits(last)[:, 0], new
 
-    def decode(self, token_ids, cache: Cache):
-        """One token per row, int32[B] -> (logits float32[B, V], cache advanced by one)."""
+    def decode(self, token_ids, cache: Cache, prompt_cache: Optional[Cache] = None):
+        """One token per row, int32[B] -> (logits float32[B, V], cache advanced by one).
+
+        Grouped decoding (`prompt_cache` given): the B*n rows of `cache` (prompt-major, from
+        `cache.group_cache`) hold only their generated tokens, and row b*n + j also attends to
+        prompt b's keys in `prompt_cache` (a prefilled cache of B rows, read once per group,
+        never copied n times); the result equals decoding a cache holding the prompt copied
+        into each of the n rows.
+        """
         _check_cache_layout(self.config, cache)
+        prefix = None
+        if prompt_cache is not None:
+            _check_cache_layout(self.config, prompt_cache)
+            prefix = (prompt_cache["k"], prompt_cache["v"], prompt_cache["lengths"])
         ids = jnp.asarray(token_ids, jnp.int32).reshape(-1, 1)
         x = self.language_model.embed(ids)
         position = cache["lengths"] + cache["rope_deltas"]
@@ -232,7 +243,7 @@ class Qwen2_5_VL(nn.Module):
         lengths = cache["lengths"]
         x, (k, v) = self.language_model(x, cos, sin, kv_lengths=jnp.minimum(lengths + 1, capacity),
                                         is_causal=False, cache=(cache["k"], cache["v"]),
-                                        cache_index=lengths)
+                                        cache_index=lengths, prefix=prefix)
         new = {"k": k, "v": v, "lengths": jnp.minimum(lengths + 1, capacity),
                "rope_deltas": cache["rope_deltas"]}
         return self.language_model.logits(x)[:, 0], new
