@@ -15,7 +15,7 @@ def _compile(*flags):
     if any(f.startswith("--topology=") for f in flags):
         assert os.path.isdir(LIBTPU), f"{LIBTPU} is missing: `bash tests/run.sh` installs libtpu there"
         libtpu = LIBTPU
-    return run_json("experiments.aot_compile", *flags, devices=8, pythonpath=libtpu)[0]
+    return run_json("experiments.perf.aot_compile", *flags, devices=8, pythonpath=libtpu)[0]
 
 
 @pytest.mark.parametrize("work,layers", [("train", "--scan_layers"), ("prefill", "--scan_layers"),
@@ -56,7 +56,7 @@ def test_tpu_topology_train_and_sam2():
 def test_bad_mesh_and_topology_are_named():
     for flag, words in (("--mesh=3,-1,1", "--mesh='3,-1,1'"), ("--topology=v9z:1x1", "--topology='v9z:1x1'"),
                         ("--preset=13b", "--preset='13b' is not one of")):
-        proc = run_module("experiments.aot_compile", *POLICY, flag, devices=8, timeout=300)
+        proc = run_module("experiments.perf.aot_compile", *POLICY, flag, devices=8, timeout=300)
         assert proc.returncode != 0 and words in proc.stderr, proc.stderr[-2000:]
 
 
@@ -70,19 +70,19 @@ def test_gpu_target_errors_are_named():
             return importlib.util.find_spec(name) is not None
         except ModuleNotFoundError:   # its parent package is missing
             return False
-    proc = run_module("experiments.aot_compile", "--work=sam2", "--sam2_preset=test_tiny", "--topology=gpu:a100")
+    proc = run_module("experiments.perf.aot_compile", "--work=sam2", "--sam2_preset=test_tiny", "--topology=gpu:a100")
     assert proc.returncode != 0 and "the GPU targets are gpu:h100, gpu:h200" in proc.stderr
-    proc = run_module("experiments.aot_compile", "--work=sam2", "--sam2_preset=test_tiny", "--mesh=1,1,1",
+    proc = run_module("experiments.perf.aot_compile", "--work=sam2", "--sam2_preset=test_tiny", "--mesh=1,1,1",
                       "--census")
     assert proc.returncode != 0 and "--census reads a GPU program" in proc.stderr
     if not any(installed(m) for m in ("jax_plugins.xla_cuda13", "jax_plugins.xla_cuda12")):
-        proc = run_module("experiments.aot_compile", "--work=sam2", "--sam2_preset=test_tiny", "--mesh=1,1,1",
+        proc = run_module("experiments.perf.aot_compile", "--work=sam2", "--sam2_preset=test_tiny", "--mesh=1,1,1",
                           "--topology=gpu:h100")
         assert proc.returncode != 0 and 'pip install -e ".[aot-gpu]"' in proc.stderr, proc.stderr[-2000:]
 
 
 def test_gpu_target_config_describes_the_card():
-    from experiments.gpu_targets import GPU_TARGETS, gpu_target_config
+    from experiments.perf.gpu_targets import GPU_TARGETS, gpu_target_config
     for card, spec in GPU_TARGETS.items():
         text = gpu_target_config(card)
         assert f'device_description_str: "{spec["name"]}"' in text and "major: 9 minor: 0" in text

@@ -13,7 +13,7 @@ from tests.experiments.scripts import run_json as _run
 
 def test_benchmark_rewards(tmp_path):
     out = tmp_path / "rewards.json"
-    row, _ = _run("experiments.benchmark_rewards", "--num_responses=32", "--tokens=60", "--repeats=1",
+    row, _ = _run("experiments.perf.benchmark_rewards", "--num_responses=32", "--tokens=60", "--repeats=1",
                   f"--json_out={out}")
     assert row["responses"] == 32 and row["agreement"] == 1.0 and row["device_s"] > 0
     assert json.loads(out.read_text()) == row
@@ -22,7 +22,7 @@ def test_benchmark_rewards(tmp_path):
 @pytest.mark.parametrize("mode,layers", [("forward", "--scan_layers"), ("train", "--scan_layers"),
                                          ("decode", "--scan_layers"), ("decode", "--noscan_layers")])
 def test_benchmark_qwen(mode, layers, tmp_path):
-    row, _ = _run("experiments.benchmark_qwen", f"--mode={mode}", layers, "--preset=tiny", "--batch=2",
+    row, _ = _run("experiments.perf.benchmark_qwen", f"--mode={mode}", layers, "--preset=tiny", "--batch=2",
                   "--seq=48", "--new_tokens=8", "--chunk_size=4", "--warmup=0", "--iters=1",
                   f"--profile_dir={tmp_path}")
     assert row["mode"] == mode and row["ours_tokens_per_s"] > 0 and row["hf_tokens_per_s"] > 0
@@ -38,7 +38,7 @@ def test_benchmark_qwen(mode, layers, tmp_path):
 
 
 def test_benchmark_sam2():
-    row, out = _run("experiments.benchmark_sam2", "--preset=test_tiny", "--batch=1", "--dtype=float32",
+    row, out = _run("experiments.perf.benchmark_sam2", "--preset=test_tiny", "--batch=1", "--dtype=float32",
                     "--peer=transformers", "--warmup=0", "--iters=1")
     assert row["ours"]["lowres"]["images_per_s"] > 0 and row["peer"]["lowres"]["images_per_s"] > 0
     assert "speed-up over" in out
@@ -50,14 +50,14 @@ def test_benchmark_sam2():
 
 
 def test_benchmark_sam2_profile(tmp_path):
-    """`--profile_dir` leaves a trace and the optimised HLO that `experiments.profile_summary`
+    """`--profile_dir` leaves a trace and the optimised HLO that `experiments.perf.profile_summary`
     reads; `--predict_batch=false` skips the evaluator's path."""
-    row, _ = _run("experiments.benchmark_sam2", "--preset=test_tiny", "--batch=1", "--dtype=float32",
+    row, _ = _run("experiments.perf.benchmark_sam2", "--preset=test_tiny", "--batch=1", "--dtype=float32",
                   "--peer=none", "--warmup=0", "--iters=1", "--predict_batch=false", f"--profile_dir={tmp_path}")
     assert "predict_batch" not in row["ours"] and row["ours"]["lowres"]["images_per_s"] > 0
     traces = list(tmp_path.glob("plugins/profile/*/*.xplane.pb"))
     assert len(traces) == 1 and traces[0].stat().st_size > 0
-    from experiments.hlo_census import op_names
+    from experiments.perf.hlo_census import op_names
     names = op_names((tmp_path / "lowres.hlo.txt").read_text())
     assert any("Sam2.encode_image/trunk" in op for op in names.values())
 
@@ -67,7 +67,7 @@ def test_benchmark_sam2_error_vs_float32():
     that model itself, small but not zero for bf16 with either trunk GELU."""
     common = ("--preset=test_tiny", "--batch=2", "--peer=none", "--warmup=0", "--iters=1", "--predict_batch=false",
               "--error_vs_float32")
-    rows = {args: _run("experiments.benchmark_sam2", *common, *args)[0]["ours"]["error_vs_float32"]
+    rows = {args: _run("experiments.perf.benchmark_sam2", *common, *args)[0]["ours"]["error_vs_float32"]
             for args in (("--dtype=float32",), ("--dtype=float32", "--trunk_gelu=tanh"),
                          ("--dtype=bfloat16", "--trunk_gelu=exact"), ("--dtype=bfloat16", "--trunk_gelu=tanh"))}
     exact32, tanh32, exact16, tanh16 = rows.values()
@@ -78,11 +78,11 @@ def test_benchmark_sam2_error_vs_float32():
 
 
 @pytest.mark.parametrize("module,flag,words", [
-    ("experiments.benchmark_qwen", "--preset=13b", "unknown Qwen2.5-VL preset '13b'"),
-    ("experiments.benchmark_qwen", "--image_px=30", "--image_px=30 must be a multiple of 28"),
-    ("experiments.benchmark_sam2", "--preset=hiera_huge", "--preset='hiera_huge' is not one of"),
-    ("experiments.benchmark_sam2", "--attention_pack_tokens=-1", "--attention_pack_tokens=-1: -1 is not a non-negative"),
-    ("experiments.aot_compile", "--attention_pack_tokens=-8", "--attention_pack_tokens=-8: -8 is not a non-negative"),
+    ("experiments.perf.benchmark_qwen", "--preset=13b", "unknown Qwen2.5-VL preset '13b'"),
+    ("experiments.perf.benchmark_qwen", "--image_px=30", "--image_px=30 must be a multiple of 28"),
+    ("experiments.perf.benchmark_sam2", "--preset=hiera_huge", "--preset='hiera_huge' is not one of"),
+    ("experiments.perf.benchmark_sam2", "--attention_pack_tokens=-1", "--attention_pack_tokens=-1: -1 is not a non-negative"),
+    ("experiments.perf.aot_compile", "--attention_pack_tokens=-8", "--attention_pack_tokens=-8: -8 is not a non-negative"),
 ])
 def test_bad_flags_are_named_without_a_traceback(module, flag, words):
     from tests.experiments.scripts import run_module

@@ -1,8 +1,8 @@
 """Throughput and peak memory of the Qwen2.5-VL policy, against transformers on the same config.
 
-  python -m experiments.benchmark_qwen --preset=tiny --batch=4 --seq=256 [--image_px=224]
-  python -m experiments.benchmark_qwen --mode=train --preset=tiny --batch=2 --seq=256 --new_tokens=64
-  python -m experiments.benchmark_qwen --mode=decode --preset=tiny --batch=16 --seq=1024
+  python -m experiments.perf.benchmark_qwen --preset=tiny --batch=4 --seq=256 [--image_px=224]
+  python -m experiments.perf.benchmark_qwen --mode=train --preset=tiny --batch=2 --seq=256 --new_tokens=64
+  python -m experiments.perf.benchmark_qwen --mode=decode --preset=tiny --batch=16 --seq=1024
 
 `--mode=forward` times the jitted forward (logits for `batch x seq` tokens, optionally with one
 image per row whose placeholder tokens are part of `seq`), then the same forward of
@@ -23,7 +23,7 @@ attends over the whole cache capacity) over each side's time - one numerator for
 figures compare like tokens/s and give the utilisation against the card's peak (transformers'
 train mode does more work than that: logits at every position). Prints a table and one JSON line.
 `--profile_dir=DIR` also traces two of our calls (decode: two more steps) and keeps their HLO for
-`python -m experiments.profile_summary --trace=DIR`.
+`python -m experiments.perf.profile_summary --trace=DIR`.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ import time
 
 from absl import app, flags
 
-from experiments.profiling import PROFILE_DIR, profile
-from experiments.report import emit
+from experiments.perf.profiling import PROFILE_DIR, profile
+from experiments.perf.report import emit
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("preset", "tiny", "config preset (tiny, 3b, 7b)")

@@ -1,4 +1,4 @@
-"""`experiments/gpu_check.sh` runs end to end before a GPU run depends on it: with stand-in
+"""`experiments/perf/gpu_check.sh` runs end to end before a GPU run depends on it: with stand-in
 `python` and `nvidia-smi` on PATH it runs every step in order under the budget, passes each its
 JSON path, and skips what the budget no longer covers."""
 
@@ -8,7 +8,7 @@ import subprocess
 
 from tests.experiments.scripts import ROOT
 
-SCRIPT = os.path.join(ROOT, "experiments", "gpu_check.sh")
+SCRIPT = os.path.join(ROOT, "experiments", "perf", "gpu_check.sh")
 
 
 def _fake_bin(tmp_path):
@@ -39,7 +39,7 @@ def test_every_step_runs_in_order_within_the_budget(tmp_path):
     assert "--noscan_blocks" in sam2[0] and "--scan_blocks" in sam2[1]
     assert all("--noscan_blocks" in c for c in sam2[2:])
     modules = [c.split()[2] for c in calls if c.startswith("python -m ")]
-    assert modules[0] == "experiments.benchmark_sam2" and "experiments.benchmark_qwen" in modules
+    assert modules[0] == "experiments.perf.benchmark_sam2" and "experiments.perf.benchmark_qwen" in modules
     assert f"--json_out={tmp_path}/out/sam2_large.json" in " ".join(calls)
     assert f"--profile_dir={tmp_path}/out/profiles/sam2_large" in calls[2]
     assert sum("--profile_dir=" in c for c in calls) == 3

@@ -1,12 +1,12 @@
-"""`experiments.profile_summary` groups kernel times by what they compute. The kernel names are
+"""`experiments.perf.profile_summary` groups kernel times by what they compute. The kernel names are
 those an H100 trace of SAM2-Large held; the HLO is a real compiled module's text."""
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from experiments.hlo_census import op_names
-from experiments.profile_summary import (find_files, kernel_group, op_group, stream_launches,
+from experiments.perf.hlo_census import op_names
+from experiments.perf.profile_summary import (find_files, kernel_group, op_group, stream_launches,
                                         summarize)
 from tests.experiments.scripts import run_module
 
@@ -61,7 +61,7 @@ def test_summary_divides_by_iterations_and_sorts():
 
 
 def test_a_directory_without_a_trace_is_named(tmp_path):
-    proc = run_module("experiments.profile_summary", f"--trace={tmp_path}", timeout=120)
+    proc = run_module("experiments.perf.profile_summary", f"--trace={tmp_path}", timeout=120)
     assert proc.returncode != 0 and "no .xplane.pb file there" in proc.stderr and "Traceback" not in proc.stderr
 
 

@@ -1,4 +1,4 @@
-"""GPU descriptions for ahead-of-time compiles without the card (`experiments.aot_compile
+"""GPU descriptions for ahead-of-time compiles without the card (`experiments.perf.aot_compile
 --topology=gpu:NAME`). No flags here, so tests and other scripts can import it."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 # Descriptions XLA compiles a GPU program from without the card (public SXM specifications:
 # Hopper, compute capability 9.0, 132 SMs; memory size, bandwidth, L2 and dense bf16 peak per
 # card). CUDA 13.0 and cuDNN 9.10 are the library versions the compiler may assume. The one
-# source of these cards' figures: `experiments.aot_compile`'s memory and roofline tables and the
+# source of these cards' figures: `experiments.perf.aot_compile`'s memory and roofline tables and the
 # census's defaults read them here.
 GPU_TARGETS = {
     "h100": dict(name="NVIDIA H100 80GB HBM3", memory_bytes=84_929_347_584, bandwidth_bps=3_352_320_000_000,

@@ -1,7 +1,7 @@
 """SAM2 encoder + decoder throughput (images/s) against a PyTorch peer in the same run.
 
-  python -m experiments.benchmark_sam2 --preset=hiera_large --batch=16 --dtype=bfloat16
-  python -m experiments.benchmark_sam2 --preset=test_tiny --batch=4 --peer=sam2      (CPU)
+  python -m experiments.perf.benchmark_sam2 --preset=hiera_large --batch=16 --dtype=bfloat16
+  python -m experiments.perf.benchmark_sam2 --preset=test_tiny --batch=4 --peer=sam2      (CPU)
 
 Work per image: one S x S image and Seg-Zero's prompt (a box + 2 positive points), image
 encoder + prompt encoder + mask decoder, multimask output. Timed for us:
@@ -13,7 +13,7 @@ else transformers, else none. TFLOP/s divide the work's matmul + convolution FLO
 (`segzero_jax.flops`, counted once on our XLA attention path) by each run's time, so they
 compare like images/s and give the utilisation against the card's peak. Prints a table and one
 JSON line (also written to --json_out). `--profile_dir=DIR` also traces two low-res calls and
-keeps their HLO for `python -m experiments.profile_summary --trace=DIR`.
+keeps their HLO for `python -m experiments.perf.profile_summary --trace=DIR`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import time
 
 from absl import app, flags
 
-from experiments.profiling import profile
-from experiments.report import emit
+from experiments.perf.profiling import profile
+from experiments.perf.report import emit
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("preset", "hiera_large", "SAM2 preset (hiera_tiny/small/base_plus/large, test_tiny)")

@@ -4,15 +4,15 @@ writes and the FLOPs of its matmuls and attention, grouped by kind, with a roofl
 kernel: the larger of its bytes at the card's memory bandwidth and its FLOPs at the card's
 matmul peak.
 
-  python -m experiments.hlo_census --hlo=PROGRAM.hlo.txt [--bandwidth_gbps=3352 --peak_tflops=989]
-  python -m experiments.aot_compile --work=sam2 --topology=gpu:h100 --census      (no GPU needed)
+  python -m experiments.perf.hlo_census --hlo=PROGRAM.hlo.txt [--bandwidth_gbps=3352 --peak_tflops=989]
+  python -m experiments.perf.aot_compile --work=sam2 --topology=gpu:h100 --census      (no GPU needed)
 
 The input is the text of a compiled program (`jax.jit(f).lower(...).compile().as_text()`, or
 the `NAME.hlo.txt` that `--profile_dir` keeps). What it tells without a GPU: which passes over
 memory a change adds or removes (a transpose that appeared, a bias or activation that cuBLAS now
 applies in its epilogue, a loop's per-iteration kernels) and a lower bound on the time. What it
 cannot tell: how close each kernel gets to its bound; small-tile attention and batched matmuls
-land well above it, so time on the card stays a measurement (`experiments.benchmark_sam2`).
+land well above it, so time on the card stays a measurement (`experiments.perf.benchmark_sam2`).
 
 Bytes count each operand and result once at full size, except that an operand a fusion only
 slices (a scanned layer's weights or saved activations) counts the slices, an in-place update
@@ -34,7 +34,7 @@ from typing import Optional
 
 from absl import app, flags
 
-from experiments.gpu_targets import card_figures
+from experiments.perf.gpu_targets import card_figures
 
 # An array type: element type (pred, s4, u8, bf16, f32, f8e4m3fn, c64, ...) and dimensions.
 _ARRAY = re.compile(r"\b(pred|token|[subfc]\d+[a-z0-9]*|bf16)\[([\d,]*)\]")
@@ -346,7 +346,7 @@ FLAGS = flags.FLAGS
 
 
 def _define_flags() -> None:
-    """The command line's flags (not defined on import: `experiments.aot_compile` uses this module)."""
+    """The command line's flags (not defined on import: `experiments.perf.aot_compile` uses this module)."""
     flags.DEFINE_string("hlo", "", "text of a compiled XLA:GPU program")
     _, _, bandwidth, peak = card_figures("h100")
     flags.DEFINE_float("bandwidth_gbps", bandwidth, "memory bandwidth for the roofline (default: the H100's)")
@@ -357,7 +357,7 @@ def _define_flags() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from experiments.report import emit
+    from experiments.perf.report import emit
     if not FLAGS.hlo:
         raise app.UsageError("--hlo=FILE is required")
     if FLAGS.bandwidth_gbps <= 0 or FLAGS.peak_tflops <= 0:

@@ -1,6 +1,6 @@
 """Times Seg-Zero's reward on the host (decode + Python) against the on-device reward.
 
-  python -m experiments.benchmark_rewards [--num_responses=1024] [--tokens=300]
+  python -m experiments.perf.benchmark_rewards [--num_responses=1024] [--tokens=300]
 
 Builds responses of about `--tokens` Qwen2.5 tokens (reasoning text plus an answer, with
 good, wrong and malformed answers mixed), then times
@@ -19,7 +19,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from experiments.report import emit
+from experiments.perf.report import emit
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("num_responses", 1024, "Responses per timing.")

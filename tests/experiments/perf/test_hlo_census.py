@@ -1,6 +1,6 @@
 """The kernel census reads a real compiled XLA:GPU program.
 
-`data/gpu_mlp_scan.hlo.txt` was compiled for an H100 without one (`experiments.aot_compile`'s GPU
+`data/gpu_mlp_scan.hlo.txt` was compiled for an H100 without one (`experiments.perf.aot_compile`'s GPU
 target, CUDA plugin, no GPU), from: a 3-step `lax.scan` over x[256, 128] bf16 of
 `x + gelu_tanh(x @ w1 + b1) @ w2 + b2` (w1 [128, 512], w2 [512, 128]), then cuDNN attention on
 q, k, v [2, 128, 4, 64] bf16 and x transposed."""
@@ -11,9 +11,9 @@ import pytest
 
 from tests.experiments.scripts import ROOT, run_json, run_module
 
-from experiments import hlo_census
+from experiments.perf import hlo_census
 
-FIXTURE = os.path.join(ROOT, "tests", "experiments", "data", "gpu_mlp_scan.hlo.txt")
+FIXTURE = os.path.join(ROOT, "tests", "experiments", "perf", "data", "gpu_mlp_scan.hlo.txt")
 
 
 @pytest.fixture(scope="module")
@@ -59,13 +59,13 @@ def test_summary_and_roofline(kernels):
 
 
 def test_command_line(tmp_path):
-    rows = run_json("experiments.hlo_census", f"--hlo={FIXTURE}", "--top=3")
+    rows = run_json("experiments.perf.hlo_census", f"--hlo={FIXTURE}", "--top=3")
     assert rows[0]["cublas_epilogues"] == {"BIAS_GELU": 3, "BIAS": 3}
     bad = tmp_path / "not_hlo.txt"
     bad.write_text("hello\n")
-    proc = run_module("experiments.hlo_census", f"--hlo={bad}")
+    proc = run_module("experiments.perf.hlo_census", f"--hlo={bad}")
     assert proc.returncode != 0 and "expected one ENTRY computation" in proc.stderr
-    proc = run_module("experiments.hlo_census", f"--hlo={tmp_path}/missing.txt")
+    proc = run_module("experiments.perf.hlo_census", f"--hlo={tmp_path}/missing.txt")
     assert proc.returncode != 0 and "missing.txt" in proc.stderr
 
 

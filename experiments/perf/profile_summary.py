@@ -1,9 +1,9 @@
 """Where the time of a profiled accelerator run goes: GPU kernel time by what it computes.
 
-  python -m experiments.profile_summary --trace=DIR_OR_XPLANE [--hlo=FILE] [--iterations=2]
+  python -m experiments.perf.profile_summary --trace=DIR_OR_XPLANE [--hlo=FILE] [--iterations=2]
 
 Reads the kernel table of a `jax.profiler` trace (an `*.xplane.pb`, or the newest one under a
-directory, e.g. the `--profile_dir` of `experiments.benchmark_sam2`) with `xprof`
+directory, e.g. the `--profile_dir` of `experiments.perf.benchmark_sam2`) with `xprof`
 (`pip install xprof`; only this script needs it) and groups the kernels:
   * "matmul" (cuBLAS / cuBLASLt / Triton GEMM and cuDNN convolution kernels), "attention" (cuDNN
     fused attention), "copy" (memcpy / memset);
@@ -27,8 +27,8 @@ from collections import defaultdict
 
 from absl import app, flags
 
-from experiments import hlo_census
-from experiments.report import emit
+from experiments.perf import hlo_census
+from experiments.perf.report import emit
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("trace", "", "an .xplane.pb file or a directory holding one (the newest is read)")

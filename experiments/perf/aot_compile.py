@@ -1,19 +1,19 @@
 """Compiles the models' jitted work ahead of time for a device topology and reports per-device
 memory: will this shape fit, on this mesh, before a pod is ever booked?
 
-  python -m experiments.aot_compile --work=train --preset=3b --topology=v5p:2x2x1 --mesh=1,-1,1
-  python -m experiments.aot_compile --work=decode --preset=7b --topology=v5p:2x2x1 --mesh=1,1,4
-  python -m experiments.aot_compile --work=sam2 --sam2_preset=hiera_large --topology=v5e:2x2
-  python -m experiments.aot_compile --work=train --preset=tiny --mesh=2,2,2      (this host's devices)
+  python -m experiments.perf.aot_compile --work=train --preset=3b --topology=v5p:2x2x1 --mesh=1,-1,1
+  python -m experiments.perf.aot_compile --work=decode --preset=7b --topology=v5p:2x2x1 --mesh=1,1,4
+  python -m experiments.perf.aot_compile --work=sam2 --sam2_preset=hiera_large --topology=v5e:2x2
+  python -m experiments.perf.aot_compile --work=train --preset=tiny --mesh=2,2,2      (this host's devices)
 
 `--topology` names a TPU slice (`v5p:2x2x1`, `v5e:2x2`, `v4:2x2x1`, `v6e:2x2`; needs `libtpu`,
 `pip install -e ".[aot]"`, no TPU) with `--num_slices` for multi-slice (then `--dcn_mesh` spreads mesh axes over slices),
 or one NVIDIA GPU (`gpu:h100`, `gpu:h200`; needs the CUDA plugin, `pip install -e ".[aot-gpu]"`, no GPU:
 XLA compiles from the card's description, with cuBLAS for every matmul since Triton GEMMs need the
 card to pick their tiles); empty compiles for this host's devices. `--census` (a GPU program) also
-prints `experiments.hlo_census`'s kernel census: kernels, bytes moved and a roofline time. Params and inputs are abstract (shapes + shardings from
-the logical-axis rules), so nothing is allocated; XLA's memory analysis of the compiled program
-gives the per-device figures.
+prints `experiments.perf.hlo_census`'s kernel census: kernels, bytes moved and a roofline time.
+Params and inputs are abstract (shapes + shardings from the logical-axis rules), so nothing is
+allocated; XLA's memory analysis of the compiled program gives the per-device figures.
 
 Work (global batch `--batch`, split over the data and fsdp axes):
   train    one policy update on a micro-batch: forward + backward of the mean log-probability
@@ -40,15 +40,15 @@ from typing import Any
 
 from absl import app, flags
 
-from experiments.gpu_targets import GPU_TARGETS, card_figures, gpu_target_config
-from experiments.report import emit
+from experiments.perf.gpu_targets import GPU_TARGETS, card_figures, gpu_target_config
+from experiments.perf.report import emit
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("work", "train", ["train", "forward", "prefill", "decode", "sam2"], "what to compile")
 flags.DEFINE_string("preset", "3b", "Qwen2.5-VL preset (3b, 7b, tiny)")
 flags.DEFINE_string("sam2_preset", "hiera_large", "SAM2 preset for --work=sam2")
 flags.DEFINE_string("topology", "", "TPU topology, e.g. v5p:2x2x1, or gpu:h100 / gpu:h200 (empty: this host's devices)")
-flags.DEFINE_bool("census", False, "print the compiled GPU program's kernel census (experiments.hlo_census)")
+flags.DEFINE_bool("census", False, "print the compiled GPU program's kernel census (experiments.perf.hlo_census)")
 flags.DEFINE_string("hlo_out", "", "write the compiled program's text here")
 flags.DEFINE_integer("num_slices", 1, "TPU slices joined over DCN")
 flags.DEFINE_string("mesh", "1,-1,1", "ICI mesh sizes for (data, fsdp, tensor); one -1 takes the rest")
@@ -72,7 +72,7 @@ flags.DEFINE_integer("attention_pack_tokens", 128, "sam2: row length a GPU's \"a
                      "for cuDNN (0: they stay on XLA)", lower_bound=0)
 
 # HBM per chip by JAX device_kind, for the "fits" column, and dense bf16 peak TFLOP/s per chip, for
-# the compute-bound time (public TPU specifications; the GPUs' from `experiments.gpu_targets`).
+# the compute-bound time (public TPU specifications; the GPUs' from `experiments.perf.gpu_targets`).
 HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v5p": 95, "TPU v6 lite": 32, "TPU7x": 192}
 PEAK_BF16_TFLOPS = {"TPU v4": 275, "TPU v5 lite": 197, "TPU v5": 459, "TPU v5p": 459, "TPU v6 lite": 918,
                     "TPU7x": 2307}
@@ -398,7 +398,7 @@ def main(argv):
         print(f"{'step time >=':>22} {row['ms_lower_bound']:>8.2f} ms (compute at the bf16 peak "
               f"{row['ms_compute_at_peak']} ms, reading the arguments once {row['ms_reading_arguments']} ms)")
     if FLAGS.census:
-        from experiments import hlo_census
+        from experiments.perf import hlo_census
         kind = row["device_kind"]
         if kind not in HBM_GBPS:
             kind = card_figures("h100")[0]

@@ -1,5 +1,5 @@
 """`--profile_dir` for the benchmark scripts: a `jax.profiler` trace of a few calls of one compiled
-function and the optimised HLO it ran, the two inputs of `experiments.profile_summary` (the HLO's
+function and the optimised HLO it ran, the two inputs of `experiments.perf.profile_summary` (the HLO's
 fusion names and `op_name` metadata map kernels back to model code). Defined here once: absl
 flags are global, and every benchmark imports this module."""
 
@@ -13,7 +13,7 @@ from absl import flags
 
 PROFILE_DIR = flags.DEFINE_string(
     "profile_dir", "", "if set: a jax.profiler trace of two calls of the timed function and its "
-    "optimised HLO (NAME.hlo.txt) go here; `python -m experiments.profile_summary --trace=DIR` reads them")
+    "optimised HLO (NAME.hlo.txt) go here; `python -m experiments.perf.profile_summary --trace=DIR` reads them")
 
 
 def profile(call: Callable[[], Any], compiled: Any, name: str, calls: int = 2) -> None:
