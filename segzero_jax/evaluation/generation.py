@@ -39,10 +39,21 @@ class GreedyGenerator:
                                   pad_id=int(tokenizer.pad_id))
         kwargs = {} if mesh is None else {"mesh": mesh, **({} if rules is None else {"rules": rules})}
         self._sample = make_sampler(policy_config, sampling, **kwargs)
+        self.mesh = mesh
+
+    def _place(self, inputs: dict) -> dict:
+        """Rows (and their image patches) over the mesh's data axes; the grid stays on the host."""
+        if self.mesh is None:
+            return inputs
+        from segzero_jax.parallel.sharding import named_sharding
+        out = dict(inputs)
+        for k in ("input_ids", "attention_mask", "pixel_values"):
+            out[k] = jax.device_put(inputs[k], named_sharding(("act_batch", None), inputs[k].shape, self.mesh))
+        return out
 
     def __call__(self, params, batch: dict) -> list[Response]:
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")}
-        out = self._sample(params, inputs, jax.random.PRNGKey(0))
+        out = self._sample(params, self._place(inputs), jax.random.PRNGKey(0))
         tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
         stopped = np.asarray(out.stopped)
         n = int(batch.get("num_real", tokens.shape[0]))

@@ -108,6 +108,20 @@ def summarize(samples: Sequence[SampleResult], **extra) -> dict:
     return out
 
 
+def response_order(ids: Sequence[str], responses: Mapping[str, str], allow_missing: bool = False) -> list[int]:
+    """Indices into `ids` of the samples that have a response. An id of `responses` that `ids`
+    lacks is an error naming it; so is a sample without one, unless `allow_missing`."""
+    known = set(ids)
+    unknown = [k for k in responses if k not in known]
+    if unknown:
+        raise ValueError(f"{len(unknown)} response id(s) are not in the split, e.g. {unknown[:3]}")
+    order = [i for i, k in enumerate(ids) if k in responses]
+    if len(order) < len(ids) and not allow_missing:
+        missing = [k for k in ids if k not in responses]
+        raise ValueError(f"no response for {len(missing)} sample(s) of the split, e.g. {missing[:3]}")
+    return order
+
+
 class Evaluator:
     """Scores a fixed list of samples; see the module docstring.
 
@@ -173,14 +187,7 @@ class Evaluator:
         """Scores given answers (id -> text). An id the samples do not hold is an error naming it;
         so is a sample without an answer, unless `allow_missing` (then only answered ones count)."""
         ids = [self._id(i) for i in range(len(self.examples))]
-        known = set(ids)
-        unknown = [k for k in responses if k not in known]
-        if unknown:
-            raise ValueError(f"{len(unknown)} response id(s) are not in the split, e.g. {unknown[:3]}")
-        order = [i for i, k in enumerate(ids) if k in responses]
-        if len(order) < len(ids) and not allow_missing:
-            missing = [k for k in ids if k not in responses]
-            raise ValueError(f"no response for {len(missing)} sample(s) of the split, e.g. {missing[:3]}")
+        order = response_order(ids, responses, allow_missing)
         start, samples = time.perf_counter(), []
         with self._bar(len(order), "score") as bar:
             for lo in range(0, len(order), self.batch_size):
