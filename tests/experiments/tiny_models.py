@@ -18,12 +18,27 @@ def write_models(root: str, seed: int = 0) -> str:
     from segzero_jax.models.sam2 import get_preset, random_params
 
     policy = qwen2_5_vl.preset("tiny")
-    params = nn.meta.unbox(qwen2_5_vl.init_params(policy, jax.random.PRNGKey(seed)))
+    params = random_policy_params(policy, seed)
     checkpoint.save_model(os.path.join(root, "policy"), checkpoint.POLICY_KIND, policy, params)
     sam = get_preset("test_tiny")
     checkpoint.save_model(os.path.join(root, "sam2"), checkpoint.SAM2_KIND, sam,
                           random_params(sam, jax.random.PRNGKey(seed + 1), scale=0.1))
     return root
+
+
+def random_policy_params(config, seed: int, scale: float = 0.05) -> dict:
+    """N(0, scale^2) weights of the policy's shapes, norm scales 1: made from the abstract tree
+    with numpy (no compile), for tests that need a policy, not a trained one."""
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        if "norm" in name and name.endswith("scale"):
+            return np.ones(leaf.shape, leaf.dtype)
+        return (scale * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
+
+    from segzero_jax.models import qwen2_5_vl
+    return jax.tree_util.tree_map_with_path(fill, nn.meta.unbox(qwen2_5_vl.abstract_params(config)))
 
 
 def synthetic_split(data_dir: str, split: str = "test"):
