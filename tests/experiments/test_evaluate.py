@@ -150,3 +150,21 @@ def _assert_greedy(setup, sample, steps):
         tokens.append(int(jnp.argmax(logits[0, -1])))
     want = tok.decode(tokens, skip_special_tokens=True)
     assert sample["response"].startswith(want)
+
+
+def test_sam2_straight_from_metas_checkpoint(setup, tmp_path):
+    """--responses with --sam2=Meta's .pt and no policy: the reference's weights, read directly."""
+    pytest.importorskip("sam2")
+    from segzero_jax.models.sam2 import get_preset
+    from tests.models.sam2.reference import build_reference, save_checkpoint
+
+    pt = save_checkpoint(build_reference(get_preset("test_tiny"), seed=2), str(tmp_path))
+    record = setup["records"][0]
+    rows = [{"id": setup["records"][i]["image_id"].decode(), "response": _answer(setup["records"][i])}
+            for i in range(3)]
+    metrics = evaluate.run(evaluate.Options(sam2=pt, sam2_preset="test_tiny", data_dir=setup["data"],
+                                            builder_config=BUILDER, progress=False, out=str(tmp_path / "o"),
+                                            responses=_write(tmp_path / "r.jsonl", rows)))
+    assert metrics["sam2"] == pt and "checkpoint" not in metrics and metrics["parse_failures"] == 0
+    first = json.loads(open(tmp_path / "o" / "samples.jsonl").readline())
+    assert first["id"] == record["image_id"].decode() and first["sam2_score"] is not None

@@ -1,7 +1,5 @@
 """experiments.infer on tiny random models: the outputs, and one-line errors for bad inputs."""
 
-import json
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -45,14 +43,13 @@ def test_writes_the_mask_and_overlay_at_the_image_size(models, tmp_path, monkeyp
     assert out["error"] is None and out["score"] is not None
 
 
-def test_the_real_generator_path_reports_an_unparsable_answer(models, tmp_path):
+def test_the_real_generator_path_reports_an_unparsable_answer(models, tmp_path, capsys):
     image = tiny_models.image_file(str(tmp_path / "photo.png"))
-    proc = run_module("experiments.infer", f"--checkpoint={models}", f"--image={image}", "--question=the cat",
-                      f"--out={tmp_path}/p", "--image_size=56", "--max_new_tokens=4", timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = infer.run(infer.Options(checkpoint=models, image=image, question="the cat", out=f"{tmp_path}/p",
+                                  image_size=56, max_new_tokens=4))
     assert out["error"].startswith("the answer could not be parsed") and out["mask_pixels"] == 0
     assert np.asarray(Image.open(out["mask"])).shape == (48, 64)
+    assert "no mask: the answer could not be parsed" in capsys.readouterr().out
 
 
 def test_bad_inputs_are_one_line(models, tmp_path):
