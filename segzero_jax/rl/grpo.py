@@ -7,8 +7,10 @@ Shapes: N responses (= prompts x group size), T response tokens, V vocabulary;
                 a group of one response gets mean 0, std 1 (`compute_grpo_outcome_advantage`);
                 other estimators by name in `ADVANTAGE_ESTIMATORS` ("grpo_no_std": r_i - mean_g,
                 "rloo": r_i - mean of the group's other rewards)
-  policy loss = max(-A * ratio, -A * clip(ratio, 1 - c, 1 + c)),  ratio = exp(logp - old_logp)
-                (`compute_policy_loss`)
+  policy loss = max(-A * ratio, -A * clip(ratio, 1 - c_low, 1 + c_high)),  ratio = exp(logp - old_logp)
+                (`compute_policy_loss`; c_high > c_low is DAPO's clip-higher); "gspo" (Zheng et
+                al. 2025) uses one ratio per sequence, s_i = exp(mean_t (logp - old_logp)),
+                carried by each token as sg(s_i) * exp(logp_t - sg(logp_t)) (`POLICY_LOSSES`)
   low_var_kl  = clip(exp(ref - logp) - (ref - logp) - 1, -10, 10)  (`kl_penalty`)
   entropy     = logsumexp(z) - sum(softmax(z) * z)  (`entropy_from_logits`)
   loss        = agg(pg) - entropy_coef * agg(entropy) + kl_coef * agg(kl)  (`dp_actor.update_policy`)
@@ -102,17 +104,53 @@ def compute_advantages(rewards: jax.Array, estimator: str = "grpo") -> jax.Array
 
 
 def policy_loss_terms(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array,
-                      clip: float = 0.2) -> tuple[jax.Array, jax.Array, jax.Array]:
+                      clip: float = 0.2, clip_high: Optional[float] = None,
+                      mask: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Per-token (PPO-clipped loss, clipped indicator, -log ratio): float32[N, T] each.
 
-    `advantages` is float32[N] (broadcast over tokens) or float32[N, T].
+    `advantages` is float32[N] (broadcast over tokens) or float32[N, T]; the ratio is clipped
+    to [1 - clip, 1 + clip_high] (clip_high defaults to clip). `mask` is not read (the
+    token-level ratio needs none); it keeps the signature of `gspo_loss_terms`.
     """
+    del mask
+    clip_high = clip if clip_high is None else clip_high
     adv = advantages[:, None] if advantages.ndim == 1 else advantages
     neg_kl = logp.astype(jnp.float32) - old_logp.astype(jnp.float32)
     ratio = jnp.exp(neg_kl)
     loss1 = -adv * ratio
-    loss2 = -adv * jnp.clip(ratio, 1.0 - clip, 1.0 + clip)
+    loss2 = -adv * jnp.clip(ratio, 1.0 - clip, 1.0 + clip_high)
     return jnp.maximum(loss1, loss2), (loss2 > loss1).astype(jnp.float32), -neg_kl
+
+
+def gspo_loss_terms(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array,
+                    clip: float = 3e-4, clip_high: Optional[float] = None,
+                    mask: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """GSPO's sequence-level clipped objective per token (float32[N, T] each, as above).
+
+    s_i = exp(mean over row i's valid tokens of (logp - old_logp)); each token carries
+    s_i,t = sg(s_i) * exp(logp_t - sg(logp_t)) (value s_i, gradient s_i * grad logp_t), and
+    loss_t = max(-A_i s_i,t, -A_i clip(s_i,t, 1 - clip, 1 + clip_high)). Aggregated with
+    "seq-mean-token-mean" this is the paper's J_GSPO (mean over sequences of
+    min(s_i A_i, clip(s_i) A_i), with grad log s_i = mean_t grad logp_t).
+    """
+    clip_high = clip if clip_high is None else clip_high
+    lp, old = logp.astype(jnp.float32), old_logp.astype(jnp.float32)
+    m = jnp.ones_like(lp) if mask is None else mask.astype(jnp.float32)
+    adv = advantages[:, None] if advantages.ndim == 1 else advantages
+    log_seq_ratio = _masked_mean(lp - old, m, axis=-1)[:, None]
+    token_ratio = jnp.exp(jax.lax.stop_gradient(log_seq_ratio) + lp - jax.lax.stop_gradient(lp))
+    loss1 = -adv * token_ratio
+    loss2 = -adv * jnp.clip(token_ratio, 1.0 - clip, 1.0 + clip_high)
+    neg = jnp.broadcast_to(-log_seq_ratio, lp.shape)
+    return jnp.maximum(loss1, loss2), (loss2 > loss1).astype(jnp.float32), neg
+
+
+# Per-token policy losses by name (config `rl.policy_loss`): (logp, old_logp, advantages,
+# clip, clip_high, mask) -> (loss, clipped indicator, -log ratio), float32[N, T] each.
+POLICY_LOSSES: dict[str, Callable[..., tuple[jax.Array, jax.Array, jax.Array]]] = {
+    "ppo": policy_loss_terms,
+    "gspo": gspo_loss_terms,
+}
 
 
 KL_PENALTIES: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
@@ -174,6 +212,35 @@ def aggregate(values: jax.Array, mask: jax.Array, mode: str = "seq-mean-token-me
     if mode == "token-mean-per-microbatch":
         return _token_mean_per_microbatch(values, m, num_micro_batches)
     return AGGREGATIONS[mode](values, m)
+
+
+def aggregation_denominator(mask: jax.Array, mode: str, num_micro_batches: int = 1) -> jax.Array:
+    """The normaliser that makes `microbatch_aggregate` over a partition of the rows of
+    `mask` float32[N, T] sum to `aggregate` over all of them (gradient accumulation)."""
+    if mode not in AGGREGATIONS:
+        raise KeyError(f"unknown aggregation {mode!r}; known: {sorted(AGGREGATIONS)}")
+    m = mask.astype(jnp.float32)
+    if mode == "seq-mean-token-mean":
+        return jnp.maximum(jnp.sum((jnp.sum(m, axis=-1) > 0).astype(jnp.float32)), 1.0)
+    if mode == "token-mean":
+        return jnp.maximum(jnp.sum(m), 1.0)
+    if mode == "seq-mean-token-sum":
+        return jnp.asarray(m.shape[0], jnp.float32)
+    if mode == "seq-mean-token-sum-norm":
+        return jnp.asarray(m.size, jnp.float32)
+    return jnp.asarray(num_micro_batches, jnp.float32)
+
+
+def microbatch_aggregate(values: jax.Array, mask: jax.Array, mode: str, denominator: jax.Array) -> jax.Array:
+    """One micro-batch's share of `aggregate(all rows)`: summed over the micro-batches of a
+    partition, with `denominator = aggregation_denominator(all rows' mask, mode, M)`, it equals
+    the full aggregate (for "token-mean-per-microbatch": with the micro-batches as the M parts)."""
+    m = mask.astype(jnp.float32)
+    if mode == "seq-mean-token-mean":
+        return jnp.sum(_masked_mean(values, m, axis=-1)) / denominator
+    if mode == "token-mean-per-microbatch":
+        return _masked_mean(values, m) / denominator
+    return jnp.sum(values * m) / denominator
 
 
 def grpo_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, mask: jax.Array, *,

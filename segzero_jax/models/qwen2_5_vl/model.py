@@ -77,16 +77,20 @@ class Qwen2_5_VL(nn.Module):
             vision_layout = host_vision_layout(image_grid_thw, self.config.vision)
         return self.visual(pixel_values, layout_arrays(vision_layout))
 
-    def embed_inputs(self, input_ids, pixel_values=None, image_grid_thw=None, vision_layout=None):
+    def embed_inputs(self, input_ids, pixel_values=None, image_grid_thw=None, vision_layout=None,
+                     image_features=None):
         """Token embeddings with image features scattered into `<|image_pad|>` slots: `[B, T, D]`.
 
         Features are taken in batch-major order of the image tokens (transformers'
         masked_scatter). A count mismatch is an error when the inputs are concrete.
+        `image_features` `[L/4, D_lm]` (the output of `encode_images`) replaces the vision
+        tower's pass over `pixel_values`: rows that share an image share one vision forward.
         """
         x = self.language_model.embed(input_ids)
-        if pixel_values is None:
+        if pixel_values is None and image_features is None:
             return x
-        feats = self.encode_images(pixel_values, image_grid_thw, vision_layout).astype(x.dtype)
+        feats = (self.encode_images(pixel_values, image_grid_thw, vision_layout) if image_features is None
+                 else image_features).astype(x.dtype)
         is_img = input_ids == self.config.image_token_id
         if not _is_tracer(input_ids) and not _is_tracer(feats):
             n_tok = int(np.asarray(is_img).sum())
@@ -127,20 +131,23 @@ class Qwen2_5_VL(nn.Module):
 
     def response_log_probs(self, input_ids, pixel_values=None, image_grid_thw=None, attention_mask=None,
                            position_ids=None, vision_layout=None, right_padded: bool = False, *,
-                           num_targets: int, temperature: float = 1.0, chunk_size: int = 256):
+                           num_targets: int, temperature: float = 1.0, chunk_size: int = 256,
+                           image_features=None):
         """Log-probabilities and entropies of the last `num_targets` tokens, float32[B, R] each.
 
         The GRPO layout: `input_ids` = prompt (left-padded) + response (R tokens, right-padded);
         position t of the response is scored by the logits at the token before it, divided
         by `temperature`. Logits are made `chunk_size` positions at a time (see
         `LanguageModel.token_log_probs`), so no float32 `[B, T, V]` array is ever held.
-        Values at padded response positions are garbage; mask them.
+        Values at padded response positions are garbage; mask them. `image_features`: see
+        `embed_inputs` (with it, `pixel_values` is not read; `image_grid_thw` still places the
+        image tokens' 3-D positions).
         """
         t = input_ids.shape[1]
         if not 0 < num_targets < t:
             raise ValueError(f"num_targets={num_targets} must be in [1, {t - 1}] for sequences of {t} tokens")
         out = self._prompt_pass(input_ids, pixel_values, image_grid_thw, attention_mask, position_ids,
-                                vision_layout, right_padded)
+                                vision_layout, right_padded, image_features=image_features)
         hidden, dest = out[0], out[4]
         window = slice(t - num_targets - 1, t - 1)
         # Only the scoring positions come back from the packed order (not all T).
@@ -149,7 +156,7 @@ class Qwen2_5_VL(nn.Module):
         return self.language_model.token_log_probs(hidden, targets, temperature, chunk_size)
 
     def _prompt_pass(self, input_ids, pixel_values, image_grid_thw, attention_mask, position_ids,
-                     vision_layout, right_padded, cache_kv=None):
+                     vision_layout, right_padded, cache_kv=None, image_features=None):
         """Decoder over a (packed) prompt.
 
         Returns (hidden `[B, T, D]` in packed order, stacked k/v `[L, B, T, K, H]` in packed
@@ -162,7 +169,7 @@ class Qwen2_5_VL(nn.Module):
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be int32[B, T], got shape {input_ids.shape}")
         if position_ids is None:
-            if pixel_values is not None and image_grid_thw is None:
+            if (pixel_values is not None or image_features is not None) and image_grid_thw is None:
                 raise ValueError("image_grid_thw is needed for the 3-D rotary positions of the image tokens "
                                  "(pass it with vision_layout; it may be a traced array), or pass position_ids")
             position_ids, rope_deltas = self.rope_positions(input_ids, attention_mask, image_grid_thw)
@@ -181,7 +188,7 @@ class Qwen2_5_VL(nn.Module):
                 packed_ids = jnp.take_along_axis(input_ids, order, axis=1)
                 packed_pos = jnp.take_along_axis(position_ids, order[None], axis=2)
         # Image features follow the image tokens in batch-major order, which packing keeps.
-        x = self.embed_inputs(packed_ids, pixel_values, image_grid_thw, vision_layout)
+        x = self.embed_inputs(packed_ids, pixel_values, image_grid_thw, vision_layout, image_features)
         cos, sin = self._cos_sin(packed_pos)
         # A row with no valid token attends to its first slot: finite garbage, never NaN.
         kv_lengths = None if lengths is None else jnp.maximum(lengths, 1)
