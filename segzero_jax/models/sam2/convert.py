@@ -33,7 +33,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from segzero_jax.models.sam2.config import PRESETS, Sam2Config, get_preset
-from segzero_jax.models.sam2.hiera import block_name, block_segments, is_scanned, segment_name
+from segzero_jax.models.sam2.hiera_layout import block_name, block_segments, is_scanned, segment_name
 from segzero_jax.models.sam2.model import abstract_params
 from segzero_jax.models.tensor_files import read_safetensors, read_torch_state_dict
 

@@ -62,7 +62,8 @@ def test_trunk_layout_plan():
     blocks that pad, and SAM2-Large
     changes layout twice (the first windows, and 2- to 16-windows in stage 3), its global blocks
     reading the 16-windows side by side."""
-    from segzero_jax.models.sam2.hiera import MultiScaleBlock, layout_plan
+    from segzero_jax.models.sam2.hiera import MultiScaleBlock
+    from segzero_jax.models.sam2.hiera_layout import layout_plan
     plan = layout_plan(get_preset("test_tiny"))
     assert [(run.start, run.layout) for run in plan] == [(0, 4), (1, 4), (2, 2), (3, 2), (4, 0), (6, 0),
                                                                     (7, 0), (8, 0)]
@@ -92,12 +93,12 @@ def test_window_layout_equals_per_block_partition(monkeypatch, scan_blocks):
     global blocks over 2- and 16-windows, pooling 16- into 8-windows; remat on."""
     import flax.linen as nn
 
-    from segzero_jax.models.sam2 import hiera
+    from segzero_jax.models.sam2 import hiera, hiera_layout
     from segzero_jax.parallel import DEFAULT_RULES, logical_shardings, make_mesh
     cfg = get_preset("test_tiny").replace(stages=(2, 3, 4, 2), global_att_blocks=(6, 8), window_spec=(8, 4, 16, 8),
                                           image_size=256, window_pos_embed_bkg_spatial_size=(7, 7),
                                           remat_policy="full", scan_blocks=scan_blocks)
-    plan = hiera.layout_plan(cfg)
+    plan = hiera_layout.layout_plan(cfg)
     assert [(run.start, run.count, run.layout) for run in plan] == [
         (0, 2, 8), (2, 1, 8), (3, 2, 4), (5, 1, 4), (6, 1, 2), (7, 1, 16), (8, 1, 16), (9, 1, 16), (10, 1, 8)]
     model = hiera.Hiera(cfg)
@@ -109,7 +110,7 @@ def test_window_layout_equals_per_block_partition(monkeypatch, scan_blocks):
                                                        mesh, DEFAULT_RULES))
     with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
         planned_sharded = jax.jit(model.apply)(sharded, x)
-    monkeypatch.setattr(hiera, "segment_layout", lambda spec, hw, current, q_stride: 0)
+    monkeypatch.setattr(hiera_layout, "segment_layout", lambda spec, hw, current, q_stride: 0)
     per_block = jax.jit(model.apply)(params, x)
     for a, b, c in zip(planned, per_block, planned_sharded):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
