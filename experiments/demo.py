@@ -11,6 +11,7 @@ answer JSON), is also reachable with `gradio_client`.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Optional
 
 from absl import app, flags
@@ -27,6 +28,8 @@ class Options:
     parser: str = "segzero"
     host: str = "127.0.0.1"
     port: int = 7860
+    example_image: Optional[str] = None
+    example_question: Optional[str] = None
 
 
 def define_flags() -> None:
@@ -41,6 +44,8 @@ def define_flags() -> None:
     flags.DEFINE_enum("parser", d.parser, ["segzero", "lenient"], "Answer parser (segzero = the reference).")
     flags.DEFINE_string("host", d.host, "Address to serve on.")
     flags.DEFINE_integer("port", d.port, "Port to serve on.")
+    flags.DEFINE_string("example_image", d.example_image, "Image the page opens with (answered on load).")
+    flags.DEFINE_string("example_question", d.example_question, "Question the page opens with.")
 
 
 def segment(pipeline, image, question: str):
@@ -62,8 +67,9 @@ def segment(pipeline, image, question: str):
     return text, overlay, details
 
 
-def make_app(pipeline):
-    """The Gradio Blocks page over `pipeline` (a `segzero_jax.inference.SegZeroPipeline`)."""
+def make_app(pipeline, example: Optional[tuple[str, str]] = None):
+    """The Gradio Blocks page over `pipeline` (a `segzero_jax.inference.SegZeroPipeline`); with
+    `example` = (image path, question) the page opens with them filled in and answered."""
     import gradio as gr
 
     def run(image, question):
@@ -76,14 +82,18 @@ def make_app(pipeline):
         gr.Markdown("## Seg-Zero reasoning segmentation\nUpload an image and say what to segment: the policy "
                     "reasons, answers with a box and two points, and SAM2 turns them into a mask.")
         with gr.Row():
-            image = gr.Image(type="numpy", image_mode="RGB", label="image")
+            image = gr.Image(type="numpy", image_mode="RGB", label="image",
+                             value=example[0] if example else None)
             overlay = gr.Image(type="numpy", label="mask, box and points", interactive=False, format="png")
-        question = gr.Textbox(label="question", placeholder="the object used to cut paper")
+        question = gr.Textbox(label="question", placeholder="the object used to cut paper",
+                              value=example[1] if example else "")
         button = gr.Button("Segment", variant="primary")
         reasoning = gr.Textbox(label="reasoning", lines=4, interactive=False)
         details = gr.JSON(label="answer")
         button.click(run, [image, question], [reasoning, overlay, details], api_name="segment")
         question.submit(run, [image, question], [reasoning, overlay, details], api_name=False)
+        if example:
+            page.load(run, [image, question], [reasoning, overlay, details], api_name=False)
     return page
 
 
@@ -104,7 +114,12 @@ def main(argv):
                                   o.parser)
     except (InputError, FileNotFoundError, CheckpointError) as err:
         raise SystemExit(f"error: {err}") from None
-    make_app(pipeline).launch(server_name=o.host, server_port=o.port)
+    example = None
+    if o.example_image:
+        if not os.path.isfile(o.example_image):
+            raise SystemExit(f"error: --example_image={o.example_image}: no such file")
+        example = (o.example_image, o.example_question or "")
+    make_app(pipeline, example).launch(server_name=o.host, server_port=o.port)
 
 
 if __name__ == "__main__":

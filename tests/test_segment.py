@@ -29,6 +29,8 @@ def models(tmp_path_factory):
     return cfg, params, ref, images
 
 
+@pytest.mark.parity
+@pytest.mark.slow
 def test_mixed_sizes_match_the_reference_choice(models):
     cfg, params, ref, images = models
     seg = Segmenter(cfg, params, batch_size=4)  # one padded batch on a 192 x 128 canvas
@@ -43,6 +45,7 @@ def test_mixed_sizes_match_the_reference_choice(models):
         assert abs(ours.score - float(scores[best])) < 1e-3
 
 
+@pytest.mark.slow
 def test_unrunnable_prompts_are_failures_and_batches_chunk(models):
     cfg, params, _, images = models
     seg = Segmenter(cfg, params, batch_size=4, canvas_hw=(192, 128))  # the compile above

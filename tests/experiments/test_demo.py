@@ -36,6 +36,7 @@ def page(tmp_path_factory):
     app.close()
 
 
+@pytest.mark.slow
 def test_the_page_answers_through_the_client(page):
     app, root, pipeline = page
     image = tiny_models.image_file(str(root / "photo.png"), size=(48, 64))

@@ -28,6 +28,7 @@ class FixedAnswer:
         return [generation.Response(ANSWER, 30, True)]
 
 
+@pytest.mark.slow
 def test_writes_the_mask_and_overlay_at_the_image_size(models, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(generation, "GreedyGenerator", FixedAnswer)
     image = tiny_models.image_file(str(tmp_path / "photo.png"), size=(48, 64))
@@ -43,6 +44,7 @@ def test_writes_the_mask_and_overlay_at_the_image_size(models, tmp_path, monkeyp
     assert out["error"] is None and out["score"] is not None
 
 
+@pytest.mark.slow
 def test_the_real_generator_path_reports_an_unparsable_answer(models, tmp_path, capsys):
     image = tiny_models.image_file(str(tmp_path / "photo.png"))
     out = infer.run(infer.Options(checkpoint=models, image=image, question="the cat", out=f"{tmp_path}/p",
