@@ -11,8 +11,12 @@ appearance, duplicates kept) it records:
   key_hash  uint32[K, 2] two 32-bit hashes of the key bytes (duplicate-key resolution)
   kind      int32[K]     KIND_ARRAY / KIND_STRING / KIND_OTHER
   count     int32[K]     number of top-level array elements
-  elem      float32[K,4] the first four top-level elements as numbers (bool -> 0/1)
+  elem      float32[K,4] the first four top-level elements as numbers (bool -> 0/1, a
+                         string element as int() reads it, a string value's digits)
   elem_num  bool[K, 4]   that element is a number/bool whose float32 value is exact enough
+  elem_int_str bool[K, 4] the value as Python's `int()` reads it from a string, in elem:
+                         for an array, element j is a string `int()` parses (see below);
+                         for a string value, its character j is a digit 0-9
   str_len   int32[K]     character count of a string value, valid where str_simple
 Key escapes are decoded as Python does (`\\uXXXX` feeds the character's UTF-8 bytes).
 Global: ok (the object parses), exotic (a key with a surrogate `\\uD800`-`\\uDFFF` escape, or
@@ -21,6 +25,13 @@ more than K keys: the caller scores such answers 0, never above the reference).
 Numbers are parsed to float32 as m * 10^e with an exact m < 10^8; a number with more than
 seven significant digits or |e| > 10 is kept as valid JSON but marked non-numeric, so the
 float32 value never orders differently from Python's value.
+
+String elements are read as `int(s)` reads them after `json.loads` has decoded the escapes:
+surrounding whitespace (the 25 characters `int()` strips, `INT_WHITESPACE`, raw UTF-8 or
+escaped), an optional sign, ASCII digits 0-9 with single underscores between them, nothing
+else ("007" is 7, "1_000" is 1000, "4.5", "1e3", "4 3" and "_1" are not numbers). Digits of
+other scripts ("\\uff14", Devanagari ...), which `int()` also reads, and more than seven
+significant digits leave the element unread (the caller scores 0, never above Python).
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ import numpy as np
  VSTR_U, NUM_MINUS, NUM_ZERO, NUM_INT, NUM_DOT, NUM_FRAC, NUM_E, NUM_ESIGN, NUM_EXP, LIT,
  DONE, ERR, KEY_U) = range(23)
 KIND_NONE, KIND_ARRAY, KIND_STRING, KIND_OTHER = range(4)
+READ_NONE, READ_NUMBER, READ_INT_STR = range(3)  # elem_num / elem_int_str, packed in the loop
 (KEY_EQ_BBOX, KEY_EQ_POINTS_1, KEY_EQ_POINTS_2, KEY_HAS_BBOX, KEY_HAS_POINT,
  KEY_HAS_POINTS) = range(6)
 MAX_ELEMS = 4
@@ -57,6 +69,21 @@ _HEX[[ord(c) for c in "0123456789abcdefABCDEF"]] = True
 _HEX_VALUE = np.zeros(256, np.int32)
 for _c in "0123456789abcdefABCDEF":
     _HEX_VALUE[ord(_c)] = int(_c, 16)
+# Python's int(str) strips these (str.isspace() minus U+001C-U+001F, which it keeps as ASCII).
+INT_WHITESPACE = (9, 10, 11, 12, 13, 32, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B), 0x2028,
+                  0x2029, 0x202F, 0x205F, 0x3000)
+# int() of a string: per character class (whitespace, sign, digit, underscore, other) the
+# next state; states lead (only whitespace so far), sign, digit, underscore, trail, bad.
+INT_LEAD, INT_SIGN, INT_DIGIT, INT_UNDER, INT_TRAIL, INT_BAD = range(6)
+C_WS, C_SIGN, C_DIGIT, C_UNDER, C_OTHER = range(5)
+_INT_TABLE = np.array([
+    [INT_LEAD, INT_SIGN, INT_DIGIT, INT_BAD, INT_BAD],
+    [INT_BAD, INT_BAD, INT_DIGIT, INT_BAD, INT_BAD],
+    [INT_TRAIL, INT_BAD, INT_DIGIT, INT_UNDER, INT_BAD],
+    [INT_BAD, INT_BAD, INT_DIGIT, INT_BAD, INT_BAD],
+    [INT_TRAIL, INT_BAD, INT_BAD, INT_BAD, INT_BAD],
+    [INT_BAD] * 5], np.int32)
+_UTF8_LEAD_MASK = np.array([0x7F, 0x1F, 0x0F, 0x07], np.int32)
 _ESCAPED_BYTE = np.zeros(256, np.int32)  # the byte a simple escape \x stands for
 for _c, _v in zip('"\\/bfnrt', (34, 92, 47, 8, 12, 10, 13, 9)):
     _ESCAPED_BYTE[ord(_c)] = _v
@@ -109,6 +136,7 @@ class ParsedAnswer(NamedTuple):
     count: jax.Array
     elem: jax.Array
     elem_num: jax.Array
+    elem_int_str: jax.Array
     str_len: jax.Array
     str_simple: jax.Array
 
@@ -120,6 +148,13 @@ def _is(b, chars: str):
     return out
 
 
+def int_whitespace(ch: jax.Array) -> jax.Array:
+    """`ch in INT_WHITESPACE` for int32 code points, as range tests (cheaper in the loop)."""
+    return (((ch >= 9) & (ch <= 13)) | (ch == 32) | (ch == 0x85) | (ch == 0xA0) | (ch == 0x1680)
+            | ((ch >= 0x2000) & (ch <= 0x200A)) | (ch == 0x2028) | (ch == 0x2029)
+            | (ch == 0x202F) | (ch == 0x205F) | (ch == 0x3000))
+
+
 def _init_carry(max_keys: int) -> dict:
     z = lambda shape, dt: jnp.zeros(shape, dt)  # noqa: E731
     return dict(
@@ -129,31 +164,32 @@ def _init_carry(max_keys: int) -> dict:
         ucount=jnp.int32(0), lit=jnp.int32(0), lit_pos=jnp.int32(0), lit_neg=z((), bool),
         neg=z((), bool), m=jnp.float32(0), sig=jnp.int32(0), frac=jnp.int32(0),
         e_val=jnp.int32(0), e_neg=z((), bool), at_elem=z((), bool), cur_elem=jnp.int32(0),
-        str_top=z((), bool),
+        str_top=z((), bool), str_elem=z((), bool), s_pos=jnp.int32(0),
+        s_int=jnp.int32(INT_LEAD), s_m=jnp.float32(0), s_sig=jnp.int32(0), s_neg=z((), bool),
         key_flags=z((max_keys, 6), bool), key_hash=z((max_keys, 2), jnp.uint32),
         kind=z((max_keys,), jnp.int32), count=z((max_keys,), jnp.int32),
-        elem=z((max_keys, MAX_ELEMS), jnp.float32), elem_num=z((max_keys, MAX_ELEMS), bool),
+        elem=z((max_keys, MAX_ELEMS), jnp.float32), elem_read=z((max_keys, MAX_ELEMS), jnp.int32),
         str_len=z((max_keys,), jnp.int32), str_simple=z((max_keys,), bool))
 
 
-def _write_elem(c: dict, when, value, numeric) -> dict:
-    """Stores a finished scalar as element `cur_elem` of the current key's array."""
+def _write_elem(c: dict, when, value, read, index) -> dict:
+    """Stores a finished value and how it reads (READ_*) as element `index` of the current
+    key: one write per byte, the [K, 4] updates being the costly part of a step."""
     k = c["key_flags"].shape[0]
-    hit = (when & c["at_elem"] & (c["cur_elem"] < MAX_ELEMS))
     mask = ((jnp.arange(k) == c["slot"])[:, None]
-            & (jnp.arange(MAX_ELEMS) == c["cur_elem"])[None, :] & hit)
+            & (jnp.arange(MAX_ELEMS) == index)[None, :] & when)
     c["elem"] = jnp.where(mask, value, c["elem"])
-    c["elem_num"] = jnp.where(mask, numeric, c["elem_num"])
+    c["elem_read"] = jnp.where(mask, read, c["elem_read"])
     return c
 
 
-def _finish_number(c: dict, when) -> dict:
+def _number_value(c: dict) -> tuple[jax.Array, jax.Array]:
+    """(float32 value, exact) of the number whose digits the carry holds."""
     e10 = jnp.where(c["e_neg"], -c["e_val"], c["e_val"]) - c["frac"]
     exact = (c["sig"] <= MAX_SIG_DIGITS) & ((c["m"] == 0) | (jnp.abs(e10) <= MAX_ABS_EXP10))
     p = jnp.asarray(_POW10)[jnp.clip(jnp.abs(e10), 0, MAX_ABS_EXP10)]
     value = jnp.where(e10 >= 0, c["m"] * p, c["m"] / p)
-    value = jnp.where(c["neg"], -value, value)
-    return _write_elem(c, when, value, exact)
+    return jnp.where(c["neg"], -value, value), exact
 
 
 def _step(old: dict, b8: jax.Array) -> dict:
@@ -172,7 +208,8 @@ def _step(old: dict, b8: jax.Array) -> dict:
                | (is_e & ((st == NUM_ZERO) | (st == NUM_INT) | (st == NUM_FRAC))))
     in_num = (st == NUM_ZERO) | (st == NUM_INT) | (st == NUM_FRAC) | (st == NUM_EXP)
     ends = in_num & ~extends
-    c = _finish_number(c, ends)
+    num_value, num_exact = _number_value(c)
+    num_write = ends & c["at_elem"]
     st = jnp.where(ends, AFTER_VAL, st)
 
     # Phase 2: the transition for this byte.
@@ -245,24 +282,35 @@ def _step(old: dict, b8: jax.Array) -> dict:
     c["h"] = jnp.where(key_start, jnp.array([2166136261, 0], jnp.uint32), c["h"])
     # Key characters as Python sees them: escapes decoded, \uXXXX fed as its UTF-8 bytes
     # (so "bb\u006fx" is the key "bbox"); a surrogate escape makes the answer exotic.
-    hexv = jnp.asarray(_HEX_VALUE)[b]
-    cp = jnp.where(st == KEY_ESC, 0, jnp.where(st == KEY_U, c["cp"] * 16 + hexv, c["cp"]))
-    c["cp"] = cp
-    u_done = (st == KEY_U) & (nxt == KEY)
-    c["key_exotic"] = c["key_exotic"] | (u_done & (cp >= 0xD800) & (cp <= 0xDFFF))
     plain = (st == KEY) & (nxt == KEY)
     simple = (st == KEY_ESC) & (nxt == KEY)
-    # Raw key bytes must be valid UTF-8: the host's decode turns invalid bytes into U+FFFD,
-    # which would merge keys the device tells apart, so such answers are exotic.
+    v_plain = (st == VSTR) & (nxt == VSTR)
+    # Raw string bytes (keys and values, checked afresh per string) must be valid UTF-8:
+    # `u8_rem` continuation bytes are still due, the next one within [u8_lo, u8_hi].
     rem, lo, hi = c["u8_rem"], c["u8_lo"], c["u8_hi"]
     lead_rem = jnp.select([b < 0x80, (b >= 0xC2) & (b <= 0xDF), (b >= 0xE0) & (b <= 0xEF),
                            (b >= 0xF0) & (b <= 0xF4)], [0, 1, 2, 3], -1)
     bad_byte = jnp.where(rem > 0, (b < lo) | (b > hi), lead_rem < 0)
-    c["u8_rem"] = jnp.where(plain, jnp.where(rem > 0, rem - 1, jnp.maximum(lead_rem, 0)), rem)
-    c["u8_lo"] = jnp.where(plain, jnp.where((rem == 0) & (b == 0xE0), 0xA0, jnp.where(
-        (rem == 0) & (b == 0xF0), 0x90, 0x80)), lo)
-    c["u8_hi"] = jnp.where(plain, jnp.where((rem == 0) & (b == 0xED), 0x9F, jnp.where(
-        (rem == 0) & (b == 0xF4), 0x8F, 0xBF)), hi)
+    raw = plain | v_plain
+    str_start = key_start | (expect_value & (b == 34))
+    new_rem = jnp.where(rem > 0, rem - 1, jnp.maximum(lead_rem, 0))
+    c["u8_rem"] = jnp.where(str_start, 0, jnp.where(raw, new_rem, rem))
+    c["u8_lo"] = jnp.where(raw & (rem == 0) & (b == 0xE0), 0xA0, jnp.where(
+        raw & (rem == 0) & (b == 0xF0), 0x90, jnp.where(raw | str_start, 0x80, lo)))
+    c["u8_hi"] = jnp.where(raw & (rem == 0) & (b == 0xED), 0x9F, jnp.where(
+        raw & (rem == 0) & (b == 0xF4), 0x8F, jnp.where(raw | str_start, 0xBF, hi)))
+    # The code point being read: \uXXXX hex digits (keys and values), raw UTF-8 (values).
+    hexv = jnp.asarray(_HEX_VALUE)[b]
+    cp = jnp.select(
+        [(st == KEY_ESC) | (st == VSTR_ESC), (st == KEY_U) | (st == VSTR_U), v_plain],
+        [0, c["cp"] * 16 + hexv, jnp.where(rem > 0, c["cp"] * 64 + (b & 63),
+                                           b & jnp.asarray(_UTF8_LEAD_MASK)[new_rem])],
+        c["cp"])
+    c["cp"] = cp
+    u_done = (st == KEY_U) & (nxt == KEY)
+    c["key_exotic"] = c["key_exotic"] | (u_done & (cp >= 0xD800) & (cp <= 0xDFFF))
+    # A key with invalid UTF-8 is exotic: the host's decode turns invalid bytes into U+FFFD,
+    # which would merge keys the device tells apart.
     c["key_exotic"] = c["key_exotic"] | (plain & bad_byte) | (
         (st == KEY) & ~plain & (rem > 0))
     n_feed = jnp.where(plain | simple, 1, jnp.where(
@@ -299,6 +347,7 @@ def _step(old: dict, b8: jax.Array) -> dict:
     c["cur_elem"] = jnp.where(in_arr, cur_count, c["cur_elem"])
     c["count"] = jnp.where(this & in_arr, c["count"] + 1, c["count"])
     c["at_elem"] = jnp.where(starts, in_arr & (b != 34) & (b != 91), c["at_elem"])
+    c["str_elem"] = jnp.where(starts, in_arr & (b == 34), c["str_elem"])
     c["depth"] = (c["depth"] + (starts & (b == 91)).astype(jnp.int32)
                   - (((st == ARR_OPEN) | (st == AFTER_VAL)) & (b == 93) & (nxt == AFTER_VAL)
                      ).astype(jnp.int32))
@@ -311,6 +360,33 @@ def _step(old: dict, b8: jax.Array) -> dict:
     c["ucount"] = jnp.where((st == VSTR_ESC) | (st == KEY_ESC), 0,
                             jnp.where((st == VSTR_U) | (st == KEY_U), c["ucount"] + 1,
                                       c["ucount"]))
+
+    # Value strings as int() reads them: one event per decoded character (an invalid UTF-8
+    # byte, or a sequence cut short, is a character of class other, as U+FFFD is).
+    v_bad = (v_plain & bad_byte) | ((st == VSTR) & ~v_plain & (rem > 0))
+    v_char = ((v_plain & ~bad_byte & (new_rem == 0)) | v_bad
+              | (((st == VSTR_ESC) | (st == VSTR_U)) & (nxt == VSTR)))
+    ch = jnp.where(st == VSTR_ESC, jnp.asarray(_ESCAPED_BYTE)[b], cp)
+    ch_digit = ~v_bad & (ch >= 48) & (ch <= 57)
+    cls = jnp.select([v_bad, int_whitespace(ch),
+                      (ch == 43) | (ch == 45), ch_digit, ch == 95],
+                     [C_OTHER, C_WS, C_SIGN, C_DIGIT, C_UNDER], C_OTHER)
+    v_start = expect_value & (b == 34)
+    s_int = jnp.asarray(_INT_TABLE)[c["s_int"], cls]
+    c["s_int"] = jnp.where(v_start, INT_LEAD, jnp.where(v_char, s_int, c["s_int"]))
+    s_digit = v_char & ch_digit
+    c["s_sig"] = jnp.where(v_start, 0, c["s_sig"] + (s_digit & ((c["s_m"] > 0) | (ch != 48))))
+    c["s_m"] = jnp.where(v_start, 0.0, jnp.where(
+        s_digit & (c["s_sig"] <= MAX_SIG_DIGITS + 1), c["s_m"] * 10 + (ch - 48), c["s_m"]))
+    c["s_neg"] = jnp.where(v_start, False, c["s_neg"] | (v_char & ~v_bad & (ch == 45)))
+    # A string value: its first characters (the host indexes "57" as "5", "7").
+    pos = c["s_pos"]
+    char_write = c["str_top"] & v_char & (pos < MAX_ELEMS)
+    c["s_pos"] = jnp.where(v_start, 0, pos + v_char.astype(jnp.int32))
+    # A string element of an array: int(s) once it closes.
+    str_write = str_end & c["str_elem"]
+    s_ok = (((c["s_int"] == INT_DIGIT) | (c["s_int"] == INT_TRAIL))
+            & (c["s_sig"] <= MAX_SIG_DIGITS))
 
     # Numbers: mantissa digits (exact below 10^8), fraction digits, exponent.
     num_start = starts & ((b == 45) | digit)
@@ -337,7 +413,18 @@ def _step(old: dict, b8: jax.Array) -> dict:
     c["lit_pos"] = jnp.where(lit_start, 1, jnp.where(st == LIT, c["lit_pos"] + 1, c["lit_pos"]))
     lit_value = jnp.asarray([1.0, 0.0, 0.0, np.nan, np.inf], jnp.float32)[c["lit"]]
     lit_value = jnp.where(c["lit_neg"], -lit_value, lit_value)
-    c = _write_elem(c, lit_done, lit_value, c["lit"] != 2)
+    lit_write = lit_done & c["at_elem"]
+
+    # At most one of the four values finishes on this byte.
+    c = _write_elem(
+        c, num_write | lit_write | char_write | str_write,
+        jnp.select([num_write, lit_write, char_write],
+                   [num_value, lit_value, (ch - 48).astype(jnp.float32)],
+                   jnp.where(c["s_neg"], -c["s_m"], c["s_m"])),
+        jnp.select([num_write & num_exact, lit_write & (c["lit"] != 2),
+                    (char_write & s_digit) | (str_write & s_ok)],
+                   [READ_NUMBER, READ_NUMBER, READ_INT_STR], READ_NONE),
+        jnp.where(char_write, pos, c["cur_elem"]))
 
     c["st"] = jnp.asarray(nxt, jnp.int32)
     return c
@@ -354,5 +441,6 @@ def scan_answer_json(window: jax.Array, n_valid: jax.Array, max_keys: int = 8) -
         ok=(c["st"] == DONE) & (n_valid > 1) & (window[0] == 123),
         exotic=c["key_exotic"] | c["overflow"],
         key_flags=c["key_flags"], key_hash=c["key_hash"], kind=c["kind"], count=c["count"],
-        elem=c["elem"], elem_num=c["elem_num"], str_len=c["str_len"],
-        str_simple=c["str_simple"])
+        elem=c["elem"], elem_num=c["elem_read"] == READ_NUMBER,
+        elem_int_str=c["elem_read"] == READ_INT_STR,
+        str_len=c["str_len"], str_simple=c["str_simple"])

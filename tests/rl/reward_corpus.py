@@ -9,6 +9,11 @@ KEYS = ["bbox", "points_1", "points_2", "Bbox", "bbox_2d", "point_a", "Points_x"
 WHITESPACE = ["", " ", "\n", "  \n\t", "\r\n", "\u3000", "\u00a0", "\u2028", "\x0b", "x"]
 MUTATIONS = ["", ",", "[", "]", '"', "\\", "-", ".", "e", "0", "5", " ", "\n", ":", "{", "}",
              "true", "null", "NaN", "é", "\u3000", "\x01", "'"]
+# Around a string coordinate: what int() strips (ASCII and Unicode whitespace) and what it
+# does not (U+001C, zero-width space, a letter).
+INT_PADDING = [""] * 8 + [" ", "  ", "\t", "\n", "\r\n", "\x0b", "\x0c", "\x85", "\u00a0",
+               "\u2007", "\u3000", "\u2028", "\x1c", "\u200b", "x"]
+FULLWIDTH = str.maketrans("0123456789", "".join(chr(0xFF10 + d) for d in range(10)))
 NOISE = ["", " done", "\n\n", "{}", "{note}", "}", "{", "ü", "🙂", "<answer>", "{\"bbox\": [1]}"]
 
 
@@ -31,15 +36,71 @@ def numbers(draw, center=None):
 
 
 @st.composite
+def int_strings(draw, center=None, readable=False):
+    """A JSON string literal that Python's int() may or may not read: "433", " +0_4_33\u3000",
+    "\u0034\u0033", "4.5", "1e3", "4 3", "__1", fullwidth digits, more than 7 digits...
+    (`readable`: only forms int() reads)."""
+    base = draw(st.integers(-50, 900)) if center is None else center + draw(st.integers(-30, 30))
+    digits = str(abs(base))
+    forms = ["plain"] * 8 + ["zeros", "under"]
+    if not readable:
+        forms += ["bad_under", "dec", "exp", "inner_space", "fullwidth", "long", "empty"]
+    form = draw(st.sampled_from(forms))
+    if form == "zeros":
+        digits = "0" * draw(st.integers(1, 9)) + digits
+    elif form == "under":
+        digits = "".join(d + ("_" if i + 1 < len(digits) and draw(st.booleans()) else "")
+                         for i, d in enumerate(digits))
+    elif form == "bad_under":
+        digits = draw(st.sampled_from(["_" + digits, digits + "_", digits[0] + "__" + digits[1:]]))
+    elif form == "dec":
+        digits += draw(st.sampled_from([".0", ".5", "."]))
+    elif form == "exp":
+        digits += "e0"
+    elif form == "inner_space":
+        digits = digits[0] + " " + digits[1:]
+    elif form == "fullwidth":
+        digits = digits.translate(FULLWIDTH) if draw(st.booleans()) else (
+            digits[:-1] + digits[-1].translate(FULLWIDTH))
+    elif form == "long":
+        digits += "0" * draw(st.integers(5, 8))
+    elif form == "empty":
+        digits = ""
+    signs, padding = [""] * 6 + ["+"], INT_PADDING[:-3]
+    if not readable:
+        signs, padding = signs + ["-", "+-", "- "], INT_PADDING
+    sign = "-" if base < 0 else draw(st.sampled_from(signs))
+    text = draw(st.sampled_from(padding)) + sign + digits + draw(st.sampled_from(padding))
+    ensure_ascii, escape_digits = draw(st.booleans()), draw(st.integers(0, 4)) == 0
+    return '"' + "".join(f"\\u{ord(c):04x}" if escape_digits and c.isdigit() else
+                         json.dumps(c, ensure_ascii=ensure_ascii)[1:-1] for c in text) + '"'
+
+
+@st.composite
+def coordinates(draw, center=None, style="mixed"):
+    """A point coordinate: for style "mixed" mostly a JSON number, sometimes a string for int();
+    for "strings" a string int() reads."""
+    if style == "strings":
+        return draw(int_strings(center, readable=True))
+    return draw(int_strings(center) if draw(st.integers(0, 2)) == 0 else numbers(center))
+
+
+@st.composite
 def values(draw, gt):
     """A JSON value text: mostly number lists near the gt, sometimes other types."""
     kind = draw(st.sampled_from(["box", "box", "pt", "pt", "list3", "nested", "str", "bool",
-                                 "null", "num", "empty", "special", "strlist"]))
+                                 "null", "num", "empty", "special", "strlist", "strpt",
+                                 "digits"]))
     if kind == "box":
         near = draw(st.booleans())
         items = [draw(numbers(gt[i] if near else None)) for i in range(4)]
     elif kind == "pt":
         items = [draw(numbers()) for _ in range(2)]
+    elif kind == "strpt":
+        items = [draw(coordinates()) for _ in range(draw(st.integers(1, 3)))]
+    elif kind == "digits":  # the host indexes a string value: "57" -> int("5"), int("7")
+        return json.dumps(draw(st.sampled_from(["57", "5", "05x", "5 ", "\uff157", "9\u00a0"])),
+                          ensure_ascii=draw(st.booleans()))
     elif kind == "list3":
         items = [draw(numbers()) for _ in range(3)]
     elif kind == "nested":
@@ -70,10 +131,11 @@ def answer_objects(draw, gt_box, gt_points):
     pieces = []
     if draw(st.integers(0, 4)) > 0:
         near = draw(st.booleans())
+        style = draw(st.sampled_from(["mixed", "mixed", "strings"]))
         box = [draw(numbers(gt_box[i] if near else None)) for i in range(4)]
         pieces.append(("bbox", "[" + ",".join(box) + "]"))
         for k, name in enumerate(["points_1", "points_2"]):
-            pt = [draw(numbers(gt_points[k][j])) for j in range(2)]
+            pt = [draw(coordinates(gt_points[k][j], style)) for j in range(2)]
             pieces.append((name, "[" + ", ".join(pt) + "]"))
     for _ in range(draw(st.integers(0, 3))):
         pieces.append((draw(st.sampled_from(KEYS)), draw(values(gt_box))))
