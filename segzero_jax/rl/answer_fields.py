@@ -23,7 +23,7 @@ class AnswerFields(NamedTuple):
     bbox: jax.Array            # float32[4]
     bbox_ok: jax.Array         # bool: a list of 4 numbers (Python arithmetic would succeed)
     points: jax.Array          # float32[2, 2], already truncated like int()
-    points_ok: jax.Array       # bool: both values index [0], [1] into finite numbers
+    points_ok: jax.Array       # bool: int() of both values' [0] and [1] succeeds
 
 
 def _first_index(mask: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -46,13 +46,21 @@ def _bbox_field(p: js.ParsedAnswer, has, slot) -> tuple[jax.Array, jax.Array]:
     return vals, has & num & (p.count[slot] == 4)
 
 
+def _point(p: js.ParsedAnswer, slot) -> tuple[jax.Array, jax.Array]:
+    """`[int(v[0]), int(v[1])]` of slot's value v, and whether Python computes it: an array
+    whose first two elements are finite numbers/bools or strings `int()` reads
+    (["433", 181]), or a string whose first two characters are digits ("57" -> 5, 7)."""
+    readable = p.elem_num[slot, :2] | p.elem_int_str[slot, :2]
+    array = (p.kind[slot] == js.KIND_ARRAY) & (p.count[slot] >= 2) & jnp.all(readable)
+    string = (p.kind[slot] == js.KIND_STRING) & jnp.all(p.elem_int_str[slot, :2])
+    vals = p.elem[slot, :2]
+    return jnp.trunc(vals), (array | string) & jnp.all(jnp.isfinite(vals))
+
+
 def _points_field(p: js.ParsedAnswer, has1, s1, has2, s2) -> tuple[jax.Array, jax.Array]:
-    v1, ok1 = _numbers(p, s1, 2)
-    v2, ok2 = _numbers(p, s2, 2)
-    pts = jnp.stack([v1, v2])
-    ok = (has1 & has2 & ok1 & ok2 & (p.count[s1] >= 2) & (p.count[s2] >= 2)
-          & jnp.all(jnp.isfinite(pts)))
-    return jnp.trunc(pts), ok
+    v1, ok1 = _point(p, s1)
+    v2, ok2 = _point(p, s2)
+    return jnp.stack([v1, v2]), has1 & has2 & ok1 & ok2
 
 
 def resolve_strict(p: js.ParsedAnswer) -> AnswerFields:

@@ -12,13 +12,19 @@ the `{[^}]+}` span on the bytes (`text_checks`), a JSON automaton over that span
 duplicate-key semantics) and the accuracy terms are computed in float32 as in
 `reward_host`. The scheme names are those of `reward_host.HOST_REWARDS`.
 
-Where the device cannot follow Python exactly it scores the affected components 0 (never
-above the reference): byte stream longer than `max_bytes` (all components); a response
-whose only `</think>` followed by `<answer>` is its third or later `</think>` (thinking); `{...}` span longer
-than `json_window` bytes, a key with a surrogate `\\uD800`-`\\uDFFF` escape or invalid UTF-8,
-or more than `max_keys` keys (answer components); string-valued coordinates that Python
-would `int()`; numbers with more than 7 significant digits or a decimal exponent beyond
-+-10; for the soft format, string values with escapes or non-ASCII characters. Arithmetic
+Point coordinates given as strings go through Python's `int()` on the host, and the device
+reads them the same way (`json_scan`): `["433", " +0_181\\u3000"]` is the point (433, 181)
+(surrounding ASCII or Unicode whitespace, a sign, single underscores between digits, leading
+zeros, JSON escapes), `["4.5", "1e3"]` is no point; a string value is indexed by character
+as the host does (`"57"` is (5, 7)). Where the device cannot follow Python exactly it scores
+the affected components 0 (never above the reference): byte stream longer than `max_bytes`
+(all components); a response whose only `</think>` followed by `<answer>` is its third or
+later `</think>` (thinking); `{...}` span longer than `json_window` bytes, a key with a
+surrogate `\\uD800`-`\\uDFFF` escape or invalid UTF-8, or more than `max_keys` keys (answer
+components); a string coordinate with digits of another script (`"\\uff13"`, which `int()`
+reads as 3) or more than 7 significant digits, numbers with more than 7 significant digits
+or a decimal exponent beyond +-10 (the accuracy components that read them); for the soft
+format, string values with escapes or non-ASCII characters. Arithmetic
 is float32, except that the IoU test (integer coordinates below 8192) and the points
 distance test (integer coordinates) are decided in integer arithmetic exactly as Python
 decides them (`bbox_iou_above_half`, `points_distance_below_100`); the L1 test is exact for

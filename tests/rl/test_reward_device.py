@@ -55,7 +55,23 @@ def _batch(tok, texts, gts, truncate=None):
     return ids, lens, gb, gp, decoded
 
 
-def documented_difference(text):
+def _other_script_digit(s):
+    return any(ch.isdecimal() and not ch.isascii() for ch in s)
+
+
+def _declined_int_string(v):
+    """A points value whose [0] or [1] the host int()s where the device declines: a string
+    of digits of other scripts (or of more than 7 significant digits), or a string value
+    whose first characters are such digits."""
+    if isinstance(v, str):
+        return _other_script_digit(v[:2])
+    if not isinstance(v, list):
+        return False
+    digits = ["".join(ch for ch in x if ch.isdecimal()) for x in v[:2] if isinstance(x, str)]
+    return any(_other_script_digit(d) or len(d.lstrip("0")) > 7 for d in digits)
+
+
+def documented_difference(text, name):
     """True where the README lets the device score below the host (exotic JSON etc.)."""
     if text.count("</think>") > 2:
         return True
@@ -72,8 +88,12 @@ def documented_difference(text):
                        for k in re.findall(r'"((?:[^"\\]|\\.)*)"\s*:', obj))
     digits = [d.replace(".", "").lstrip("0") for d in re.findall(r"\d+(?:\.\d+)?", obj)]
     long_numbers = any(len(d) > 7 for d in digits)
-    string_points = any("point" in k.lower() and isinstance(v, str) for k, v in pairs)
-    return bool(keys_escaped or long_numbers or string_points or len(pairs) > 8
+    string_points = any("point" in k.lower() and _declined_int_string(v) for k, v in pairs)
+    # soft format: len() 2 or 4 of a string value with escapes or non-ASCII characters
+    soft_strings = name in ("seg", "seg_soft_acc") and any(
+        ("\\" in lit or not lit.isascii()) and len(json.loads(f'"{lit}"', strict=False)) in (2, 4)
+        for lit in re.findall(r':\s*"((?:[^"\\]|\\.)*)"', obj))
+    return bool(keys_escaped or long_numbers or string_points or soft_strings or len(pairs) > 8
                 or len(obj.encode()) > 256)
 
 
@@ -84,7 +104,7 @@ def _compare(scorers, tok, texts, gts, truncate=None):
         for i, text in enumerate(decoded):
             ref = host_reward(text, gt_string(*gts[i]), name)
             got = {k: float(out[k][i]) for k in KEYS}
-            if documented_difference(text):
+            if documented_difference(text, name):
                 assert all(got[k] <= ref[k] + 2e-5 for k in KEYS), (name, text, got, ref)
             else:
                 assert got == pytest.approx(ref, abs=2e-5), (name, text, gts[i])
@@ -203,17 +223,18 @@ def test_documented_differences_never_exceed_host(scorers, tok):
     cases = [
         GOOD.replace('"points_2"', '"\\ud83d\\ude00": 0, "points_2"'),  # surrogate escape
         ('<think>a</think><answer>{"bbox": [0,0,200,210], "points_1": [3,3], '
-         '"points_2": "57"}</answer>'),                    # host: int("5"), int("7")
+         '"points_2": "\uff157"}</answer>'),              # host: int("\uff15"), int("7")
         GOOD.replace("[30,110]", "[30.00000001,110]"),     # > 7 significant digits
+        GOOD.replace("[30,110]", '["\uff13\uff10", "110"]'),  # fullwidth digits: int() reads
         GOOD.replace('"points_2"', '"a":1,"b":2,"c":3,"d":4,"e":5,"f":6,"points_2"'),  # > 8 keys
         GOOD.replace("the left dog", "a</think>b</think>c"),  # > 2 closings before the pair
         GOOD.replace('"bbox"', '"bb\\u006fx"'),            # escaped key: exact, "bbox"
     ]
-    gts = [GT, ([0, 0, 200, 210], [[3, 3], [5, 7]]), GT, GT, GT, GT]
+    gts = [GT, ([0, 0, 200, 210], [[3, 3], [5, 7]]), GT, GT, GT, GT, GT]
     expected_host = [(1, 1, 1, 1, 1), (1, 0, 1, 1, 1), (1, 1, 1, 1, 1), (1, 1, 1, 1, 1),
-                     (1, 1, 1, 1, 1), (1, 1, 1, 1, 1)]
-    expected_device = [(1, 0, 0, 0, 0), (1, 0, 1, 1, 0), (1, 1, 1, 1, 0), (1, 0, 0, 0, 0),
-                       (0, 1, 1, 1, 1), (1, 1, 1, 1, 1)]
+                     (1, 1, 1, 1, 1), (1, 1, 1, 1, 1), (1, 1, 1, 1, 1)]
+    expected_device = [(1, 0, 0, 0, 0), (1, 0, 1, 1, 0), (1, 1, 1, 1, 0), (1, 1, 1, 1, 0),
+                       (1, 0, 0, 0, 0), (0, 1, 1, 1, 1), (1, 1, 1, 1, 1)]
     ids, lens, gb, gp, decoded = _batch(tok, cases + [""] * (B - len(cases)), gts + [GT] * B)
     out = jax.device_get(scorers["seg_strict"](ids, lens, gb, gp))
     for i, text in enumerate(cases):
@@ -222,6 +243,44 @@ def test_documented_differences_never_exceed_host(scorers, tok):
         dev = tuple(float(out[c][i]) for c in COMPONENTS)
         assert dev == expected_device[i], (i, dev)
         assert all(d <= h for d, h in zip(dev, expected_host[i]))
+
+
+STRING_POINTS_READ = [
+    '["30", 110]', '[" 30 ", "110"]', '["+30", 110]', '["0030", "1_1_0"]',
+    '["\\u00a030\\u3000", 110]', '["\u00a030\u3000", "\u2028110\u0085"]',
+    '["\\t30\\n", 110]', '["\\u000b30\\f", "\\r110"]', '["\\u0033\\u0030", 110]',
+    '["3\\u005f0", 110.7]', '[30, "\\u00311\\u0030"]', '["30", "110", "x"]']
+STRING_POINTS_UNREAD = [
+    '["30.0", 110]', '["3e1", 110]', '["3 0", 110]', '["_30", 110]', '["30_", 110]',
+    '["3__0", 110]', '["", 110]', '["- 30", 110]', '["+-30", 110]', '["\\u200b30", 110]',
+    '["\\u001c30", 110]', '["30x", 110]', '["0x1e", 110]', '["30", "\\b110"]', '["30"]']
+
+
+def test_string_coordinates_read_as_python_int(scorers, tok):
+    """Point coordinates given as strings go through int() on both paths: surrounding
+    (Unicode) whitespace, a sign, underscores between digits, leading zeros and escapes are
+    read; decimals, exponents, inner spaces, stray underscores and other characters are not."""
+    texts = [GOOD.replace("[30,110]", v) for v in STRING_POINTS_READ + STRING_POINTS_UNREAD]
+    gts = [GT] * len(texts)
+    origin = ([0, 0, 200, 210], [[3, 3], [5, 7]])
+    corner = '<think>a</think><answer>{"bbox": [0,0,200,210], "points_1": [3,3], "points_2": %s}</answer>'
+    texts += [corner % '"57"', corner % '"\\u00357 more"', corner % '"5 7"', corner % '"5"',
+              GOOD.replace("[10,100,200,210]", "[-50,100,200,210]").replace(
+                  "[30,110]", '["-30", "110"]'),        # the sign is read: -30 is in the box
+              GOOD.replace("[10,100,200,210]", '["10",100,200,210]')]  # bbox: no int()
+    gts += [origin] * 4 + [GT, GT]
+    expected_points = [1.0] * len(STRING_POINTS_READ) + [0.0] * len(STRING_POINTS_UNREAD) + [
+        1.0, 1.0, 0.0, 0.0, 1.0, 0.0]
+    for i in range(0, len(texts), B):
+        chunk, chunk_gts, want = texts[i:i + B], gts[i:i + B], expected_points[i:i + B]
+        ids, lens, gb, gp, decoded = _batch(tok, chunk, chunk_gts)
+        for text, gt, w in zip(decoded, chunk_gts, want):
+            assert host_reward(text, gt_string(*gt))["points_l1"] == w, text
+            assert not any(documented_difference(text, name) for name in SCHEMES), text
+        _compare(scorers, tok, chunk, chunk_gts)  # all components and schemes equal the host
+        out = jax.device_get(scorers["seg_strict"](ids, lens, gb, gp))
+        np.testing.assert_array_equal(out["points_l1"][:len(chunk)], want)
+    assert host_reward(texts[-1], gt_string(*GT))["segmentation_format"] == 1.0
 
 
 def test_gt_valid_and_errors(table):
