@@ -42,13 +42,35 @@ def _kind(path: str) -> str:
 
 
 def restore_training_workdir(workdir: str, step: Optional[str] = None, mesh=None) -> Models:
-    """HOOK for the trainer: (policy, tokenizer, SAM2) of a training workdir at `step`
-    ("latest", "best" or a step number). The workdir layout belongs to `experiments.train`;
-    until it provides this, a workdir is refused with what to pass instead."""
-    raise FileNotFoundError(
-        f"{workdir} is neither a model directory (config.json + params/) nor an experiments.convert "
-        f"output (policy/, sam2/); restoring a training workdir is not available yet: pass a model "
-        f"directory written by experiments.convert or by the trainer")
+    """(policy, tokenizer, SAM2) of an `experiments.train` workdir at `step` ("latest" or None:
+    the newest checkpoint, "best": WORKDIR/best, or a step number). The tokenizer and SAM2 are
+    those the run was configured with (WORKDIR/run_config.json)."""
+    import json
+
+    from segzero_jax import train_checkpoints as tc
+    if not tc.is_training_workdir(workdir):
+        raise FileNotFoundError(
+            f"{workdir} is neither a model directory (config.json + params/), an experiments.convert output "
+            f"(policy/, sam2/) nor a training workdir ({tc.POLICY_CONFIG} + {tc.CHECKPOINTS}/)")
+    which = "newest" if step in (None, "", "latest", "newest") else step
+    shardings = None
+    if mesh is not None:
+        from segzero_jax.models.qwen2_5_vl import abstract_params
+        from segzero_jax.parallel import logical_shardings
+        shardings = logical_shardings(abstract_params(tc.read_policy_config(workdir)), mesh)
+    config, params = tc.restore_trained_policy(workdir, which, shardings)
+    run_config = {}
+    path = os.path.join(workdir, "run_config.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            run_config = json.load(f)
+    model = run_config.get("model", {})
+    policy_dir = model.get("policy_checkpoint") or ""
+    tokenizer = load_tokenizer(policy_dir) if policy_dir and os.path.isdir(policy_dir) else load_tokenizer(workdir)
+    sam2_path = model.get("sam2_checkpoint") or ""
+    if not sam2_path or not os.path.exists(sam2_path):
+        return Models(config, params, tokenizer, None, None)
+    return Models(config, params, tokenizer, *load_sam2(sam2_path, model.get("sam2_preset"), mesh))
 
 
 def load_tokenizer(policy_dir: str):
@@ -119,6 +141,9 @@ def load_models(path: str, sam2: Optional[str] = None, sam2_preset: Optional[str
     else:
         models = restore_training_workdir(path, step, mesh)
         if sam2 is None:
+            if models.sam2_params is None:
+                raise FileNotFoundError(f"the training run in {path} names no SAM2 checkpoint; pass --sam2 with "
+                                        "a SAM2 model directory or Meta's .pt")
             return models
         return models._replace(**dict(zip(("sam2_config", "sam2_params"), load_sam2(sam2, sam2_preset, mesh))))
     if need_policy and policy_dir is None:

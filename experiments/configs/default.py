@@ -16,7 +16,7 @@ def get_config():
     config.data.update(dataset="synthetic", image_size=112, batch_size=8,
                        max_prompt_length=256, seed=0)
     config.data.num_epochs = ml_collections.config_dict.placeholder(int)  # None: repeat forever
-    config.rl.update(group_size=4, max_response_length=64, micro_batch_size=16)
+    config.rl.update(group_size=4, max_response_length=64, micro_batch_size=16, update_batch_size=8)
     config.optim.update(learning_rate=1e-4)
     config.train.update(num_steps=200, checkpoint_every=50, log_every=5)
     return config

@@ -176,6 +176,19 @@ def init_train_state(params: Any, tx: optax.GradientTransformation, rng: jax.Arr
                       skipped_updates=zero(), nonfinite_streak=zero())
 
 
+def train_state_shardings(params: Any, param_shardings: Any, tx: optax.GradientTransformation,
+                          mesh: jax.sharding.Mesh) -> TrainState:
+    """Shardings of the TrainState of `params` (arrays or ShapeDtypeStructs): params as given,
+    each optimizer moment as its param (as `tx.init` propagates them), counters and the RNG
+    replicated."""
+    rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    target = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), params, param_shardings)
+    opt = jax.eval_shape(jax.jit(tx.init), target)
+    opt = jax.tree.map(lambda a: a.sharding if isinstance(a.sharding, jax.sharding.NamedSharding) else rep, opt)
+    return TrainState(step=rep, params=param_shardings, opt_state=opt, rng=rep, skipped_updates=rep,
+                      nonfinite_streak=rep)
+
+
 def overlong_penalty(lengths: jax.Array, max_len: int, buffer: int, factor: float) -> jax.Array:
     """DAPO's soft overlong punishment, float32[R]: 0 up to max_len - buffer, then falling
     linearly to -factor at max_len."""

@@ -175,7 +175,7 @@ def test_recipe_objective_equals_seg_zero_update_loop(config_name):
 
     def ours(lp):
         return grpo.grpo_loss(lp, old, adv, mask, ref_logp=ref, entropy=ent,
-                              clip=config.rl.clip_ratio, kl_coef=config.rl.kl_coef,
+                              clip=config.rl.clip_ratio_low, kl_coef=config.rl.kl_coef,
                               kl_kind=config.rl.kl_kind, entropy_coef=config.rl.entropy_coef,
                               aggregation=config.rl.loss_aggregation,
                               num_micro_batches=n // config.rl.micro_batch_size)[0]
