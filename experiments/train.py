@@ -348,13 +348,13 @@ def train(config, workdir: str, progress: bool = True) -> dict:
                 if ev["giou"] > best:
                     best = ev["giou"]
                     tc.save_best(workdir, policy_cfg, state.params, step, ev)
-            batch = next(iterator, None) if step < t.num_steps else None
-            save_now = step % t.checkpoint_every == 0 or step == t.num_steps or preempted.requested
-            if save_now:
+            # The iterator's state is saved before the next batch is drawn: a resumed run draws it.
+            if step % t.checkpoint_every == 0 or step == t.num_steps or preempted.requested:
                 checkpoints.save(step, state.params, state.replace(params=None), iterator.get_state())
             if preempted.requested:
                 logging.warning("SIGTERM: saved step %d, exiting", step)
                 break
+            batch = next(iterator, None) if step < t.num_steps else None
             if batch is None and step < t.num_steps:
                 logging.warning("the input pipeline ran out after step %d", step)
                 break
