@@ -197,15 +197,15 @@ def build_policy_work(mesh, rules, attention: str):
     import jax.numpy as jnp
     import optax
 
-    from segzero_jax.models.qwen2_5_vl import Qwen2_5_VL, cache_logical_axes, init_cache, preset
+    from segzero_jax.models.qwen2_5_vl import Qwen2_5_VL, cache_logical_axes, get_preset, init_cache
     from segzero_jax.models.qwen2_5_vl.cache import is_axes
     from segzero_jax.models.qwen2_5_vl.model import init_params
     from segzero_jax.parallel import logical_shardings, named_sharding
 
     work = FLAGS.work
     param_dtype = FLAGS.param_dtype or ("float32" if work == "train" else FLAGS.dtype)
-    cfg = preset(FLAGS.preset, dtype=FLAGS.dtype, param_dtype=param_dtype, attention_impl=attention,
-                 remat_policy=FLAGS.remat if work == "train" else "none", scan_layers=FLAGS.scan_layers)
+    cfg = get_preset(FLAGS.preset, dtype=FLAGS.dtype, param_dtype=param_dtype, attention_impl=attention,
+                     remat_policy=FLAGS.remat if work == "train" else "none", scan_layers=FLAGS.scan_layers)
     model = Qwen2_5_VL(cfg)
     boxed = jax.eval_shape(lambda r: init_params(cfg, r), jax.random.key(0))
     p_shardings = logical_shardings(boxed, mesh, rules)

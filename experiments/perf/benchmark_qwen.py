@@ -305,14 +305,14 @@ def main(argv):
     del argv
     import jax
     import numpy as np
-    from segzero_jax.models.qwen2_5_vl import preset
+    from segzero_jax.models.qwen2_5_vl import get_preset
     from segzero_jax.models.qwen2_5_vl.model import init_params
     import flax.linen as nn
     if FLAGS.mode == "train" and not 0 < FLAGS.new_tokens < FLAGS.seq:
         raise app.UsageError(f"--new_tokens={FLAGS.new_tokens} must be in [1, --seq)")
     try:
-        cfg = preset(FLAGS.preset, dtype=FLAGS.dtype, param_dtype=FLAGS.dtype, attention_impl=FLAGS.attention_impl,
-                     remat_policy=FLAGS.remat, scan_layers=FLAGS.scan_layers)
+        cfg = get_preset(FLAGS.preset, dtype=FLAGS.dtype, param_dtype=FLAGS.dtype,
+                         attention_impl=FLAGS.attention_impl, remat_policy=FLAGS.remat, scan_layers=FLAGS.scan_layers)
         ids, pixels, grid = make_inputs(cfg, FLAGS.batch, FLAGS.seq, FLAGS.image_px, np.random.RandomState(0))
     except ValueError as e:  # a preset, dtype, backend or shape the flags name wrongly
         raise app.UsageError(str(e)) from None

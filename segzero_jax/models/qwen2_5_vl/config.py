@@ -161,10 +161,14 @@ PRESETS: dict[str, Qwen2_5_VLConfig] = {
 }
 
 
-def preset(name: str, **overrides: Any) -> Qwen2_5_VLConfig:
+def get_preset(name: str, **overrides: Any) -> Qwen2_5_VLConfig:
+    """The preset `name` of `PRESETS` with field overrides applied."""
     if name not in PRESETS:
         raise ValueError(f"unknown Qwen2.5-VL preset {name!r}; choose one of {sorted(PRESETS)}")
     return PRESETS[name].replace(**overrides)
+
+
+preset = get_preset   # the earlier name
 
 
 def _first(dicts: list[dict], key: str, default: Any) -> Any:

@@ -22,8 +22,8 @@ from segzero_jax.models.qwen2_5_vl.language import layer_name
 from segzero_jax.models.qwen2_5_vl.model import abstract_params, unstack_layers
 from segzero_jax.models.tensor_files import open_safetensors
 
-__all__ = ["load_hf", "export_hf", "hf_tensors", "checkpoint_files", "RULES", "TRANSFORMS", "Rule",
-           "canonical_name", "match_rule"]
+__all__ = ["load_checkpoint", "load_hf", "export_hf", "hf_tensors", "checkpoint_files", "RULES", "TRANSFORMS",
+           "Rule", "canonical_name", "match_rule"]
 
 
 def checkpoint_files(path: str) -> dict[str, list[str]]:
@@ -66,9 +66,9 @@ def _set(tree: dict, path: str, value) -> None:
     tree[keys[-1]] = value
 
 
-def load_hf(path: str, *, shardings: Any = None, config: Optional[Qwen2_5_VLConfig] = None,
-            **config_overrides: Any) -> tuple[Qwen2_5_VLConfig, dict]:
-    """Reads an HF Qwen2.5-VL directory -> (config, params).
+def load_checkpoint(path: str, config: Optional[Qwen2_5_VLConfig] = None, *, shardings: Any = None,
+                    **config_overrides: Any) -> tuple[Qwen2_5_VLConfig, dict]:
+    """Reads an HF Qwen2.5-VL directory -> (config, params); `config` defaults to its config.json.
 
     Params are numpy arrays in `config.param_dtype` (override e.g. `param_dtype="bfloat16"`),
     or, with `shardings` (a tree matching the params), jax arrays placed one param at a time.
@@ -122,6 +122,9 @@ def load_hf(path: str, *, shardings: Any = None, config: Optional[Qwen2_5_VLConf
         if shardings is not None:
             params = jax.tree.map(jax.device_put, params, shardings)
     return config, params
+
+
+load_hf = load_checkpoint   # the earlier name
 
 
 def _leaves(tree: dict, prefix: str = "") -> Iterator[tuple[str, Any]]:

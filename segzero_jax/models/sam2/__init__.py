@@ -1,11 +1,13 @@
 """SAM2 (image path) in Flax: Hiera encoder, FPN neck, prompt encoder, mask decoder, predictor.
 
-Public API:
-  load_checkpoint(path, config=None) -> (config, params)     Meta's `sam2_hiera_*.pt`
+Public API (the same pattern as `segzero_jax.models.qwen2_5_vl`):
+  get_preset(name, **overrides), PRESETS                     configs (hiera_tiny ... hiera_large, test_tiny)
+  load_checkpoint(path, config=None, **overrides) -> (config, params)   Meta's `sam2_hiera_*.pt` or
+                                                             transformers' `Sam2Model` safetensors
   SamPredictor(config, params).set_image(img).predict(...)   the reference image predictor
   predict_batch(params, images, boxes, points, labels, orig_hw, config=...)   jitted batch path
   low_res_masks(params, images, boxes, points, labels, config=...)   encoder + decoder only
-  Sam2Config, get_preset(name), PRESETS, Sam2 (linen module), init_params
+  Sam2Config, Sam2 (linen module), init_params, random_params, abstract_params
 """
 
 from segzero_jax.models.sam2.config import PRESETS, Sam2Config, get_preset

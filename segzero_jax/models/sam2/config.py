@@ -9,7 +9,7 @@ model and the checkpoint converter.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import jax.numpy as jnp
 
@@ -185,50 +185,21 @@ class Sam2Config:
         return dataclasses.replace(self, **kwargs)
 
 
-PRESETS: dict[str, Callable[[], Sam2Config]] = {}
-
-
-def register_preset(name: str) -> Callable[[Callable[[], Sam2Config]], Callable[[], Sam2Config]]:
-    def wrap(fn: Callable[[], Sam2Config]) -> Callable[[], Sam2Config]:
-        PRESETS[name] = fn
-        return fn
-    return wrap
-
-
-@register_preset("hiera_tiny")
-def hiera_tiny() -> Sam2Config:
-    """`sam2_hiera_t.yaml`."""
-    return Sam2Config()
-
-
-@register_preset("hiera_small")
-def hiera_small() -> Sam2Config:
-    """`sam2_hiera_s.yaml`."""
-    return Sam2Config(stages=(1, 2, 11, 2), global_att_blocks=(7, 10, 13))
-
-
-@register_preset("hiera_base_plus")
-def hiera_base_plus() -> Sam2Config:
-    """`sam2_hiera_b+.yaml`."""
-    return Sam2Config(embed_dim=112, num_heads=2, stages=(2, 3, 16, 3),
-                      global_att_blocks=(12, 16, 20), window_pos_embed_bkg_spatial_size=(14, 14))
-
-
-@register_preset("hiera_large")
-def hiera_large() -> Sam2Config:
-    """`sam2_hiera_l.yaml` (Seg-Zero's segmenter)."""
-    return Sam2Config(embed_dim=144, num_heads=2, stages=(2, 6, 36, 4),
-                      global_att_blocks=(23, 33, 43), window_spec=(8, 4, 16, 8))
-
-
-@register_preset("test_tiny")
-def test_tiny() -> Sam2Config:
-    """A few-second config for unit tests: 128x128 input, window padding in stages 3 and 4,
-    a global block, a run of two uniform blocks, every stage transition pooled. The SAM heads
-    keep the reference's fixed sizes (mlp 2048, 8 heads, IoU hidden 256)."""
-    return Sam2Config(embed_dim=16, num_heads=1, stages=(1, 2, 4, 2), global_att_blocks=(6,),
-                      window_spec=(4, 2, 6, 3), window_pos_embed_bkg_spatial_size=(3, 3),
-                      d_model=32, image_size=128)
+# Meta's image-path configs (`sam2_hiera_{t,s,b+,l}.yaml`), and a few-second config for unit
+# tests: test_tiny has a 128x128 input, window padding in stages 3 and 4, a global block, a run
+# of two uniform blocks and every stage transition pooled; its SAM heads keep the reference's
+# fixed sizes (mlp 2048, 8 heads, IoU hidden 256).
+PRESETS: dict[str, Sam2Config] = {
+    "hiera_tiny": Sam2Config(),
+    "hiera_small": Sam2Config(stages=(1, 2, 11, 2), global_att_blocks=(7, 10, 13)),
+    "hiera_base_plus": Sam2Config(embed_dim=112, num_heads=2, stages=(2, 3, 16, 3), global_att_blocks=(12, 16, 20),
+                                  window_pos_embed_bkg_spatial_size=(14, 14)),
+    "hiera_large": Sam2Config(embed_dim=144, num_heads=2, stages=(2, 6, 36, 4), global_att_blocks=(23, 33, 43),
+                              window_spec=(8, 4, 16, 8)),   # Seg-Zero's segmenter
+    "test_tiny": Sam2Config(embed_dim=16, num_heads=1, stages=(1, 2, 4, 2), global_att_blocks=(6,),
+                            window_spec=(4, 2, 6, 3), window_pos_embed_bkg_spatial_size=(3, 3), d_model=32,
+                            image_size=128),
+}
 
 
 META_CONFIG_FILES = {"hiera_tiny": "configs/sam2/sam2_hiera_t.yaml",
@@ -277,7 +248,7 @@ def transformers_config_kwargs(cfg: Sam2Config) -> dict:
 
 
 def get_preset(name: str, **overrides: Any) -> Sam2Config:
-    """Looks up a preset by name (see `PRESETS`) and applies field overrides."""
+    """The preset `name` of `PRESETS` with field overrides applied."""
     if name not in PRESETS:
         raise ValueError(f"unknown SAM2 preset {name!r}; known: {sorted(PRESETS)}")
-    return PRESETS[name]().replace(**overrides)
+    return PRESETS[name].replace(**overrides)

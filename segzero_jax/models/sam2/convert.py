@@ -367,8 +367,7 @@ def infer_preset(state_dict: Mapping[str, Any], source: str = "meta") -> str:
     width = int(np.shape(state_dict[key])[0])
     depth = 1 + max(int(m.group(1)) for k in state_dict
                     if (m := re.match(trunk[0] + r"blocks\.(\d+)\.", k)))
-    for name, make in PRESETS.items():
-        cfg = make()
+    for name, cfg in PRESETS.items():
         if cfg.embed_dim == width and cfg.depth == depth:
             return name
     raise ValueError(f"no SAM2 preset has a {depth}-block trunk of width {width}; pass a config")
