@@ -311,15 +311,28 @@ def train(config, workdir: str, progress: bool = True) -> dict:
                                 state_shardings=state_shardings,
                                 ref_shardings=param_shardings if ref is not None else None,
                                 batch_shardings=batch_shardings)
-    evaluator = None
+    evaluator = final_evaluator = None
+    if t.eval_every or t.final_eval_split:
+        sam2 = load_sam2_for_eval(config, mesh)
     if t.eval_every:
-        evaluator = make_evaluator(config, policy_cfg, load_sam2_for_eval(config, mesh),
+        evaluator = make_evaluator(config, policy_cfg, sam2,
                                    evaluation_examples(config, t.eval_split, t.eval_num_samples), tokenizer, mesh)
+    if t.final_eval_split:
+        final_evaluator = make_evaluator(config, policy_cfg, sam2, evaluation_examples(
+            config, t.final_eval_split, t.final_eval_num_samples), tokenizer, mesh)
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
     preempted = _Preempted()
     best = (tc.best_record(workdir) or {}).get("metrics", {}).get("giou", -1.0)
     metrics: dict = {}
     batch = first
+    if start == 0 and final_evaluator is not None:
+        ev = run_evaluation(final_evaluator, state.params, os.path.join(workdir, "eval", "warm_start"),
+                            {"split": t.final_eval_split, "step": 0})
+        logging.info("initial policy on %s: gIoU %.4f cIoU %.4f", t.final_eval_split, ev["giou"], ev["ciou"])
+    if start == 0 and evaluator is not None:
+        ev = run_evaluation(evaluator, state.params, os.path.join(workdir, "eval", "step_0"),
+                            {"split": t.eval_split, "step": 0})
+        writer.write(0, {f"eval/{k}": v for k, v in ev.items() if isinstance(v, (int, float))})
     bar = tqdm(total=t.num_steps, initial=start, desc="grpo", disable=not progress or jax.process_index() != 0)
     try:
         for step in range(start + 1, t.num_steps + 1):
@@ -358,11 +371,33 @@ def train(config, workdir: str, progress: bool = True) -> dict:
             if batch is None and step < t.num_steps:
                 logging.warning("the input pipeline ran out after step %d", step)
                 break
+        if int(state.step) == t.num_steps and final_evaluator is not None:
+            ev = run_evaluation(final_evaluator, state.params, os.path.join(workdir, "eval", "final"),
+                                {"split": t.final_eval_split, "step": t.num_steps})
+            metrics.update({f"final/{k}": v for k, v in ev.items() if isinstance(v, (int, float))})
+            if jax.process_index() == 0:
+                write_report(config, workdir, policy_cfg, state.params, tokenizer, final_evaluator)
     finally:
         bar.close()
         checkpoints.close()
         writer.close()
     return metrics
+
+
+def write_report(config, workdir: str, policy_cfg, params, tokenizer, evaluator) -> None:
+    """Plots of the run's metrics and overlays of a few held-out predictions (WORKDIR/plots)."""
+    from experiments import run_report
+    from segzero_jax.inference import SegZeroPipeline
+    try:
+        paths = run_report.plot_metrics(workdir)
+    except ImportError:
+        logging.warning("matplotlib is not installed: no plots (pip install -e \".[data]\")")
+        paths = []
+    pipeline = SegZeroPipeline(policy_cfg, params, tokenizer, evaluator.segmenter,
+                               image_size=config.data.image_size, max_new_tokens=config.train.eval_max_new_tokens,
+                               generator=evaluator.generator)
+    paths += run_report.write_overlays(workdir, pipeline, evaluator.examples, config.train.num_report_overlays)
+    logging.info("wrote %s", ", ".join(paths))
 
 
 def _lr(config, step: int) -> float:

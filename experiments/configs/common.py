@@ -72,7 +72,9 @@ def reference_config() -> ml_collections.ConfigDict:
     c.train = dict(num_steps=562, log_every=1, checkpoint_every=50, max_checkpoints=3,
                    eval_every=0, eval_split="validation", eval_num_samples=0, eval_batch_size=8,
                    eval_max_new_tokens=1024, samples_every=25, num_logged_samples=4,
-                   max_nonfinite_steps=5, seed=0)
+                   max_nonfinite_steps=5, seed=0,
+                   # evaluated before the first and after the last step into WORKDIR/eval/{warm_start,final}
+                   final_eval_split="", final_eval_num_samples=0, num_report_overlays=4)
     return ml_collections.ConfigDict(c)
 
 
@@ -136,7 +138,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                   "train.max_nonfinite_steps"):
         _positive_int(c, field)
     for field in ("rl.top_k", "rl.reward_max_bytes", "rl.overlong_buffer", "train.eval_every",
-                  "train.eval_num_samples", "train.num_logged_samples"):
+                  "train.eval_num_samples", "train.num_logged_samples", "train.final_eval_num_samples",
+                  "train.num_report_overlays"):
         value = _get(c, field)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             _fail(field, f"must be a non-negative integer, got {value!r}")
