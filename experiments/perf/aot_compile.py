@@ -23,6 +23,11 @@ Work (global batch `--batch`, split over the data and fsdp axes):
   forward  the policy's logits for prompt + response (no gradient)
   prefill  the prompt into a KV cache of capacity prompt + new tokens
   decode   one token per row against a full cache (the sampler's inner step)
+  rollout_decode  one step of the sampler's loop for `--batch` prompts x `--group_size` samples:
+           the B*n rows' decode step and the temperature-1 draw of their next tokens;
+           `--shared_prompt`: each group reads one copy of its prompt's `--prompt_len` keys
+           (grouped decode), the rows' own caches hold `--new_tokens` slots; `--noshared_prompt`:
+           every row's cache holds a copy of its prompt, `--prompt_len` + `--new_tokens` slots
   sam2     SAM2 image encoder + mask decoder, a box + 2 points per image, low-res masks
 
 Also reported, for a TPU or GPU target: lower bounds on the step time, the larger of the work's matmul
@@ -44,7 +49,8 @@ from experiments.perf.gpu_targets import GPU_TARGETS, card_figures, gpu_target_c
 from experiments.perf.report import emit
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("work", "train", ["train", "forward", "prefill", "decode", "sam2"], "what to compile")
+flags.DEFINE_enum("work", "train", ["train", "forward", "prefill", "decode", "rollout_decode", "sam2"],
+                  "what to compile")
 flags.DEFINE_string("preset", "3b", "Qwen2.5-VL preset (3b, 7b, tiny)")
 flags.DEFINE_string("sam2_preset", "hiera_large", "SAM2 preset for --work=sam2")
 flags.DEFINE_string("topology", "", "TPU topology, e.g. v5p:2x2x1, or gpu:h100 / gpu:h200 (empty: this host's devices)")
@@ -61,6 +67,9 @@ flags.DEFINE_string("dtype", "bfloat16", "compute dtype")
 flags.DEFINE_string("param_dtype", "", "param dtype (default: float32 for train, else the compute dtype)")
 flags.DEFINE_string("remat", "full", "remat policy for train (none, full, dots, dots_no_batch, everything)")
 flags.DEFINE_integer("chunk_size", 256, "positions per logits chunk in train")
+flags.DEFINE_integer("group_size", 8, "rollout_decode: samples per prompt")
+flags.DEFINE_bool("shared_prompt", True, "rollout_decode: a group's samples read one copy of the prompt's keys "
+                  "(--noshared_prompt: n copies, one in each row's cache)")
 flags.DEFINE_bool("scan_blocks", True, "sam2: runs of Hiera blocks under one scan; --noscan_blocks: every block a "
                   "module of its own")
 flags.DEFINE_bool("scan_layers", True, "policy decoder layers under one scan (params stacked, the training "
@@ -271,6 +280,74 @@ def build_policy_work(mesh, rules, attention: str):
     return jax.jit(decode, donate_argnums=(1,)), (params, cache, tokens), desc
 
 
+def build_rollout_decode_work(mesh, rules, attention: str):
+    """(jitted step, abstract args, description) of one step of the sampler's loop
+    (`segzero_jax.rl.sampler.sample`): `Qwen2_5_VL.decode` of the B*n rows (prompt-major), on
+    the shared prompt cache of the B prompts or on caches holding n copies of it, then
+    `choose_tokens` at temperature 1; the rows' own cache is donated."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from segzero_jax.models.qwen2_5_vl import Qwen2_5_VL, cache_logical_axes, get_preset, init_cache
+    from segzero_jax.models.qwen2_5_vl.cache import is_axes
+    from segzero_jax.models.qwen2_5_vl.model import init_params
+    from segzero_jax.parallel import logical_shardings, named_sharding
+    from segzero_jax.rl.sampler import SamplingConfig, choose_tokens
+
+    if FLAGS.group_size < 1:
+        raise app.UsageError(f"--group_size={FLAGS.group_size} must be positive")
+    param_dtype = FLAGS.param_dtype or FLAGS.dtype
+    cfg = get_preset(FLAGS.preset, dtype=FLAGS.dtype, param_dtype=param_dtype, attention_impl=attention,
+                     remat_policy="none", scan_layers=FLAGS.scan_layers)
+    model = Qwen2_5_VL(cfg)
+    boxed = jax.eval_shape(lambda r: init_params(cfg, r), jax.random.key(0))
+    params = _sharded(nn.unbox(boxed), logical_shardings(boxed, mesh, rules))
+    b, n, p_len, r = FLAGS.batch, FLAGS.group_size, FLAGS.prompt_len, FLAGS.new_tokens
+    axes = cache_logical_axes(cfg)
+
+    def abstract_cache(rows: int, capacity: int):
+        cache = jax.eval_shape(lambda: init_cache(cfg, rows, capacity))
+        shardings = jax.tree.map(lambda ax, a: named_sharding(ax, a.shape, mesh, rules), axes, cache,
+                                 is_leaf=is_axes)
+        return _sharded(cache, shardings)
+
+    if FLAGS.shared_prompt:
+        prompt, own = abstract_cache(b, p_len), abstract_cache(b * n, r)
+    else:
+        prompt, own = None, abstract_cache(b * n, p_len + r)
+    sc = SamplingConfig(group_size=n, max_new_tokens=r, shared_prompt=FLAGS.shared_prompt)
+
+    def step(p, cache, prompt_cache, tokens, index):
+        logits, cache = model.apply({"params": p}, tokens, cache, prompt_cache, method=Qwen2_5_VL.decode)
+        new, log_probs = choose_tokens(logits, jax.random.fold_in(jax.random.key(0), index), sc)
+        return new, log_probs, cache
+
+    tokens = _rows(mesh, rules, (b * n,), jnp.int32)
+    index = jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(mesh, PartitionSpec()))
+    cache_bytes = lambda c: int(sum(math.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(c)))  # noqa: E731
+    desc = {"preset": FLAGS.preset, "param_dtype": param_dtype, "dtype": FLAGS.dtype, "attention": attention,
+            "scan_layers": FLAGS.scan_layers, "group_size": n, "rows": b * n, "shared_prompt": FLAGS.shared_prompt,
+            "prompt_len": p_len, "cache_capacity": r if FLAGS.shared_prompt else p_len + r,
+            "kv_cache_bytes_global": cache_bytes(own) + cache_bytes(prompt)}
+    return jax.jit(step, donate_argnums=(1,)), (params, own, prompt, tokens, index), desc
+
+
+def cost_row(compiled, device_kind: str) -> dict:
+    """XLA's cost analysis of the compiled program: the bytes its operations access (each
+    operation's operands and results; a loop body counts once) and that traffic's time at the
+    chip's HBM bandwidth. None where the compiler gives no analysis (a GPU target compiled
+    without the card: its `--census` counts the bytes instead) or this host has no bandwidth."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+    accessed = cost.get("bytes accessed") if isinstance(cost, dict) else None
+    accessed = int(accessed) if accessed else None
+    bandwidth = HBM_GBPS.get(device_kind)
+    return {"bytes_accessed": accessed,
+            "ms_bytes_accessed": round(accessed / (bandwidth * 1e9) * 1e3, 3) if accessed and bandwidth else None}
+
+
 def build_sam2_work(mesh, rules, attention: str):
     import jax
     import jax.numpy as jnp
@@ -370,7 +447,7 @@ def main(argv):
         raise app.UsageError(f"--mesh={FLAGS.mesh!r}: {e}") from None
     rules = DEFAULT_RULES
     t0 = time.perf_counter()
-    build = build_sam2_work if FLAGS.work == "sam2" else build_policy_work
+    build = {"sam2": build_sam2_work, "rollout_decode": build_rollout_decode_work}.get(FLAGS.work, build_policy_work)
     fn, args, desc = build(mesh, rules, attention_impl())
     with jax.set_mesh(mesh), nn.logical_axis_rules(tuple(rules)):
         lowered = fn.lower(*args)
@@ -381,6 +458,7 @@ def main(argv):
            "mesh": dict(zip(mesh.axis_names, (int(x) for x in mesh.devices.shape))), "batch": FLAGS.batch,
            **desc, "compile_s": round(compile_s, 1), **memory_row(compiled, devices)}
     row.update(roofline_row(build, mesh, rules, devices, row["argument_bytes"]))
+    row.update(cost_row(compiled, row["device_kind"]))
     text = compiled.as_text() if (FLAGS.census or FLAGS.hlo_out) else ""
     if FLAGS.hlo_out:
         with open(FLAGS.hlo_out, "w") as f:
@@ -397,6 +475,9 @@ def main(argv):
     if row["ms_lower_bound"] is not None:
         print(f"{'step time >=':>22} {row['ms_lower_bound']:>8.2f} ms (compute at the bf16 peak "
               f"{row['ms_compute_at_peak']} ms, reading the arguments once {row['ms_reading_arguments']} ms)")
+    if row["bytes_accessed"]:
+        at = f", {row['ms_bytes_accessed']} ms at the HBM bandwidth" if row["ms_bytes_accessed"] is not None else ""
+        print(f"{'bytes accessed':>22} {row['bytes_accessed'] / 1e9:>8.3f} GB (XLA's cost analysis{at})")
     if FLAGS.census:
         from experiments.perf import hlo_census
         kind = row["device_kind"]
