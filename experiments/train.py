@@ -186,14 +186,23 @@ def load_sam2_for_eval(config, mesh):
 
 
 def build_standins(config, workdir: str):
-    """Makes (once) the stand-in SAM2 and warm-start policy under WORKDIR/models, and points the
-    config at them."""
+    """Makes (once) the stand-in SAM2 and warm-start policy under WORKDIR/models
+    (`experiments.make_standins`), and points the config at them."""
     from experiments import make_standins
+    from segzero_jax.standins import Sam2StandinSettings, WarmStartSettings
+    d = config.data
+    data = {"dataset": d.dataset, "data_dir": d.data_dir or None, "image_size": d.image_size,
+            "max_prompt_length": d.max_prompt_length}
+    seed = config.train.seed
+    make_standins.build_standins(
+        workdir, data, sam2=Sam2StandinSettings(seed=seed),
+        policy=WarmStartSettings(seed=seed, preset=config.model.policy_preset, dtype=config.model.dtype,
+                                 response_tokens=config.rl.max_response_length,
+                                 eval_max_new_tokens=config.rl.max_response_length, reward=config.rl.reward))
     models = os.path.join(workdir, "models")
-    paths = make_standins.ensure_standins(models, config)
     with config.unlocked():
-        config.model.policy_checkpoint = paths["policy"]
-        config.model.sam2_checkpoint = paths["sam2"]
+        config.model.policy_checkpoint = os.path.join(models, make_standins.POLICY_DIR)
+        config.model.sam2_checkpoint = os.path.join(models, make_standins.SAM2_DIR)
     return config
 
 

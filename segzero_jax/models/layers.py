@@ -247,12 +247,13 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
 
 def _partial_attention(scores: jax.Array, valid: jax.Array, v: jax.Array, eq: str):
     """Unnormalised softmax pieces over one key set: (row max m, sum of exp(s - m), sum of
-    exp(s - m) v), all float32; rows without a valid key get m = -inf-safe zeros."""
+    exp(s - m) v), float32 (the probabilities enter the value product in v's dtype, accumulated
+    in float32); rows without a valid key get m = -inf-safe zeros."""
     scores = jnp.where(valid, scores, -jnp.inf)
     m = jnp.max(scores, axis=-1)
     m = jnp.where(jnp.isfinite(m), m, 0.0)
     p = jnp.where(valid, jnp.exp(scores - m[..., None]), 0.0)
-    return m, jnp.sum(p, axis=-1), jnp.einsum(eq, p, v.astype(jnp.float32))
+    return m, jnp.sum(p, axis=-1), jnp.einsum(eq, p.astype(v.dtype), v, preferred_element_type=jnp.float32)
 
 
 def grouped_decode_attention(q: jax.Array, prefix_k: jax.Array, prefix_v: jax.Array,
@@ -278,12 +279,13 @@ def grouped_decode_attention(q: jax.Array, prefix_k: jax.Array, prefix_v: jax.Ar
     group_size = bn // b
     g = n_heads // kh
     scale = h ** -0.5 if scale is None else scale
-    qg = (q.astype(jnp.float32) * scale).reshape(b, group_size, kh, g, h)
-    s1 = jnp.einsum("BnKGH,BSKH->BKGnS", qg, prefix_k.astype(jnp.float32))
+    # Keys and values are read in their own (cache) dtype; scores accumulate in float32.
+    qg = (q * jnp.asarray(scale, q.dtype)).astype(prefix_k.dtype).reshape(b, group_size, kh, g, h)
+    s1 = jnp.einsum("BnKGH,BSKH->BKGnS", qg, prefix_k, preferred_element_type=jnp.float32)
     valid1 = (jnp.arange(p_len) < prefix_lengths[:, None])[:, None, None, None, :]
     m1, l1, o1 = _partial_attention(s1, valid1, prefix_v, "BKGnS,BSKH->BKGnH")
-    qo = qg.reshape(bn, kh, g, h)
-    s2 = jnp.einsum("RKGH,RSKH->RKGS", qo, own_k.astype(jnp.float32))
+    qo = qg.reshape(bn, kh, g, h).astype(own_k.dtype)
+    s2 = jnp.einsum("RKGH,RSKH->RKGS", qo, own_k, preferred_element_type=jnp.float32)
     valid2 = (jnp.arange(own_k.shape[1]) < own_lengths[:, None])[:, None, None, :]
     m2, l2, o2 = _partial_attention(s2, valid2, own_v, "RKGS,RSKH->RKGH")
     # Group-major [B, K, G, n] -> row-major [B*n, K, G].

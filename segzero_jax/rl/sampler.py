@@ -129,7 +129,10 @@ def choose_tokens(logits: jax.Array, key: jax.Array, sc: SamplingConfig) -> tupl
         z = logits
     else:
         z = logits / sc.temperature
-        tokens = jax.random.categorical(key, filter_logits(z, sc.top_k, sc.top_p), axis=-1).astype(jnp.int32)
+        # Gumbel-max, as jax.random.categorical draws (same key, same tokens), with the
+        # two-pass argmax: XLA's CPU argmax over a vocabulary-sized axis is a slow scalar loop.
+        noisy = filter_logits(z, sc.top_k, sc.top_p) + jax.random.gumbel(key, z.shape, jnp.float32)
+        tokens = blocked_argmax(noisy)
     logp = jnp.take_along_axis(z, tokens[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(z, axis=-1)
     return tokens, logp
 
