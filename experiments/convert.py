@@ -28,8 +28,10 @@ flags.DEFINE_bool("sam2_scan_blocks", True, "SAM2 params with runs of Hiera bloc
                   "--nosam2_scan_blocks: one module per block, the inference layout on a GPU")
 flags.DEFINE_string("out", None, "Output directory for the Orbax model directories.")
 flags.DEFINE_enum("param_dtype", "bfloat16", ["float32", "bfloat16"], "Stored dtype of the policy.")
-flags.DEFINE_string("checkpoint", None, "With --export_hf: a convert output or a policy directory.")
+flags.DEFINE_string("checkpoint", None, "With --export_hf: a convert output, a policy directory or a "
+                    "training workdir (experiments.train).")
 flags.DEFINE_string("export_hf", None, "Directory for the exported HF safetensors policy.")
+flags.DEFINE_string("step", "newest", "With --export_hf from a training workdir: newest, best or a step number.")
 
 POLICY_DIR, SAM2_DIR, TOKENIZER_DIR = "policy", "sam2", "tokenizer"
 # HF files that describe tokenisation and generation; the weights and config.json are ours.
@@ -73,9 +75,24 @@ def policy_directory(path: str) -> str:
     return nested if os.path.isdir(nested) else path
 
 
-def export_policy(checkpoint_dir: str, out: str) -> list[str]:
-    from segzero_jax import checkpoint
+def export_policy(checkpoint_dir: str, out: str, step: str = "newest") -> list[str]:
+    """HF safetensors of a convert output, a policy model directory, or a training workdir's
+    newest / best / numbered step."""
+    from segzero_jax import checkpoint, train_checkpoints
     from segzero_jax.models.qwen2_5_vl import export_hf
+    if train_checkpoints.is_training_workdir(checkpoint_dir):
+        config, params = train_checkpoints.restore_trained_policy(
+            checkpoint_dir, step if step in ("newest", "best") else int(step))
+        import json
+        run = os.path.join(checkpoint_dir, "run_config.json")
+        source = ""
+        if os.path.isfile(run):
+            with open(run) as f:
+                source = json.load(f).get("model", {}).get("policy_checkpoint", "")
+        files = export_hf(config, params, out)
+        if source:
+            copy_tokenizer_files(os.path.join(source, TOKENIZER_DIR), out)
+        return files
     source = policy_directory(checkpoint_dir)
     config, params = checkpoint.restore_policy(source)
     files = export_hf(config, params, out)
@@ -91,7 +108,7 @@ def main(argv):
             raise app.UsageError("--export_hf needs --checkpoint (the policy to export)")
         if not os.path.isdir(FLAGS.checkpoint):
             raise app.UsageError(f"--checkpoint={FLAGS.checkpoint} does not exist")
-        files = export_policy(FLAGS.checkpoint, FLAGS.export_hf)
+        files = export_policy(FLAGS.checkpoint, FLAGS.export_hf, FLAGS.step)
         logging.info("exported %d file(s) to %s", len(files), FLAGS.export_hf)
         return
     if not FLAGS.out or not (FLAGS.qwen_hf_dir or FLAGS.sam2_checkpoint):

@@ -86,6 +86,19 @@ def test_interrupted_runs_resume_bitwise(tmp_path, data_dir):
     assert {s["step"] for s in samples} == {1, 2, 4} and all("response" in s for s in samples)
     assert os.listdir(os.path.join(straight, "tensorboard"))
     want = _final_params(straight)
+    # the workdir's newest policy exports to HF safetensors that read back to the same params
+    export = str(tmp_path / "hf")
+    exported = subprocess.run([sys.executable, "-m", "experiments.convert", f"--checkpoint={straight}",
+                               f"--export_hf={export}"], cwd=ROOT, env=_env(cache), capture_output=True,
+                              text=True, timeout=600)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    import jax
+    from segzero_jax.models.qwen2_5_vl import load_hf
+    _, back = load_hf(export)
+    back = jax.tree.leaves(back)
+    assert len(back) == len(want)
+    for a, b in zip(back, want):
+        np.testing.assert_array_equal(np.asarray(a), b)
 
     resumed = str(tmp_path / "resumed")
     env = _env(cache)
