@@ -239,14 +239,26 @@ def is_out_of_memory(error: Exception) -> bool:
     return "RESOURCE_EXHAUSTED" in text or "Ran out of memory" in text or "exceeds the available" in text
 
 
-def _advice(desc: dict) -> str:
-    return ("to lower it: more devices on the fsdp axis (config.mesh.shape), a smaller rl.micro_batch_size "
-            f"(now {desc['micro_batch_size']}), model.remat_policy='full' (now {desc['remat']!r}), "
-            "rl.decode_layout='scanned' (no unstacked copy of the decoder for the rollout), or rl.kl_coef=0 "
-            "(no reference policy)")
+def _advice(row: dict) -> str:
+    """What lowers the step's memory, from the row's settings."""
+    ways = ["more devices on the fsdp axis (config.mesh.shape)",
+            f"a smaller rl.micro_batch_size (now {row['micro_batch_size']})"]
+    if row["remat"] != "full":
+        ways.append(f"model.remat_policy='full' (now {row['remat']!r})")
+    if row["decode_layout"] == "unscanned":
+        ways.append("rl.decode_layout='scanned' (the rollout decodes without an unstacked copy of the decoder)")
+    if row["reference_policy"]:
+        ways.append("rl.kl_coef=0 (no reference policy)")
+    return "to lower it: " + ", ".join(ways)
+
+
+def _arguments(row: dict) -> str:
+    parts = row["arguments_per_device"]
+    return "arguments per device: " + ", ".join(f"{k.replace('_', ' ')} {v / GIB:.2f} GiB" for k, v in parts.items() if v)
 
 
 def print_table(row: dict, out=None) -> None:
+    """The row as a per-device memory table (or, when the compiler ran out of memory, its message)."""
     out = out or sys.stdout
     gib = lambda x: f"{x / GIB:9.2f} GiB"  # noqa: E731
     print(f"GRPO train step, {row['preset']} policy, on {row['topology']} ({row['device_kind']}, {row['devices']} "
@@ -255,20 +267,22 @@ def print_table(row: dict, out=None) -> None:
           f"{row['response_len']} tokens, {row['image_size']}^2 images; micro-batch {row['micro_batch_size']}, "
           f"{row['updates_per_step']} update(s) per step, remat {row['remat']}, params {row['param_dtype']}, "
           f"decode {row['decode_layout']}, reference policy {'yes' if row['reference_policy'] else 'no'}", file=out)
+    parts = "  (" + ", ".join(f"{k.replace('_', ' ')} {v / GIB:.2f}" for k, v in
+                              row["arguments_per_device"].items() if v) + ")"
+    if "compiler_error" in row:
+        print(f"  the compiler ran out of memory; {_arguments(row)}\n  {row['compiler_error']}", file=out)
+        return
     print(f"{'per device':>24}", file=out)
-    parts = row["arguments_per_device"]
     for key, label in (("argument_bytes", "arguments"), ("output_bytes", "outputs"),
                        ("alias_bytes", "aliased (donated)"), ("temp_bytes", "temporaries"),
                        ("code_bytes", "generated code"), ("peak_bytes", "total")):
-        extra = ""
-        if key == "argument_bytes":
-            extra = "  (" + ", ".join(f"{k.replace('_', ' ')} {v / GIB:.2f}" for k, v in parts.items() if v) + ")"
-        if row.get(key) is not None:
-            print(f"{label:>24} {gib(row[key])}{extra}", file=out)
+        print(f"{label:>24} {gib(row[key])}{parts if key == 'argument_bytes' else ''}", file=out)
     if row["capacity_gib"]:
-        used = f"{100 * row['peak_bytes'] / (row['capacity_gib'] * GIB):.0f}%" if row.get("peak_bytes") else "-"
-        print(f"{'device memory':>24} {row['capacity_gib']:9.2f} GiB  ({row['capacity_source']}; {used} used)  "
+        used = 100 * row["peak_bytes"] / (row["capacity_gib"] * GIB)
+        print(f"{'device memory':>24} {row['capacity_gib']:9.2f} GiB  ({row['capacity_source']}; {used:.0f}% used)  "
               f"fits: {row['fits']}", file=out)
+    else:
+        print(f"{'device memory':>24} {row['capacity_source']}", file=out)
 
 
 def compile_train_step(config, devices: list, topology: str = "", num_slices: int = 1,
@@ -307,7 +321,8 @@ def compile_train_step(config, devices: list, topology: str = "", num_slices: in
     except Exception as e:  # noqa: BLE001  (the TPU compiler refuses a program that does not fit)
         if not is_out_of_memory(e):
             raise
-        row.update(compile_s=time.perf_counter() - t0, fits=False, compiler_error=_first_lines(str(e), 12))
+        row.update(compile_s=round(time.perf_counter() - t0, 1), fits=False,
+                   compiler_error=_first_lines(str(e), 12))
         return row
     row["compile_s"] = round(time.perf_counter() - t0, 1)
     row.update(memory_figures(compiled))
@@ -340,18 +355,14 @@ def compile_only(config, topology: str, num_slices: int, capacity_gib: Optional[
     except CompileError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if "compiler_error" in row:
-        print(f"GRPO train step, {row['preset']} policy, on {row['topology']}: the compiler ran out of memory",
-              file=sys.stdout)
-    else:
-        print_table(row)
+    print_table(row)
     print(json.dumps(row), flush=True)
     if row["fits"] is False:
         if "compiler_error" in row:
-            need = f"the compiler ran out of device memory:\n{row['compiler_error']}\n"
+            need = f"the compiler ran out of device memory ({_arguments(row)}):\n{row['compiler_error']}\n"
         else:
             need = (f"it needs {row['peak_bytes'] / GIB:.2f} GiB per device, {row['capacity_gib']:.2f} GiB "
-                    f"available ({row['capacity_source']}); ")
+                    f"available ({row['capacity_source']}; {_arguments(row)}); ")
         print(f"error: the train step does not fit on {row['topology']} ({row['device_kind']}) with mesh "
               f"{row['mesh']}: {need}{_advice(row)}", file=sys.stderr)
         return 1

@@ -16,10 +16,12 @@ Params and inputs are abstract (shapes + shardings from the logical-axis rules),
 allocated; XLA's memory analysis of the compiled program gives the per-device figures.
 
 Work (global batch `--batch`, split over the data and fsdp axes):
-  train    one policy update on a micro-batch: forward + backward of the mean log-probability
-           of `--new_tokens` response tokens after a `--prompt_len` prompt holding one
-           `--image_px`^2 image (`response_log_probs`), then AdamW on `--param_dtype` params
-           with float32 moments; params and optimizer state donated
+  train    the GRPO train step that `experiments.train` runs (`experiments.train_compile`):
+           `--batch` prompts of `--prompt_len` tokens holding one `--image_px`^2 image, each
+           sampled `--group_size` times for `--new_tokens` tokens, device rewards, the reference
+           policy's log-probs (`--kl_coef` > 0), then the clipped update in micro-batches of
+           `--micro_batch_size` responses; `--param_dtype` params with AdamW's float32 moments,
+           the train state donated; the recipe's other settings
   forward  the policy's logits for prompt + response (no gradient)
   prefill  the prompt into a KV cache of capacity prompt + new tokens
   decode   one token per row against a full cache (the sampler's inner step)
@@ -32,7 +34,8 @@ Work (global batch `--batch`, split over the data and fsdp axes):
 
 Also reported, for a TPU or GPU target: lower bounds on the step time, the larger of the work's matmul
 FLOPs per device at the chip's bf16 peak and its arguments read once at the chip's HBM
-bandwidth (the compiler's figure is memory; time needs the chip). Prints a table and one JSON
+bandwidth (the compiler's figure is memory; time needs the chip; the train step's rollout
+counts one decode step, its loop's trip count being data-dependent). Prints a table and one JSON
 line; `--json_out` also writes the JSON.
 """
 
@@ -45,6 +48,7 @@ from typing import Any
 
 from absl import app, flags
 
+from experiments.perf.chips import HBM_GBPS, HBM_GIB, PEAK_BF16_TFLOPS
 from experiments.perf.gpu_targets import GPU_TARGETS, card_figures, gpu_target_config
 from experiments.perf.report import emit
 
@@ -59,7 +63,7 @@ flags.DEFINE_string("hlo_out", "", "write the compiled program's text here")
 flags.DEFINE_integer("num_slices", 1, "TPU slices joined over DCN")
 flags.DEFINE_string("mesh", "1,-1,1", "ICI mesh sizes for (data, fsdp, tensor); one -1 takes the rest")
 flags.DEFINE_string("dcn_mesh", "", "DCN mesh sizes over slices for (data, fsdp, tensor), e.g. 2,1,1")
-flags.DEFINE_integer("batch", 8, "global rows (images for sam2)")
+flags.DEFINE_integer("batch", 8, "global rows (images for sam2, prompts for train)")
 flags.DEFINE_integer("prompt_len", 1024, "prompt tokens per row, image placeholders included")
 flags.DEFINE_integer("new_tokens", 256, "response tokens (train/forward) or cache room (prefill/decode)")
 flags.DEFINE_integer("image_px", 840, "side of the square image per row (multiple of 28); 0 = text only")
@@ -67,9 +71,14 @@ flags.DEFINE_string("dtype", "bfloat16", "compute dtype")
 flags.DEFINE_string("param_dtype", "", "param dtype (default: float32 for train, else the compute dtype)")
 flags.DEFINE_string("remat", "full", "remat policy for train (none, full, dots, dots_no_batch, everything)")
 flags.DEFINE_integer("chunk_size", 256, "positions per logits chunk in train")
-flags.DEFINE_integer("group_size", 8, "rollout_decode: samples per prompt")
+flags.DEFINE_integer("group_size", 8, "train, rollout_decode: responses sampled per prompt")
 flags.DEFINE_bool("shared_prompt", True, "rollout_decode: a group's samples read one copy of the prompt's keys "
                   "(--noshared_prompt: n copies, one in each row's cache)")
+flags.DEFINE_integer("micro_batch_size", 8, "train: responses per gradient-accumulation step")
+flags.DEFINE_integer("update_batch_size", 0, "train: prompts per optimizer update (0: --batch, one update)")
+flags.DEFINE_float("kl_coef", 5e-3, "train: KL loss coefficient (0: no reference policy)")
+flags.DEFINE_enum("decode_layout", "unscanned", ["unscanned", "scanned"], "train: the rollout's decoder layout "
+                  "(segzero_jax.rl.sampler.DECODE_LAYOUTS)")
 flags.DEFINE_bool("scan_blocks", True, "sam2: runs of Hiera blocks under one scan; --noscan_blocks: every block a "
                   "module of its own")
 flags.DEFINE_bool("scan_layers", True, "policy decoder layers under one scan (params stacked, the training "
@@ -79,17 +88,6 @@ flags.DEFINE_string("attention_impl", "auto",
                     "backend would pick, i.e. tpu_auto or gpu_auto)")
 flags.DEFINE_integer("attention_pack_tokens", 128, "sam2: row length a GPU's \"auto\" packs short windows into "
                      "for cuDNN (0: they stay on XLA)", lower_bound=0)
-
-# HBM per chip by JAX device_kind, for the "fits" column, and dense bf16 peak TFLOP/s per chip, for
-# the compute-bound time (public TPU specifications; the GPUs' from `experiments.perf.gpu_targets`).
-HBM_GIB = {"TPU v4": 32, "TPU v5 lite": 16, "TPU v5": 95, "TPU v5p": 95, "TPU v6 lite": 32, "TPU7x": 192}
-PEAK_BF16_TFLOPS = {"TPU v4": 275, "TPU v5 lite": 197, "TPU v5": 459, "TPU v5p": 459, "TPU v6 lite": 918,
-                    "TPU7x": 2307}
-HBM_GBPS = {"TPU v4": 1228, "TPU v5 lite": 819, "TPU v5": 2765, "TPU v5p": 2765, "TPU v6 lite": 1640,
-            "TPU7x": 7380}
-for _kind, _gib, _gbps, _peak in map(card_figures, GPU_TARGETS):
-    HBM_GIB[_kind], HBM_GBPS[_kind], PEAK_BF16_TFLOPS[_kind] = _gib, _gbps, _peak
-
 
 def gpu_target() -> str:
     """The card of a `gpu:NAME` topology, or "" for a TPU topology or this host."""
@@ -204,7 +202,6 @@ def build_policy_work(mesh, rules, attention: str):
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
-    import optax
 
     from segzero_jax.models.qwen2_5_vl import Qwen2_5_VL, cache_logical_axes, get_preset, init_cache
     from segzero_jax.models.qwen2_5_vl.cache import is_axes
@@ -212,9 +209,11 @@ def build_policy_work(mesh, rules, attention: str):
     from segzero_jax.parallel import logical_shardings, named_sharding
 
     work = FLAGS.work
-    param_dtype = FLAGS.param_dtype or ("float32" if work == "train" else FLAGS.dtype)
+    if work == "train":
+        return build_train_work(mesh, rules, attention)
+    param_dtype = FLAGS.param_dtype or FLAGS.dtype
     cfg = get_preset(FLAGS.preset, dtype=FLAGS.dtype, param_dtype=param_dtype, attention_impl=attention,
-                     remat_policy=FLAGS.remat if work == "train" else "none", scan_layers=FLAGS.scan_layers)
+                     remat_policy="none", scan_layers=FLAGS.scan_layers)
     model = Qwen2_5_VL(cfg)
     boxed = jax.eval_shape(lambda r: init_params(cfg, r), jax.random.key(0))
     p_shardings = logical_shardings(boxed, mesh, rules)
@@ -223,37 +222,14 @@ def build_policy_work(mesh, rules, attention: str):
     desc = {"preset": FLAGS.preset, "param_dtype": param_dtype, "dtype": FLAGS.dtype,
             "attention": attention, "scan_layers": FLAGS.scan_layers}
 
-    if work in ("train", "forward"):
+    if work == "forward":
         ids, mask, pixels, grid, layout = _policy_inputs(cfg, mesh, rules, b, p_len + r)
         gridj = None if grid is None else jnp.asarray(grid)
         desc.update(tokens_per_row=p_len + r, response_tokens=r, image_px=FLAGS.image_px)
-        if work == "forward":
-            def forward(p, i, m, pv, lay):
-                return model.apply({"params": p}, i, pv, gridj, m, vision_layout=lay)
-            return jax.jit(forward), (params, ids, mask, pixels, layout), desc
 
-        tx = optax.adamw(1e-6, weight_decay=1e-2, mu_dtype=jnp.float32)
-        f32_params = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, jnp.float32), params)
-        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        # Moments (float32) take their param's sharding; step counts are replicated.
-        opt_state = optax.tree_map_params(
-            tx, lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-            jax.eval_shape(tx.init, f32_params), p_shardings,
-            transform_non_params=lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated))
-        desc.update(remat=FLAGS.remat, optimizer="adamw (float32 moments)")
-
-        def update(p, state, i, m, pv, lay):
-            def loss_fn(q):
-                lp, _ = model.apply({"params": q}, i, pv, gridj, m, vision_layout=lay, num_targets=r,
-                                    chunk_size=FLAGS.chunk_size, method=Qwen2_5_VL.response_log_probs)
-                w = m[:, -r:].astype(jnp.float32)
-                return -jnp.sum(lp * w) / jnp.maximum(jnp.sum(w), 1.0)
-
-            loss, grads = jax.value_and_grad(loss_fn)(p)
-            updates, state = tx.update(grads, state, p)
-            return optax.apply_updates(p, updates), state, loss
-
-        return (jax.jit(update, donate_argnums=(0, 1)), (params, opt_state, ids, mask, pixels, layout), desc)
+        def forward(p, i, m, pv, lay):
+            return model.apply({"params": p}, i, pv, gridj, m, vision_layout=lay)
+        return jax.jit(forward), (params, ids, mask, pixels, layout), desc
 
     capacity = p_len + r
     cache = jax.eval_shape(lambda: init_cache(cfg, b, capacity))
@@ -278,6 +254,34 @@ def build_policy_work(mesh, rules, attention: str):
         return model.apply({"params": p}, t, c, method=Qwen2_5_VL.decode)
 
     return jax.jit(decode, donate_argnums=(1,)), (params, cache, tokens), desc
+
+
+def build_train_work(mesh, rules, attention: str):
+    """The GRPO train step that `experiments.train` runs (`experiments.train_compile`), on the
+    recipe's settings with the shapes and choices of the flags."""
+    from experiments.train_compile import CompileError, build_train_step
+    from segzero_jax.models.qwen2_5_vl import get_preset
+    from segzero_jax.models.qwen2_5_vl.tokenizer import QwenTokenizer
+    from segzero_jax.rl.byte_table import byte_table_for_tokenizer
+    from segzero_jax.rl.trainer import GRPOSettings, make_optimizer
+
+    param_dtype = FLAGS.param_dtype or "float32"
+    cfg = get_preset(FLAGS.preset, dtype=FLAGS.dtype, param_dtype=param_dtype, attention_impl=attention,
+                     remat_policy=FLAGS.remat, scan_layers=FLAGS.scan_layers)
+    try:
+        settings = GRPOSettings(group_size=FLAGS.group_size, max_new_tokens=FLAGS.new_tokens,
+                                image_size=FLAGS.image_px or 840, kl_coef=FLAGS.kl_coef,
+                                update_batch_size=FLAGS.update_batch_size or FLAGS.batch,
+                                micro_batch_size=FLAGS.micro_batch_size, chunk_size=FLAGS.chunk_size,
+                                decode_layout=FLAGS.decode_layout)
+        work = build_train_step(cfg, settings, make_optimizer(1e-6, weight_decay=1e-2, grad_clip_norm=1.0),
+                                byte_table_for_tokenizer(QwenTokenizer.default()), mesh, rules,
+                                batch_size=FLAGS.batch, prompt_len=FLAGS.prompt_len, image_size=FLAGS.image_px)
+    except (CompileError, ValueError) as e:
+        raise app.UsageError(str(e)) from None
+    desc = {"preset": FLAGS.preset, "scan_layers": FLAGS.scan_layers, "optimizer": "adamw (float32 moments)",
+            **work.desc}
+    return work.fn, work.args, desc
 
 
 def build_rollout_decode_work(mesh, rules, attention: str):

@@ -7,6 +7,7 @@ import pytest
 from tests.experiments.scripts import ROOT, run_json, run_module
 
 POLICY = ["--preset=tiny", "--batch=4", "--prompt_len=40", "--new_tokens=8", "--image_px=112"]
+TRAIN = ["--group_size=2", "--micro_batch_size=4"]   # the GRPO step: 4 prompts x 2 samples
 LIBTPU = os.path.join(ROOT, ".cache", "libtpu")   # installed by tests/run.sh
 
 
@@ -21,7 +22,7 @@ def _compile(*flags):
 @pytest.mark.parametrize("work,layers", [("train", "--scan_layers"), ("prefill", "--scan_layers"),
                                          ("decode", "--scan_layers"), ("decode", "--noscan_layers")])
 def test_policy_work_on_local_mesh(work, layers):
-    row = _compile(f"--work={work}", "--mesh=2,2,2", layers, *POLICY)
+    row = _compile(f"--work={work}", "--mesh=2,2,2", layers, *POLICY, *(TRAIN if work == "train" else ()))
     assert row["devices"] == 8 and row["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
     assert row["scan_layers"] == (layers == "--scan_layers")
     assert row["peak_bytes"] > row["argument_bytes"] > 0
@@ -29,15 +30,20 @@ def test_policy_work_on_local_mesh(work, layers):
     assert row["alias_bytes"] > 0.9 * row["output_bytes"] if work == "train" else row["alias_bytes"] > 0
     if work != "train":
         assert row["kv_cache_bytes_global"] > 0
+    else:   # experiments.train's step: rollout, rewards, reference log-probs, 2 micro-batches of 4
+        assert row["rows"] == 8 and row["response_len"] == 8 and row["micro_batch_size"] == 4
+        parts = row["arguments_per_device"]
+        assert row["reference_policy"] is True and parts["reference_params"] == parts["params"] > 0
+        assert row["argument_bytes"] >= sum(parts.values())
 
 
 def test_tpu_topology_train_and_sam2():
-    train = _compile("--work=train", "--topology=v5p:2x2x1", "--mesh=1,-1,1", *POLICY)
+    train = _compile("--work=train", "--topology=v5p:2x2x1", "--mesh=1,-1,1", *POLICY, *TRAIN)
     assert train["device_kind"].startswith("TPU v5") and train["devices"] == 4
     assert train["device_memory_gib"] == 95 and train["fits"] is True and train["attention"] == "tpu_auto"
     # The same work split over 4 chips here and 8 host devices: one FLOP count (the TPU kernel's
     # attention included, traced on the XLA path), and its time at v5p's 459 TFLOP/s.
-    local = _compile("--work=train", "--mesh=2,2,2", *POLICY)
+    local = _compile("--work=train", "--mesh=2,2,2", *POLICY, *TRAIN)
     assert local["ms_lower_bound"] is None
     assert train["gflops_per_device"] * 4 == pytest.approx(local["gflops_per_device"] * 8, rel=1e-5)
     assert train["ms_compute_at_peak"] == pytest.approx(train["gflops_per_device"] / 459e3 * 1e3, abs=1e-3)
