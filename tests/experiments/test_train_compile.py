@@ -71,6 +71,8 @@ def test_bad_mesh_and_topology_are_named(capsys):
     assert "num_slices=2 needs a TPU topology" in capsys.readouterr().err
     assert compile_only(_small_config(), "gpu:a100", 1) == 2
     assert "the GPU targets are gpu:h100, gpu:h200" in capsys.readouterr().err
+    assert compile_only(_small_config(), "v9z:1x1", 1) == 2   # unknown to libtpu, or no libtpu here
+    assert "topology 'v9z:1x1': cannot describe this TPU topology" in capsys.readouterr().err
 
 
 @pytest.mark.aot
