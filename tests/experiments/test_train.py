@@ -17,7 +17,8 @@ STEPS = 4
 
 
 def _overrides(data_dir, steps=STEPS):
-    return [f"--config.data.data_dir={data_dir}", "--config.data.batch_size=2", "--config.rl.group_size=2",
+    return [f"--config.data.data_dir={data_dir}", "--config.model.standins=false", "--config.data.batch_size=2",
+            "--config.rl.group_size=2",
             "--config.rl.max_response_length=6", "--config.rl.micro_batch_size=2",
             "--config.rl.update_batch_size=1", f"--config.train.num_steps={steps}",
             "--config.train.checkpoint_every=1", "--config.train.samples_every=2",
