@@ -86,6 +86,7 @@ def test_iterator_state_resumes_exactly(data_dir, tokenizer):
     assert first != other
 
 
+@pytest.mark.slow
 def test_worker_processes_cover_the_epoch_and_resume(data_dir, tokenizer):
     """worker_count > 0 (outside an absl app): same examples per epoch, exact resume with workers."""
     def ids(batches):
@@ -195,6 +196,7 @@ def test_iterator_state_round_trips_through_orbax(data_dir, tokenizer, tmp_path)
         np.testing.assert_array_equal(got["input_ids"], batch["input_ids"])
 
 
+@pytest.mark.slow
 def test_batches_feed_the_policy(data_dir, tokenizer):
     """A pipeline batch goes straight into the policy: image tokens match the features, the
     equal-size images run as a vision batch, prefill + decode and the response log-probs run."""

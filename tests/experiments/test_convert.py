@@ -22,6 +22,7 @@ def hf_dir(tmp_path_factory):
     return model, str(path)
 
 
+@pytest.mark.parity
 def test_qwen_import_then_export_reproduces_the_hf_weights(hf_dir, tmp_path):
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -50,6 +51,7 @@ def test_qwen_import_in_bfloat16(hf_dir, tmp_path):
     assert {np.dtype(x.dtype) for x in jax.tree.leaves(params)} == {np.dtype(jax.numpy.bfloat16)}
 
 
+@pytest.mark.slow
 def test_sam2_import_matches_direct_conversion(tmp_path):
     from segzero_jax.models.sam2 import get_preset, load_checkpoint
     from tests.models.sam2 import reference

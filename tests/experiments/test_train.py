@@ -127,6 +127,7 @@ def test_interrupted_runs_resume_bitwise(tmp_path, data_dir):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_one_line(tmp_path, data_dir):
     cache = str(tmp_path / "jax_cache")
     bad = _run(str(tmp_path / "w"), data_dir, cache, extra=["--config.rl.update_batch_size=3"])

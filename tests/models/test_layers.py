@@ -20,6 +20,7 @@ def _np_attention(q, k, v, mask):
     return np.einsum("bnts,bsnh->btnh", p, v)
 
 
+@pytest.mark.parity
 def test_rmsnorm_matches_transformers():
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLRMSNorm
     x = np.random.RandomState(0).randn(3, 5, 16).astype(np.float32)
@@ -34,6 +35,7 @@ def test_rmsnorm_matches_transformers():
     assert boxed.names == ("norm",)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("bias", [False, True])
 def test_gated_mlp_matches_transformers(bias):
     from types import SimpleNamespace
@@ -55,6 +57,7 @@ def test_gated_mlp_matches_transformers(bias):
     assert boxed["down"]["kernel"].names == ("mlp", "embed")
 
 
+@pytest.mark.parity
 def test_rotary_matches_transformers():
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
     rs = np.random.RandomState(2)
@@ -183,6 +186,7 @@ def test_registries_and_errors():
                                1.0 / 10000.0 ** (np.arange(0, 8, 2) / 8), rtol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("b,t,s,n,kh,h,causal,lengths", [
     (2, 40, 40, 4, 2, 128, True, [40, 23]),       # prompt: causal, grouped queries, right padding
     (2, 1, 150, 4, 2, 128, False, [150, 77]),     # decode: one query over a cache row
@@ -213,6 +217,7 @@ def test_tpu_flash_kernel_in_interpret_mode(b, t, s, n, kh, h, causal, lengths):
         np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_tpu_flash_runs_per_device_under_a_mesh():
     """Mosaic kernels are not partitioned by XLA: under a mesh the kernel runs inside a shard_map
     over the batch and head axes, with the same values as unsharded XLA attention."""
@@ -232,6 +237,7 @@ def test_tpu_flash_runs_per_device_under_a_mesh():
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_gelu_matches_torch(dtype):
     """`layers.gelu` is torch's exact `nn.GELU()`. Below x = -3, 1 + erf cancels, so both sides

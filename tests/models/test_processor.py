@@ -57,6 +57,7 @@ def hf_processor():
 SIZES = [(840, 840), (33, 47), (10, 500), (3000, 2000), (123, 456), (29, 28), (2, 300)]
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("height,width", SIZES)
 def test_pixel_values_match_transformers(height, width):
     rng = np.random.default_rng(height * 7 + width)
@@ -69,6 +70,7 @@ def test_pixel_values_match_transformers(height, width):
     np.testing.assert_allclose(ours["pixel_values"], ref["pixel_values"], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parity
 def test_min_max_pixels_and_modes_match_transformers():
     rng = np.random.default_rng(0)
     rgba = Image.fromarray(rng.integers(0, 256, (70, 90, 4), dtype=np.uint8), mode="RGBA")
@@ -82,6 +84,7 @@ def test_min_max_pixels_and_modes_match_transformers():
         assert 128 * 28 * 28 <= h * w * 14 * 14 <= 256 * 28 * 28
 
 
+@pytest.mark.parity
 def test_smart_resize_matches_and_rejects_extreme_aspect():
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
@@ -94,6 +97,7 @@ def test_smart_resize_matches_and_rejects_extreme_aspect():
         P.smart_resize(1, 300)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("question", ["The Red Circle.", "...what would you use to cut paper?.", "Left Cup"])
 def test_chat_template_and_expanded_prompt_match_transformers(hf_processor, question):
     messages = P.segzero_messages(question)
@@ -106,6 +110,7 @@ def test_chat_template_and_expanded_prompt_match_transformers(hf_processor, ques
     assert ours.count(P.IMAGE_PAD) == 900  # 60 x 60 patches merged 2 x 2
 
 
+@pytest.mark.parity
 def test_chat_template_other_shapes_match_transformers(hf_processor):
     conversations = [
         [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}],

@@ -36,6 +36,7 @@ def tiktoken_enc():
                              special_tokens=special)
 
 
+@pytest.mark.parity
 def test_default_matches_tiktoken_and_roundtrips(tok, tiktoken_enc):
     for text in CORPUS:
         ids = tok.encode(text)
@@ -43,6 +44,7 @@ def test_default_matches_tiktoken_and_roundtrips(tok, tiktoken_enc):
         assert tok.decode(ids) == text
 
 
+@pytest.mark.parity
 def test_default_special_tokens(tok, tiktoken_enc):
     assert tok.vocab_size == 151665
     assert tok.pad_id == 151643 and tok.eos_ids == (151645, 151643)
@@ -57,6 +59,7 @@ def test_default_special_tokens(tok, tiktoken_enc):
     assert 151657 not in tok.special_ids and 151645 in tok.special_ids
 
 
+@pytest.mark.parity
 def test_token_bytes_are_exact(tok, tiktoken_enc):
     table = tok.token_bytes()
     assert len(table) == tok.vocab_size
@@ -67,6 +70,7 @@ def test_token_bytes_are_exact(tok, tiktoken_enc):
     assert b"".join(table[i] for i in tok.encode(text)) == text.encode("utf-8")
 
 
+@pytest.mark.parity
 def test_from_file_matches_transformers(tmp_path, tiktoken_enc):
     import transformers
     from segzero_jax.models.qwen2_5_vl.tokenizer import merges_from_ranks

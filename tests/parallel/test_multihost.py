@@ -8,6 +8,9 @@ import sys
 import time
 
 import portpicker
+import pytest
+
+pytestmark = [pytest.mark.multihost, pytest.mark.slow]
 
 WORKER = pathlib.Path(__file__).with_name("multihost_worker.py")
 ROOT = pathlib.Path(__file__).resolve().parents[2]

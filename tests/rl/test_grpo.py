@@ -156,6 +156,7 @@ def _reference_update_objective(logp, old, adv, ref, ent, mask, *, ranks, per_de
     return sum(per_rank) / ranks
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config_name", ["seg_zero_3b", "seg_zero_7b"])
 def test_recipe_objective_equals_seg_zero_update_loop(config_name):
     """The recipe's aggregation reproduces Seg-Zero's released update (8 GPUs, 16 prompts x 8

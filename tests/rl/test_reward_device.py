@@ -110,6 +110,7 @@ def _compare(scorers, tok, texts, gts, truncate=None):
                 assert got == pytest.approx(ref, abs=2e-5), (name, text, gts[i])
 
 
+@pytest.mark.slow
 @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(responses(), min_size=B, max_size=B), st.lists(st.integers(0, T), min_size=B,
                                                                max_size=B))
@@ -167,6 +168,7 @@ def test_exact_thresholds(scorers, tok):
     np.testing.assert_array_equal(out["bbox_l1"][4:6], [0.0, 1.0])
 
 
+@pytest.mark.slow
 def test_jit_vmap_and_sharded_batch(table, tok):
     mesh = make_mesh((4, 2, 1))
     texts = [GOOD, GOOD[:-3]] * 4

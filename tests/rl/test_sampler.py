@@ -48,6 +48,8 @@ def hf_greedy(model, batch, n_new, eos=None, pad=0):
     return out[:, ids.shape[1]:].numpy()
 
 
+@pytest.mark.parity
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["unscanned", "scanned"])
 def test_greedy_equals_transformers_generate_with_two_stop_tokens(hf_and_ours, prompts, layout):
     model, (cfg, params) = hf_and_ours
@@ -121,6 +123,7 @@ def _image_slice(batch, b):
     return slice(start, start + int(sizes[b]))
 
 
+@pytest.mark.slow
 def test_grouped_decode_logits_equal_full_forward(hf_and_ours, prompts):
     _, (cfg, params) = hf_and_ours
     n = 3
@@ -133,6 +136,7 @@ def test_grouped_decode_logits_equal_full_forward(hf_and_ours, prompts):
     np.testing.assert_allclose(np.asarray(steps), full[:, 1:], atol=1e-4 * scale, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["unscanned", "scanned"])
 def test_shared_prompt_equals_copied_prompt_cache(hf_and_ours, prompts, layout):
     _, (cfg, params) = hf_and_ours
@@ -146,6 +150,7 @@ def test_shared_prompt_equals_copied_prompt_cache(hf_and_ours, prompts, layout):
     assert len({tuple(r) for r in np.asarray(shared.tokens)[:4]}) > 1
 
 
+@pytest.mark.slow
 def test_log_probs_equal_full_forward_log_softmax(hf_and_ours, prompts):
     _, (cfg, params) = hf_and_ours
     n, temp = 2, 0.7
@@ -176,6 +181,7 @@ def _small_vocab_model(vocab=12, seed=0):
     return cfg, params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("temperature", [1.0, 0.6])
 def test_frequencies_match_the_softmax(temperature):
     """Chi-square of the first and second drawn tokens of 6,000 samples against the softmax."""
@@ -225,6 +231,7 @@ def test_top_k_and_top_p_stay_in_the_kept_set():
             assert kept[np.arange(64), np.asarray(tok)].all()
 
 
+@pytest.mark.slow
 def test_rows_that_stop_early_run_fewer_steps(hf_and_ours, prompts):
     _, (cfg, params) = hf_and_ours
     greedy = make_sampler(cfg, SamplingConfig(max_new_tokens=NEW, greedy=True, stop_token_ids=(99999,)))(
@@ -238,6 +245,7 @@ def test_rows_that_stop_early_run_fewer_steps(hf_and_ours, prompts):
     assert int(early.num_steps) == max(first) < NEW - 1
 
 
+@pytest.mark.slow
 def test_sharded_greedy_equals_single_device(hf_and_ours):
     _, (cfg, host_params) = hf_and_ours
     mesh = make_mesh((2, 2, 2))

@@ -3,6 +3,8 @@
 import json
 import os
 
+import pytest
+
 from experiments.score_rewards import format_table, score_file
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "examples",
@@ -14,6 +16,7 @@ EXPECTED_TOTALS = {"perfect": 5.0, "close-box-far-points": 4.0, "wrong-object": 
                    "point-outside-box": 4.0, "special-token-at-end": 5.0, "no-solution": 0.0}
 
 
+@pytest.mark.slow
 def test_example_file(tmp_path):
     out = tmp_path / "out.jsonl"
     summary, returned = score_file(EXAMPLE, str(out), batch_size=8)

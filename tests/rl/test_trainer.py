@@ -83,6 +83,7 @@ def _update_rows(cfg, b, n, m, seed=1):
     return batch, rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("aggregation,policy_loss,freeze", [
     ("seq-mean-token-mean", "ppo", False),
     ("token-mean", "gspo", False),
@@ -244,6 +245,7 @@ def _step(cfg, s, lr=1e-2, params=None, batch=None, tx=None):
     return params, tx, ref, batch, T.make_train_step(cfg, s, tx, toy_table(), layouts)
 
 
+@pytest.mark.slow
 def test_steps_learn_the_toy_task_and_skip_non_finite_updates():
     """On a toy vocabulary where one token decodes to the right answer, GRPO raises the reward;
     two updates per step make the behaviour pass (ratios leave 1); a NaN param skips the update."""
@@ -277,6 +279,7 @@ def test_steps_learn_the_toy_task_and_skip_non_finite_updates():
     assert int(nan_state.nonfinite_streak) == 2
 
 
+@pytest.mark.slow
 def test_sharded_step_equals_single_device_without_reference():
     """kl_coef = 0 keeps no reference params; on a (2, 2, 2) mesh the step equals one device's.
     (Plain SGD: Adam's first step divides gradients near 0 by their own size, so it turns float

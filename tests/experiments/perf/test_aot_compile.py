@@ -6,6 +6,8 @@ import pytest
 
 from tests.experiments.scripts import ROOT, run_json, run_module
 
+pytestmark = pytest.mark.aot
+
 POLICY = ["--preset=tiny", "--batch=4", "--prompt_len=40", "--new_tokens=8", "--image_px=112"]
 TRAIN = ["--group_size=2", "--micro_batch_size=4"]   # the GRPO step: 4 prompts x 2 samples
 LIBTPU = os.path.join(ROOT, ".cache", "libtpu")   # installed by tests/run.sh
@@ -19,6 +21,7 @@ def _compile(*flags):
     return run_json("experiments.perf.aot_compile", *flags, devices=8, pythonpath=libtpu)[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("work,layers", [("train", "--scan_layers"), ("prefill", "--scan_layers"),
                                          ("decode", "--scan_layers"), ("decode", "--noscan_layers")])
 def test_policy_work_on_local_mesh(work, layers):
@@ -37,6 +40,7 @@ def test_policy_work_on_local_mesh(work, layers):
         assert row["argument_bytes"] >= sum(parts.values())
 
 
+@pytest.mark.slow
 def test_tpu_topology_train_and_sam2():
     train = _compile("--work=train", "--topology=v5p:2x2x1", "--mesh=1,-1,1", *POLICY, *TRAIN)
     assert train["device_kind"].startswith("TPU v5") and train["devices"] == 4

@@ -49,6 +49,8 @@ def _kv_bytes(layers, kv_heads, head_dim, slots_per_row, rows):
     return layers * 2 * slots_per_row * kv_heads * head_dim * 2 + rows * 2 * 4
 
 
+@pytest.mark.aot
+@pytest.mark.slow
 def test_rollout_decode_step_on_local_mesh():
     b, n, p, m = 2, 4, 40, 8
     common = ("--work=rollout_decode", "--preset=tiny", "--mesh=2,2,2", "--noscan_layers", f"--batch={b}",

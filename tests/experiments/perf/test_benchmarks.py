@@ -11,6 +11,7 @@ import pytest
 from tests.experiments.scripts import run_json as _run
 
 
+@pytest.mark.slow
 def test_benchmark_rewards(tmp_path):
     out = tmp_path / "rewards.json"
     row, _ = _run("experiments.perf.benchmark_rewards", "--num_responses=32", "--tokens=60", "--repeats=1",
@@ -19,6 +20,7 @@ def test_benchmark_rewards(tmp_path):
     assert json.loads(out.read_text()) == row
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode,layers", [("forward", "--scan_layers"), ("train", "--scan_layers"),
                                          ("decode", "--scan_layers"), ("decode", "--noscan_layers")])
 def test_benchmark_qwen(mode, layers, tmp_path):
@@ -59,6 +61,7 @@ def _transformers_sam2_flops(preset: str) -> int:
     return counter.get_total_flops()
 
 
+@pytest.mark.slow
 def test_benchmark_sam2():
     """Both sides' TFLOP/s divide one FLOP count (ours) by their times; that count must be the
     peer's work too, which torch's own counter measures on the peer."""
@@ -69,6 +72,7 @@ def test_benchmark_sam2():
     assert row["ours"]["flops_per_call"] == pytest.approx(_transformers_sam2_flops("test_tiny"), rel=0.03)
 
 
+@pytest.mark.slow
 def test_benchmark_sam2_profile(tmp_path):
     """`--profile_dir` leaves a trace and the optimised HLO that `experiments.perf.profile_summary`
     reads; `--predict_batch=false` skips the evaluator's path."""
@@ -82,6 +86,7 @@ def test_benchmark_sam2_profile(tmp_path):
     assert any("Sam2.encode_image/trunk" in op for op in names.values())
 
 
+@pytest.mark.slow
 def test_benchmark_sam2_error_vs_float32():
     """--error_vs_float32 measures the run against the float32 model with the exact GELU: zero for
     that model itself, small but not zero for bf16 with either trunk GELU."""

@@ -36,6 +36,7 @@ def test_presets_equal_published_config(name):
     assert from_hf_dict(PUBLISHED[name]) == preset(name)
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("name", ["3b", "7b", "tiny"])
 def test_to_hf_dict_is_read_by_transformers(name):
     from transformers import Qwen2_5_VLConfig as HF

@@ -115,6 +115,8 @@ def test_published_layout_loads_same_params(hf_tied, ours_tied, tmp_path):
     jax.tree_util.tree_map(np.testing.assert_array_equal, params3, params)
 
 
+@pytest.mark.parity
+@pytest.mark.slow
 def test_untied_checkpoint_logits(inputs, tmp_path):
     """The 7B layout (separate lm_head), through the published layout."""
     model = build_hf_model(tie=False, seed=1)
@@ -126,6 +128,8 @@ def test_untied_checkpoint_logits(inputs, tmp_path):
                                atol=1e-4, rtol=0)
 
 
+@pytest.mark.parity
+@pytest.mark.slow
 def test_export_loads_in_transformers_with_same_logits(ours_tied, inputs, tmp_path):
     from transformers import Qwen2_5_VLForConditionalGeneration
     cfg, _ = ours_tied

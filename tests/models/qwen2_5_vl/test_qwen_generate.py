@@ -48,6 +48,8 @@ def ours_greedy(ours_tied, prompts):
     return np.asarray(toks), np.asarray(logits)
 
 
+@pytest.mark.parity
+@pytest.mark.slow
 def test_greedy_matches_generate(hf_tied, prompts, ours_greedy):
     model, _ = hf_tied
     ids, mask, pixels, grid = prompts
@@ -69,6 +71,8 @@ def test_decode_logits_equal_full_forward(ours_tied, prompts, ours_greedy):
     np.testing.assert_allclose(logits, np.asarray(full)[:, t - 1:t - 1 + NEW], atol=1e-4, rtol=0)
 
 
+@pytest.mark.parity
+@pytest.mark.slow
 def test_text_only_greedy_matches_generate(hf_tied, ours_tied):
     model, _ = hf_tied
     cfg, params = ours_tied

@@ -50,6 +50,7 @@ def test_every_param_has_logical_axes(ours_tied):
         assert len(axes[k]) == cache[k].ndim
 
 
+@pytest.mark.slow
 def test_traced_vision_layout_equals_host_grid(ours_tied, batch, ref_logits):
     cfg, params = ours_tied
     ids, mask, pixels, grid = batch
@@ -92,6 +93,7 @@ def test_packing_permutations():
     np.testing.assert_array_equal(np.take_along_axis(dest, order, 1), np.tile(np.arange(6), (3, 1)))
 
 
+@pytest.mark.slow
 def test_attention_never_gets_a_dense_mask(ours_tied, batch, monkeypatch):
     """Prompt pass, prefill and decode all use the causal/lengths forms the cuDNN kernel takes."""
     from segzero_jax.models.qwen2_5_vl import language
@@ -122,6 +124,7 @@ def test_attention_never_gets_a_dense_mask(ours_tied, batch, monkeypatch):
             assert c["is_causal"] == (name != "decode"), name
 
 
+@pytest.mark.slow
 def test_tpu_flash_backend_equals_xla(ours_tied, batch, ref_logits):
     """The whole policy (vision segments, packed prompt, decode) on the Pallas TPU kernel, interpreted."""
     from jax.experimental.pallas import tpu as pltpu
@@ -141,6 +144,7 @@ def test_tpu_flash_backend_equals_xla(ours_tied, batch, ref_logits):
     np.testing.assert_allclose(np.asarray(step), np.asarray(ref_step), atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_rows_of_different_lengths_decode_independently(ours_tied):
     """Row b's next key goes to slot lengths[b]; each row's logits equal that row decoded alone."""
     cfg, params = ours_tied
@@ -168,6 +172,7 @@ def test_rows_of_different_lengths_decode_independently(ours_tied):
     np.testing.assert_array_equal(np.asarray(after["k"])[:, 0], np.asarray(full["k"])[:, 0])
 
 
+@pytest.mark.slow
 def test_remat_policies_same_values_and_grads(ours_tied, batch):
     cfg, params = ours_tied
     ids, mask, pixels, grid = batch
@@ -184,6 +189,7 @@ def test_remat_policies_same_values_and_grads(ours_tied, batch):
     assert float(jnp.abs(vis_grad).sum()) > 0
 
 
+@pytest.mark.slow
 def test_chunked_log_probs_gradients_equal_full_logits(ours_tied, batch):
     """Gradients through the chunked (rematerialised) log-probs equal those of full logits."""
     cfg, params = ours_tied
@@ -211,6 +217,7 @@ def test_chunked_log_probs_gradients_equal_full_logits(ours_tied, batch):
                               method=Qwen2_5_VL.response_log_probs)
 
 
+@pytest.mark.slow
 def test_bfloat16_params_and_compute(ours_tied, batch, ref_logits):
     cfg, params = ours_tied
     ids, mask, pixels, grid = batch

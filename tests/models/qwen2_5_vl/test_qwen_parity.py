@@ -11,6 +11,8 @@ import torch
 from segzero_jax.models.qwen2_5_vl import Qwen2_5_VL, get_rope_index
 from tests.models.qwen2_5_vl.hf_reference import IMG, image_row, left_pad
 
+pytestmark = pytest.mark.parity
+
 ATOL = 1e-4
 
 
@@ -45,6 +47,7 @@ def batch():
     return ids, mask, pixels, grid
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grid", [[[1, 10, 14]], [[1, 10, 14], [1, 16, 20], [2, 4, 6]],
                                   [[1, 10, 14]] * 3],
                          ids=["odd_grid", "three_images", "three_equal_images_batched"])
@@ -94,6 +97,7 @@ def test_rope_index_matches_reference(hf_tied, batch):
     np.testing.assert_array_equal(np.asarray(delta), ref_delta.numpy())
 
 
+@pytest.mark.slow
 def test_logits_two_images_left_padding(hf_tied, ours_tied, batch):
     model, _ = hf_tied
     cfg, params = ours_tied
@@ -121,6 +125,7 @@ def prompt_response():
     return ids, mask, pixels, grid
 
 
+@pytest.mark.slow
 def test_logits_padding_on_both_sides(hf_tied, ours_tied, prompt_response):
     model, _ = hf_tied
     cfg, params = ours_tied
@@ -131,6 +136,7 @@ def test_logits_padding_on_both_sides(hf_tied, ours_tied, prompt_response):
     np.testing.assert_allclose(ours[valid], ref[valid], atol=ATOL, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("temperature,chunk", [(1.0, 3), (0.7, 64)])
 def test_response_log_probs_and_entropy(hf_tied, ours_tied, prompt_response, temperature, chunk):
     """Chunked log p(response token) and entropy equal torch's log_softmax of transformers' logits."""

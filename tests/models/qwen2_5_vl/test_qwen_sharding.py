@@ -4,12 +4,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from segzero_jax.models.qwen2_5_vl import Qwen2_5_VL, dummy_inputs, preset, vision_layout
 from segzero_jax.parallel import DEFAULT_RULES, make_mesh, sharded_init
 from tests.models.qwen2_5_vl.hf_reference import image_row, left_pad
 
 
+@pytest.mark.slow
 def test_sharded_forward_matches_unsharded():
     cfg = preset("tiny")
     mesh = make_mesh((2, 2, 2))
@@ -39,6 +41,7 @@ def test_sharded_forward_matches_unsharded():
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_equal_grids_run_as_an_image_batch_sharded_over_data_axes():
     """Equal grids give a one-image layout with I slots; sharded over (data, fsdp) it equals unsharded."""
     cfg = preset("tiny")

@@ -35,6 +35,8 @@ def prompts():
     return image_batch(np.random.RandomState(21), [[1, 6, 8], [1, 4, 6]], [(5, 2), (1, 7)])
 
 
+@pytest.mark.parity
+@pytest.mark.slow
 def test_unscanned_greedy_matches_generate(hf_tied, unscanned, prompts):
     model, _ = hf_tied
     cfg, params = unscanned
@@ -111,6 +113,7 @@ def test_unscanned_cache_layout_and_errors(ours_tied, unscanned):
                               method=Qwen2_5_VL.decode)
 
 
+@pytest.mark.slow
 def test_unscanned_remat_gradients_equal_scanned(ours_tied, unscanned, prompts):
     cfg, params = ours_tied
     ucfg, uparams = unscanned
@@ -125,6 +128,7 @@ def test_unscanned_remat_gradients_equal_scanned(ours_tied, unscanned, prompts):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4), stack_layers(g), ref_g)
 
 
+@pytest.mark.slow
 def test_sharded_unscanned_decode_equals_unsharded(ours_tied, unscanned):
     """Per-layer params and cache buffers sharded on a (data 2, fsdp 2, tensor 2) mesh; the
     params are the training layout's, unstacked on device (each layer keeps its sharding)."""

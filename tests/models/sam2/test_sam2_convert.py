@@ -62,6 +62,7 @@ def _save(sd, directory, name, wrap=True):
     return path
 
 
+@pytest.mark.slow
 def test_plain_and_bf16_state_dicts_load(small_checkpoint):
     cfg, sd, d = small_checkpoint
     _, params = load_checkpoint(_save(sd, d, "wrapped.pt"), cfg)
@@ -92,6 +93,7 @@ def test_missing_key_is_named(small_checkpoint):
         load_checkpoint(_save(bad, d, "missing_row.pt"), cfg)
 
 
+@pytest.mark.slow
 def test_wrong_config_is_a_shape_error(small_checkpoint):
     cfg, sd, d = small_checkpoint
     path = _save(sd, d, "ok.pt")

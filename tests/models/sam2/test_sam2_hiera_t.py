@@ -11,6 +11,8 @@ from tests.models.sam2.reference import (assert_close, assert_masks_agree, build
 
 from segzero_jax.models.sam2 import SamPredictor, load_checkpoint
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
@@ -32,6 +34,7 @@ def test_preset_is_inferred_as_hiera_tiny(tiny):
     assert cfg.image_size == 1024
 
 
+@pytest.mark.parity
 def test_image_embedding_and_high_res_features(tiny):
     _, rp, jp, _ = tiny
     assert_close(jp.get_image_embedding(), rp._features["image_embed"].numpy(), "image_embed")
@@ -39,6 +42,7 @@ def test_image_embedding_and_high_res_features(tiny):
         assert_close(a, b.numpy().transpose(0, 2, 3, 1), f"high_res_feats[{i}]")
 
 
+@pytest.mark.parity
 def test_segzero_prompt_box_and_two_points(tiny):
     _, rp, jp, image = tiny
     kw = dict(box=np.array([120.0, 80.0, 420.0, 380.0]),

@@ -36,6 +36,8 @@ def setup(tmp_path_factory):
     return dict(cfg=cfg, ref=ref, params=params, path=path, image=image, rp=rp, jp=jp)
 
 
+@pytest.mark.parity
+@pytest.mark.slow
 def test_image_features_match(setup):
     ref_feats = setup["rp"]._features
     ours = setup["jp"]._features
@@ -44,6 +46,8 @@ def test_image_features_match(setup):
         assert_close(a, b.numpy().transpose(0, 2, 3, 1), f"high_res_feats[{i}]")
 
 
+@pytest.mark.parity
+@pytest.mark.slow
 def test_neck_levels_and_position_encoding_match(setup):
     cfg, ref = setup["cfg"], setup["ref"]
     x = torch.randn(1, 3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(3))
@@ -84,6 +88,7 @@ def test_trunk_layout_plan():
         MultiScaleBlock(glob, tiny, row_group=3).init(jax.random.PRNGKey(0), jnp.zeros((4, 2, 2, glob.dim)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scan_blocks", [True, False])
 def test_window_layout_equals_per_block_partition(monkeypatch, scan_blocks):
     """The planned layouts give exactly the features of the reference's way, every windowed
@@ -135,6 +140,8 @@ PROMPTS = {
 }
 
 
+@pytest.mark.parity
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PROMPTS))
 def test_predict_matches_reference(setup, name):
     kw = PROMPTS[name]
@@ -147,6 +154,8 @@ def test_predict_matches_reference(setup, name):
     assert s.shape[-1] == expected_m and m.shape[-2:] == setup["image"].shape[:2]
 
 
+@pytest.mark.parity
+@pytest.mark.slow
 def test_unscanned_blocks_match_reference(setup):
     """`scan_blocks=False`: every Hiera block a module of its own, converted from the same
     checkpoint, gives the reference's features and masks."""
@@ -164,12 +173,15 @@ def test_unscanned_blocks_match_reference(setup):
         assert_masks_agree(m, rm, "masks")
 
 
+@pytest.mark.parity
 def test_return_logits_matches_reference(setup):
     rm, _, _ = setup["rp"].predict(box=BOX, return_logits=True)
     m, _, _ = setup["jp"].predict(box=BOX, return_logits=True)
     assert_close(m, rm, "upsampled logits")
 
 
+@pytest.mark.parity
+@pytest.mark.slow
 def test_single_mask_stability_fallback_both_branches(setup, tmp_path):
     """Token 0 unstable -> best multimask output; token 0 made confident -> token 0."""
     cfg = setup["cfg"]
@@ -193,6 +205,7 @@ def test_single_mask_stability_fallback_both_branches(setup, tmp_path):
     assert outcomes == [True, False], f"fallback taken per model: {outcomes}"
 
 
+@pytest.mark.parity
 def test_mask_input_embedding_matches(setup):
     cfg, ref = setup["cfg"], setup["ref"]
     n = cfg.low_res_size
@@ -220,6 +233,8 @@ def batch_case(setup):
     return dict(images=images, boxes=boxes, points=points, labels=labels, args=args, out=out)
 
 
+@pytest.mark.parity
+@pytest.mark.slow
 def test_predict_batch_matches_reference_per_image(setup, batch_case):
     """The jitted batch path vs the reference predictor, prompt by prompt."""
     cfg, out = setup["cfg"], batch_case["out"]
@@ -237,6 +252,7 @@ def test_predict_batch_matches_reference_per_image(setup, batch_case):
             assert_masks_agree(np.asarray(out["best_mask"][b, k]), rm[best], f"best[{b},{k}]")
 
 
+@pytest.mark.slow
 def test_low_res_masks_equal_the_batch_path(setup):
     """The benchmark / AOT work (`low_res_masks`) is `predict_batch` without the resizing back."""
     cfg, params = setup["cfg"], setup["params"]
@@ -250,6 +266,8 @@ def test_low_res_masks_equal_the_batch_path(setup):
     np.testing.assert_allclose(np.asarray(scores), np.asarray(ref["scores"][:, 0]), atol=1e-6)
 
 
+@pytest.mark.parity
+@pytest.mark.slow
 def test_downscaled_image_preprocessing_matches(setup):
     """An image larger than the model input: antialiased resize, then mask upsampling."""
     cfg = setup["cfg"]
@@ -267,6 +285,8 @@ def test_downscaled_image_preprocessing_matches(setup):
     assert_masks_agree(m, rm, "masks")
 
 
+@pytest.mark.parity
+@pytest.mark.slow
 def test_predict_batch_mixed_image_sizes(setup):
     """Images of different sizes in one call: per-image coordinate frames, masks on a canvas."""
     cfg = setup["cfg"]
@@ -290,6 +310,7 @@ def test_predict_batch_mixed_image_sizes(setup):
         assert not masks[:, h:].any() and not masks[:, :, w:].any()
 
 
+@pytest.mark.slow
 def test_sharded_params_give_the_same_masks(setup, batch_case):
     import flax.linen as nn
 
@@ -304,6 +325,7 @@ def test_sharded_params_give_the_same_masks(setup, batch_case):
     assert_close(got["scores"], batch_case["out"]["scores"], "sharded scores")
 
 
+@pytest.mark.slow
 def test_bf16_compute_stays_close(setup, batch_case):
     cfg16 = setup["cfg"].replace(dtype=jnp.bfloat16)
     a = batch_case["out"]
@@ -314,6 +336,7 @@ def test_bf16_compute_stays_close(setup, batch_case):
     assert float((a["masks"] == b["masks"]).mean()) > 0.9
 
 
+@pytest.mark.slow
 def test_trunk_gelu_forms(setup, batch_case, monkeypatch):
     """"auto" takes the trunk MLP's tanh GELU on a GPU in 16-bit compute (cuBLAS's fc1 epilogue;
     tests/test_gpu.py checks its accuracy there) and the exact form elsewhere; computed in

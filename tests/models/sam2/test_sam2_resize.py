@@ -18,6 +18,7 @@ CASES = [(m, n_in, n_out) for m in METHODS for n_in, n_out in SIZES
          if m != "nearest" or n_out % n_in == 0 or n_in % n_out == 0]
 
 
+@pytest.mark.parity
 @pytest.mark.parametrize("method,n_in,n_out", CASES)
 def test_matrix_matches_torch_interpolate(method, n_in, n_out):
     kw = METHODS[method]
@@ -27,6 +28,7 @@ def test_matrix_matches_torch_interpolate(method, n_in, n_out):
     np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.parity
 def test_two_dimensional_resize_matches_torch():
     x = torch.rand(1, 3, 37, 53, generator=torch.Generator().manual_seed(0))
     want = F.interpolate(x, size=(64, 40), mode="bilinear", align_corners=False, antialias=True)

@@ -43,6 +43,8 @@ def hf(tmp_path_factory):
     return cfg, model, path
 
 
+@pytest.mark.parity
+@pytest.mark.slow
 @pytest.mark.parametrize("scan_blocks", [True, False])
 def test_masks_scores_match_transformers(hf, scan_blocks):
     cfg, model, path = hf
