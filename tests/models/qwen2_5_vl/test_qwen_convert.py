@@ -20,6 +20,7 @@ from segzero_jax.parallel.sharding import logical_shardings
 from segzero_jax.models.qwen2_5_vl.model import init_params
 from segzero_jax.models.tensor_files import WeightFileError
 from tests.models.qwen2_5_vl.hf_reference import IMG, build_hf_model, image_batch
+from tests.tolerance import assert_parity
 
 LEGACY = (("model.language_model.", "model."), ("model.visual.", "visual."))
 
@@ -124,8 +125,7 @@ def test_untied_checkpoint_logits(inputs, tmp_path):
     cfg, params = load_hf(str(tmp_path))
     assert not cfg.tie_word_embeddings and "lm_head" in params["language_model"]
     valid = inputs[1].astype(bool)
-    np.testing.assert_allclose(_ours(cfg, params, inputs)[valid], _hf_logits(model, inputs)[valid],
-                               atol=1e-4, rtol=0)
+    assert_parity(_ours(cfg, params, inputs)[valid], _hf_logits(model, inputs)[valid], "logits")
 
 
 @pytest.mark.parity
@@ -138,8 +138,7 @@ def test_export_loads_in_transformers_with_same_logits(ours_tied, inputs, tmp_pa
     assert len(files) > 1 and os.path.exists(tmp_path / "model.safetensors.index.json")
     loaded = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
     valid = inputs[1].astype(bool)
-    np.testing.assert_allclose(_hf_logits(loaded, inputs)[valid], _ours(cfg, params, inputs)[valid],
-                               atol=1e-4, rtol=0)
+    assert_parity(_ours(cfg, params, inputs)[valid], _hf_logits(loaded, inputs)[valid], "logits")
     cfg2, params2 = load_hf(str(tmp_path))        # and back again
     assert cfg2.text == cfg.text and cfg2.vision == cfg.vision
     jax.tree_util.tree_map(np.testing.assert_array_equal, params2, params)
