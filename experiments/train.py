@@ -215,7 +215,10 @@ def global_batch(batch: dict, mesh, rules) -> dict:
     out = {}
     for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "bbox", "points"):
         a = np.asarray(batch[k])
-        if k == "image_grid_thw":
+        if k == "image_grid_thw":   # a host value (it plans the vision layout): every process's rows
+            if jax.process_count() > 1:
+                from jax.experimental import multihost_utils
+                a = np.asarray(multihost_utils.process_allgather(a, tiled=True))
             out[k] = a.astype(np.int32)
             continue
         global_shape = (a.shape[0] * jax.process_count(),) + a.shape[1:]
@@ -314,8 +317,9 @@ def train(config, workdir: str, progress: bool = True) -> dict:
 
     byte_table = byte_table_for_tokenizer(tokenizer)
     first = next(iterator)
-    layouts = T.host_layouts(policy_cfg, settings, first["image_grid_thw"])
-    batch_shardings = batch_shardings_of(global_batch(first, mesh, rules), mesh)
+    first_global = global_batch(first, mesh, rules)
+    layouts = T.host_layouts(policy_cfg, settings, first_global["image_grid_thw"])
+    batch_shardings = batch_shardings_of(first_global, mesh)
     step_fn = T.make_train_step(policy_cfg, settings, tx, byte_table, layouts, mesh=mesh, rules=rules,
                                 state_shardings=state_shardings,
                                 ref_shardings=param_shardings if ref is not None else None,
