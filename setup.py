@@ -54,7 +54,8 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["segzero_jax*", "experiments*", "data_pipelines*"]),
     install_requires=CORE,
     extras_require={"data": DATA, "test": DATA + TEST,
-                    "demo": ["gradio>=5"],  # experiments.demo (tested with 6.31.0) "tfds-build": ["tensorflow-cpu>=2.16"],
+                    "tfds-build": ["tensorflow-cpu>=2.16"],
+                    "demo": ["gradio>=5"],  # experiments.demo (tested with 6.31.0)
                     # libtpu: compiles for TPU topologies from any host (experiments.aot_compile).
                     "aot": ["jax[tpu]"],
                     # JAX's CUDA plugin: compiles for an H100 / H200 from any host (no GPU needed).
