@@ -61,7 +61,11 @@ def target_devices(topology: str = "", num_slices: int = 1) -> list:
             raise CompileError(f"topology {topology!r}: the GPU targets are {', '.join('gpu:' + c for c in GPU_TARGETS)}")
         if num_slices != 1:
             raise CompileError(f"topology {topology!r} is one GPU: num_slices is for TPU slices")
+        # as experiments.perf.aot_compile: load the plugin without the driver; GEMMs on cuBLAS
+        # (Triton's tiles need the card). XLA reads the flags when the CUDA client starts, here.
         os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
+        if "--xla_gpu_enable_triton_gemm" not in os.environ.get("XLA_FLAGS", ""):
+            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_enable_triton_gemm=false").strip()
         try:
             topo = topologies.get_topology_desc(platform="cuda", target_config=gpu_target_config(card),
                                                 topology="1x1x1")
@@ -69,6 +73,9 @@ def target_devices(topology: str = "", num_slices: int = 1) -> list:
             raise CompileError(f"topology {topology!r}: cannot describe this GPU ({type(e).__name__}: {e}); "
                                "it needs JAX's CUDA plugin: pip install -e \".[aot-gpu]\"") from None
         return list(topo.devices)
+    # A topology's compile uses no chip: it need not hold libtpu's one-process-per-host lock, so
+    # several compiles (or a compile beside a test run) can share a host.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         topo = topologies.get_topology_desc(platform="tpu", topology_name=topology, num_slices=num_slices)
     except Exception as e:  # no libtpu, or a name libtpu does not know

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import time
 from typing import Any
 
@@ -106,7 +107,6 @@ def gpu_target() -> str:
 def prepare_gpu_target() -> None:
     """Before JAX starts its backends: let the CUDA plugin load on a host without the driver it
     checks versions against, and keep GEMMs on cuBLAS (Triton's tiles need the card)."""
-    import os
     if gpu_target():
         os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_enable_triton_gemm=false").strip()
@@ -133,6 +133,7 @@ def target_devices() -> list:
             raise app.UsageError(f"--topology={FLAGS.topology!r}: cannot describe this GPU ({type(e).__name__}: "
                                  f"{e}); it needs JAX's CUDA plugin: pip install -e \".[aot-gpu]\"") from None
         return list(topo.devices)
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")   # no chip is used: skip libtpu's host lock
     try:
         topo = topologies.get_topology_desc(platform="tpu", topology_name=FLAGS.topology,
                                             num_slices=FLAGS.num_slices)
