@@ -176,15 +176,28 @@ def init_train_state(params: Any, tx: optax.GradientTransformation, rng: jax.Arr
                       skipped_updates=zero(), nonfinite_streak=zero())
 
 
+def _dict_path(path) -> tuple:
+    return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
 def train_state_shardings(params: Any, param_shardings: Any, tx: optax.GradientTransformation,
                           mesh: jax.sharding.Mesh) -> TrainState:
     """Shardings of the TrainState of `params` (arrays or ShapeDtypeStructs): params as given,
-    each optimizer moment as its param (as `tx.init` propagates them), counters and the RNG
-    replicated."""
+    each optimizer moment as the param it belongs to (the param whose dict path ends the
+    moment's path, same shape), counters and the RNG replicated."""
     rep = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    target = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), params, param_shardings)
-    opt = jax.eval_shape(jax.jit(tx.init), target)
-    opt = jax.tree.map(lambda a: a.sharding if isinstance(a.sharding, jax.sharding.NamedSharding) else rep, opt)
+    by_path = {_dict_path(p): (tuple(a.shape), sh) for (p, a), sh in
+               zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(param_shardings))}
+
+    def moment(path, leaf):
+        keys = _dict_path(path)
+        for start in range(len(keys)):
+            hit = by_path.get(keys[start:])
+            if hit is not None and hit[0] == tuple(leaf.shape):
+                return hit[1]
+        return rep
+
+    opt = jax.tree_util.tree_map_with_path(moment, jax.eval_shape(tx.init, params))
     return TrainState(step=rep, params=param_shardings, opt_state=opt, rng=rep, skipped_updates=rep,
                       nonfinite_streak=rep)
 

@@ -22,7 +22,8 @@ def _overrides(data_dir, steps=STEPS):
             "--config.rl.max_response_length=6", "--config.rl.micro_batch_size=2",
             "--config.rl.update_batch_size=1", f"--config.train.num_steps={steps}",
             "--config.train.checkpoint_every=1", "--config.train.samples_every=2",
-            "--config.train.max_checkpoints=2", "--config.train.log_every=1", "--noprogress"]
+            "--config.train.max_checkpoints=2", "--config.train.log_every=1",
+            "--config.train.eval_every=0", "--config.train.final_eval_split=", "--noprogress"]
 
 
 def _env(cache):

@@ -307,3 +307,27 @@ def test_sharded_step_equals_single_device_without_reference():
     np.testing.assert_array_equal(np.asarray(got["tokens"]), np.asarray(want["tokens"]))
     for a, b in zip(jax.tree.leaves(want_state.params), jax.tree.leaves(got_state.params)):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_optimizer_moments_take_their_params_sharding(freeze):
+    """AdamW's moments are sharded as their params (not replicated), frozen vision included."""
+    cfg = small_config()
+    mesh = make_mesh((1, 8, 1))
+    abstract = jax.eval_shape(lambda r: Qwen2_5_VL(cfg).init(r, **dict(
+        dummy_inputs(cfg), input_ids=jnp.asarray([[VS, IMG, VE, 13]], jnp.int32)))["params"], jax.random.key(0))
+    p_shard = logical_shardings(abstract, mesh, DEFAULT_RULES)
+    params = nn.unbox(abstract)
+    tx = T.make_optimizer(1e-3, mask=T.trainable_mask(params, True) if freeze else None)
+    shardings = T.train_state_shardings(params, p_shard, tx, mesh)
+    by_param = {jax.tree_util.keystr(p): s for p, s in jax.tree_util.tree_flatten_with_path(p_shard)[0]}
+    moments = [(jax.tree_util.keystr(p), s) for p, s in jax.tree_util.tree_flatten_with_path(shardings.opt_state)[0]
+               if ".mu[" in jax.tree_util.keystr(p) or ".nu[" in jax.tree_util.keystr(p)]
+    assert moments
+    sharded = 0
+    for path, s in moments:
+        want = by_param[path[path.index("['"):]]
+        assert s.spec == want.spec, path
+        sharded += any(a is not None for a in want.spec)
+    assert sharded > 0
+    assert ("visual" in str([p for p, _ in moments])) == (not freeze)
