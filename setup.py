@@ -56,7 +56,7 @@ setuptools.setup(
     extras_require={"data": DATA, "test": DATA + TEST,
                     "tfds-build": ["tensorflow-cpu>=2.16"],
                     "demo": ["gradio>=5"],  # experiments.demo (tested with 6.31.0)
-                    # libtpu: compiles for TPU topologies from any host (experiments.aot_compile).
+                    # libtpu: compiles for TPU topologies from any host (experiments.perf.aot_compile, experiments.train --compile_only).
                     "aot": ["jax[tpu]"],
                     # JAX's CUDA plugin: compiles for an H100 / H200 from any host (no GPU needed).
                     "aot-gpu": ["jax[cuda13]>=0.8"]},

@@ -3,7 +3,7 @@ and `validate`, which checks every field once at start-up and names the offendin
 
 Sections: `model` (policy + SAM2), `data` (the input pipeline's fields), `rl` (GRPO),
 `optim` (AdamW), `mesh` (device mesh and logical-axis rules), `train` (loop, checkpoints).
-Values follow the Seg-Zero paper and its single-object training script (see DESIGN.md).
+Values follow the Seg-Zero paper and its single-object training script (the README's Configs section).
 """
 
 from __future__ import annotations

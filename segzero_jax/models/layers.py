@@ -52,7 +52,7 @@ CUDNN_MIN_TOKENS = 33
 # "auto" on a GPU packs sequences shorter than CUDNN_MIN_TOKENS into rows of at most this many
 # positions (one 128-key tile of cuDNN's kernel): SAM2-Large's 16-token windows go 8 to a row.
 # The bias multiplies the attention FLOPs by the pack factor, which is cheap at these lengths
-# (SAM2-Large: 0.19 TFLOP more, of 29.3 per 16 images, in the H100 census of `experiments.aot_compile
+# (SAM2-Large: 0.19 TFLOP more, of 29.3 per 16 images, in the H100 census of `experiments.perf.aot_compile
 # --census`), and q, k, v and the output stay in the projections' token-major layout.
 PACK_TOKENS = 128
 
