@@ -7,7 +7,7 @@ answer format (the format, not the grounding). Both are written as model directo
     sam2_metrics = standins.train_sam2_standin(seg_train, seg_val, "WORKDIR/models/sam2",
                                                standins.Sam2StandinSettings(steps=600))
     policy_metrics = standins.warm_start_policy(prompts_train, prompts_val, "WORKDIR/models/warm_start",
-                                                standins.WarmStartSettings(steps=100))
+                                                standins.WarmStartSettings(steps=150))
 
 The inputs are numpy arrays (`SegExamples`, `PolicyExamples`); `experiments.make_standins` reads
 them from a TFDS split through the input pipeline and builds both.

@@ -6,9 +6,9 @@ the scene (its box and points: right format, wrong object); otherwise the referr
 every box coordinate moved by up to `box_jitter` times the box's width or height and rounded to
 a multiple of `quantum` pixels, and its two points moved as much. Coordinates are then clamped
 to `coordinate_range` (default [10, 99]: every number has two digits, so the answer's token
-layout is fixed; on the synthetic data the "tiny" policy's greedy answers all parse after 100
-steps, against 83% after 150 steps with numbers of one to three digits, whose digits and commas
-it miscounts) and the points into the box. The answer is
+layout is fixed; on the synthetic data the "tiny" policy's greedy answers all parse after 150
+steps, against 83% with numbers of one to three digits, whose digits and commas it miscounts)
+and the points into the box. The answer is
 
     <think>{reasoning}</think><answer>{"bbox":[x1,y1,x2,y2],"points_1":[x,y],"points_2":[x,y]}</answer>
 

@@ -1,6 +1,6 @@
 """The policy stand-in: a small Qwen2.5-VL warm-started by supervised fine-tuning on the answer format.
 
-    metrics = warm_start_policy(train, val, out_dir, WarmStartSettings(steps=100))
+    metrics = warm_start_policy(train, val, out_dir, WarmStartSettings(steps=150))
 
 Each step draws `batch_size` prompts of `train` (a `PolicyExamples`; an epoch's order from the
 seed), makes each a fresh target (`answers.warm_start_target`: a decoy object or a jittered,
@@ -11,9 +11,9 @@ token-mean cross-entropy of the target tokens,
 
 with `Qwen2_5_VL.response_log_probs` on prompt (left-padded) + target (right-padded to
 `response_tokens`), AdamW (warmup then cosine decay, global-norm clipping), in one jitted step.
-Prompts are cut to the longest prompt of the split (left padding only shifts nothing: positions
-come from the attention mask). `evaluate_policy` decodes greedily and scores the answers with
-Seg-Zero's host reward. The model directory is written with `checkpoint.save_model`.
+Prompts are cut to the longest prompt of the split (dropping columns that pad every row changes
+nothing: positions come from the attention mask). `evaluate_policy` decodes greedily and scores the
+answers with Seg-Zero's host reward. The model directory is written with `checkpoint.save_model`.
 """
 
 from __future__ import annotations
@@ -40,14 +40,14 @@ from segzero_jax.standins.greedy import greedy_decode
 
 @dataclasses.dataclass(frozen=True)
 class WarmStartSettings:
-    steps: int = 100
+    steps: int = 150
     batch_size: int = 8
     learning_rate: float = 1e-2
     warmup_steps: int = 10
     weight_decay: float = 0.01
     grad_clip_norm: float = 1.0
     seed: int = 0
-    response_tokens: int = 56          # R: targets + <|im_end|> are right-padded to it (at most 51 on synthetic data)
+    response_tokens: int = 48          # R >= target + <|im_end|> (47 tokens on synthetic data), right-padded
     mix: TargetMix = TargetMix()
     preset: str = "tiny"               # segzero_jax.models.qwen2_5_vl.PRESETS
     dtype: str = "float32"
