@@ -197,7 +197,7 @@ def build_standins(config, workdir: str):
     make_standins.build_standins(
         workdir, data, sam2=Sam2StandinSettings(seed=seed),
         policy=WarmStartSettings(seed=seed, preset=config.model.policy_preset, dtype=config.model.dtype,
-                                 response_tokens=config.rl.max_response_length,
+                                 response_tokens=min(WarmStartSettings.response_tokens, config.rl.max_response_length),
                                  eval_max_new_tokens=config.rl.max_response_length, reward=config.rl.reward))
     models = os.path.join(workdir, "models")
     with config.unlocked():
