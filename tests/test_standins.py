@@ -2,16 +2,20 @@
 
 The training tests compile the models (about three CPU-minutes together): marked slow."""
 
-import numpy as np
-import pytest
+import io
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
 
 from data_pipelines.synthetic_scenes import generate_example
 from experiments.make_standins import build_standins, load_split
 from segzero_jax import checkpoint, standins
 from segzero_jax.masks import mask_to_prompt
+from segzero_jax.models import qwen2_5_vl
 from segzero_jax.models.qwen2_5_vl import Qwen2_5_VL
 from segzero_jax.models.qwen2_5_vl.tokenizer import QwenTokenizer
 from segzero_jax.models.sam2.model import Sam2
@@ -46,8 +50,6 @@ def _tree_equal(a, b):
 def test_plain_background_objects_finds_every_object_and_the_target():
     for i in range(8):
         record = generate_example(3, "train", i, 112)
-        from PIL import Image
-        import io
         image = np.asarray(Image.open(io.BytesIO(record["image"])).convert("RGB"))
         objects = standins.plain_background_objects(image)
         assert 3 <= len(objects) <= 6
@@ -159,8 +161,6 @@ def test_sam2_standin_writes_a_model_directory_and_is_deterministic(train, val, 
 def test_greedy_decode_matches_full_forward_argmax(train):
     _, policy = train
     config = standins.policy_config(POLICY_SETTINGS)
-    from segzero_jax.models import qwen2_5_vl
-    import flax.linen as nn
     params = nn.unbox(qwen2_5_vl.init_params(config, jax.random.key(3)))
     ids, mask = warm_start.trim_prompts(policy)
     ids, mask = ids[:2], mask[:2]
