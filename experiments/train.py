@@ -137,7 +137,7 @@ def load_policy(config, mesh, rules, seed: int):
     import jax
 
     from segzero_jax import checkpoint
-    from segzero_jax.models.qwen2_5_vl import Qwen2_5_VL, abstract_params, dummy_inputs
+    from segzero_jax.models.qwen2_5_vl import Qwen2_5_VL, dummy_inputs
     from segzero_jax.models.qwen2_5_vl.tokenizer import QwenTokenizer
     from segzero_jax.parallel import logical_shardings, sharded_init
 
@@ -161,7 +161,6 @@ def load_policy(config, mesh, rules, seed: int):
             tok_dir = os.path.join(os.path.dirname(os.path.abspath(directory)), "tokenizer")
         tokenizer = (QwenTokenizer.from_file(tok_dir) if os.path.isfile(os.path.join(tok_dir, "tokenizer.json"))
                      else QwenTokenizer.default())
-        del abstract_params
         return cfg, params, tokenizer
     cfg = policy_config_from(config)
     init = lambda r: Qwen2_5_VL(cfg).init(r, **dummy_inputs(cfg))["params"]  # noqa: E731
@@ -272,7 +271,6 @@ def train(config, workdir: str, progress: bool = True) -> dict:
     """The whole run; returns the last step's metrics."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
     from tqdm.auto import tqdm
 
     from data_pipelines.input_pipeline import make_input_pipeline
@@ -414,10 +412,10 @@ def write_report(config, workdir: str, policy_cfg, params, tokenizer, evaluator)
 
 
 def _lr(config, step: int) -> float:
+    """The learning rate of update `step`, from the optimizer's own schedule."""
+    from segzero_jax.rl.trainer import learning_rate_schedule
     o = config.optim
-    if o.warmup_steps:
-        return o.learning_rate * min(1.0, step / o.warmup_steps)
-    return o.learning_rate
+    return float(learning_rate_schedule(o.learning_rate, o.warmup_steps)(step))
 
 
 def main(argv):

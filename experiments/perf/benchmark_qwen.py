@@ -28,13 +28,12 @@ train mode does more work than that: logits at every position). Prints a table a
 
 from __future__ import annotations
 
-import os
 import tempfile
-import threading
 import time
 
 from absl import app, flags
 
+from experiments.perf.peak_memory import RssPeak
 from experiments.perf.profiling import PROFILE_DIR, profile
 from experiments.perf.report import emit
 
@@ -55,36 +54,6 @@ flags.DEFINE_string("remat", "none", "train mode: remat policy (none, full, dots
 flags.DEFINE_integer("chunk_size", 256, "train mode: positions per logits chunk (ours)")
 flags.DEFINE_bool("scan_layers", True, "decoder layers under one scan (params stacked); --noscan_layers: one "
                   "module and one KV-cache buffer per layer, the decoding layout")
-
-
-class RssPeak:
-    """Peak resident-set growth (bytes) of this process while the context is open (CPU only)."""
-
-    def __enter__(self):
-        self.base = self.peak = self._rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._rss())
-
-    def _poll(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._rss())
-            time.sleep(0.001)
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    @property
-    def growth(self) -> int:
-        return self.peak - self.base
 
 
 def make_inputs(cfg, batch, seq, image_px, rng):

@@ -38,7 +38,7 @@ import numpy as np
 
 from segzero_jax.models.layers import blocked_argmax
 from segzero_jax.models.qwen2_5_vl import Qwen2_5_VL, Qwen2_5_VLConfig, init_cache, unstack_layers
-from segzero_jax.models.qwen2_5_vl.cache import Cache, cache_logical_axes, group_cache, is_axes
+from segzero_jax.models.qwen2_5_vl.cache import Cache, cache_capacity, cache_logical_axes, group_cache, is_axes
 from segzero_jax.models.qwen2_5_vl.vision_layout import vision_layout
 from segzero_jax.parallel.sharding import DEFAULT_RULES
 
@@ -146,7 +146,7 @@ def _copied_prompt_cache(config: Qwen2_5_VLConfig, prompt: Cache, n: int, max_ne
     """The prompt cache repeated into n rows per prompt, with room for the new tokens."""
     t = prompt["lengths"].shape[0]
     per_layer = not config.scan_layers
-    cache = init_cache(config, t * n, _capacity(prompt) + max_new_tokens, dtype=_kv_dtype(prompt))
+    cache = init_cache(config, t * n, cache_capacity(prompt) + max_new_tokens, dtype=_kv_dtype(prompt))
     axis = 0 if per_layer else 1
 
     def fill(dst, src):
@@ -159,11 +159,6 @@ def _copied_prompt_cache(config: Qwen2_5_VLConfig, prompt: Cache, n: int, max_ne
     cache["lengths"] = jnp.repeat(prompt["lengths"], n)
     cache["rope_deltas"] = jnp.repeat(prompt["rope_deltas"], n)
     return cache
-
-
-def _capacity(cache: Cache) -> int:
-    k = cache["k"]
-    return k[0].shape[1] if isinstance(k, (tuple, list)) else k.shape[2]
 
 
 def _kv_dtype(cache: Cache):

@@ -151,12 +151,17 @@ def make_optimizer(learning_rate: float | optax.Schedule = 1e-6, weight_decay: f
                    warmup_steps: int = 0, mask: Any = None) -> optax.GradientTransformation:
     """Global-norm clipping then AdamW (verl's FSDP actor); linear warm-up when asked.
     `mask` (a tree of bools or a function of the params): leaves outside it are left unchanged."""
-    lr = learning_rate
-    if warmup_steps and not callable(lr):
-        lr = optax.linear_schedule(0.0, learning_rate, warmup_steps)
+    lr = learning_rate if callable(learning_rate) else learning_rate_schedule(learning_rate, warmup_steps)
     chain = optax.chain(optax.clip_by_global_norm(grad_clip_norm) if grad_clip_norm > 0 else optax.identity(),
                         optax.adamw(lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mu_dtype=jnp.float32))
     return chain if mask is None else freeze_outside(chain, mask)
+
+
+def learning_rate_schedule(learning_rate: float, warmup_steps: int = 0) -> optax.Schedule:
+    """Constant, after a linear warm-up from 0 over `warmup_steps` updates when given."""
+    if warmup_steps:
+        return optax.linear_schedule(0.0, learning_rate, warmup_steps)
+    return optax.constant_schedule(learning_rate)
 
 
 def freeze_outside(inner: optax.GradientTransformation, mask: Any) -> optax.GradientTransformation:
