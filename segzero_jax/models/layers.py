@@ -33,6 +33,13 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
+
+def constrain(x: jax.Array, axes: Sequence[Optional[str]]) -> jax.Array:
+    """The one activation-constraint helper: `axes` names each dim of `x` by logical axis
+    ("act_batch", "act_length", ...; None leaves a dim free). A no-op outside a mesh + logical
+    rules context, so model code calls it unconditionally."""
+    return nn.with_logical_constraint(x, tuple(axes))
+
 Dtype = Any
 Initializer = Callable[..., jax.Array]
 
@@ -449,7 +456,7 @@ class GatedMLP(nn.Module):
         up = Einsum("...D,DF->...F", (d, f), ("embed", "mlp"), name="up", **up_bias, **kw)(xu)
         h = activation(self.act)(gate) * up
         if h.ndim == len(self.act_axes):
-            h = nn.with_logical_constraint(h, tuple(self.act_axes))
+            h = constrain(h, self.act_axes)
         down_bias = dict(bias_shape=(d,), bias_axes=("embed",)) if self.use_bias else {}
         return Einsum("...F,FD->...D", (f, d), ("mlp", "embed"), name="down", **down_bias, **kw)(h)
 

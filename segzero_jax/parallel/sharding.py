@@ -82,8 +82,9 @@ def named_sharding(logical_axes: Sequence[Optional[str]], shape: Sequence[int], 
 
 
 def with_sharding_constraint(x: jax.Array, logical_axes: Sequence[Optional[str]]) -> jax.Array:
-    """Activation constraint by logical names (a no-op outside a mesh/rules context)."""
-    return nn.with_logical_constraint(x, tuple(logical_axes))
+    """`segzero_jax.models.layers.constrain` under the parallel package's name."""
+    from segzero_jax.models.layers import constrain
+    return constrain(x, logical_axes)
 
 
 def sharded_init(init_fn: Callable[..., Any], mesh: Mesh, rules: LogicalRules = DEFAULT_RULES,

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segzero_jax.models.layers import blocked_argmax
+from segzero_jax.models.layers import blocked_argmax, constrain
 from segzero_jax.models.qwen2_5_vl import Qwen2_5_VL, Qwen2_5_VLConfig, init_cache, unstack_layers
 from segzero_jax.models.qwen2_5_vl.cache import Cache, cache_capacity, cache_logical_axes, group_cache, is_axes
 from segzero_jax.models.qwen2_5_vl.vision_layout import vision_layout
@@ -139,7 +139,7 @@ def choose_tokens(logits: jax.Array, key: jax.Array, sc: SamplingConfig) -> tupl
 
 def _constrain_cache(config: Qwen2_5_VLConfig, cache: Cache) -> Cache:
     axes = cache_logical_axes(config)
-    return jax.tree.map(lambda ax, a: nn.with_logical_constraint(a, ax), axes, cache, is_leaf=is_axes)
+    return jax.tree.map(lambda ax, a: constrain(a, ax), axes, cache, is_leaf=is_axes)
 
 
 def _copied_prompt_cache(config: Qwen2_5_VLConfig, prompt: Cache, n: int, max_new_tokens: int) -> Cache:

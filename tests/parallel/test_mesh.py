@@ -44,7 +44,7 @@ class _Mlp(nn.Module):
                                     ("embed", "mlp"), jnp.float32)
         w_out = layers.logical_param(self, "w_out", nn.initializers.normal(0.1), (32, 16),
                                      ("mlp", "embed"), jnp.float32)
-        h = nn.with_logical_constraint(jnp.einsum("BD,DF->BF", x, w_in), ("act_batch", "act_mlp"))
+        h = layers.constrain(jnp.einsum("BD,DF->BF", x, w_in), ("act_batch", "act_mlp"))
         return jnp.einsum("BF,FD->BD", jax.nn.gelu(h), w_out)
 
 
@@ -63,6 +63,20 @@ def test_sharded_init_places_params_by_rules():
     with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
         sharded_out = jax.jit(model.apply)(params, x)
     np.testing.assert_allclose(np.asarray(sharded_out), np.asarray(model.apply(plain, x)), rtol=1e-6)
+
+
+def test_constrain_places_activations_by_rules():
+    mesh = make_mesh((2, 2, 2))
+    x = jnp.arange(8 * 6, dtype=jnp.float32).reshape(8, 6)
+    np.testing.assert_array_equal(np.asarray(layers.constrain(x, ("act_batch", None))), np.asarray(x))
+
+    def f(x):
+        return layers.constrain(x * 2.0, ("act_batch", "act_mlp"))
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(DEFAULT_RULES):
+        out = jax.jit(f)(x)
+    assert out.sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"), "tensor")
+    np.testing.assert_array_equal(np.asarray(out), 2.0 * np.asarray(x))
 
 
 def test_attention_backends_resolve_on_cpu():

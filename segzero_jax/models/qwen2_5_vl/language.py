@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segzero_jax.models.layers import (Einsum, GatedMLP, RMSNorm, apply_rotary,
+from segzero_jax.models.layers import (Einsum, GatedMLP, RMSNorm, apply_rotary, constrain,
                                        dot_product_attention, grouped_decode_attention,
                                        logical_param, maybe_remat, separate_operands)
 from segzero_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
@@ -83,7 +83,7 @@ class DecoderLayer(nn.Module):
         v = Einsum("BTD,DKH->BTKH", (d, kh, h), ("embed", "kv_heads", "head_dim"), (kh, h),
                    ("kv_heads", "head_dim"), name="v", **kw)(yv)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        q = nn.with_logical_constraint(q, ("act_batch", "act_length", "act_heads", None))
+        q = constrain(q, ("act_batch", "act_length", "act_heads", None))
         # The stack's cache is addressed with a leading layer index, a layer's own buffer without.
         lead = () if layer_index is None else (layer_index,)
         if cache_k is not None and not decoding:                 # prefill: slots [0, T) of every row
@@ -117,12 +117,12 @@ class DecoderLayer(nn.Module):
         else:
             o = dot_product_attention(q, k_att, v_att, is_causal=is_causal, kv_lengths=kv_lengths,
                                       implementation=c.attention_impl)
-        o = nn.with_logical_constraint(o, ("act_batch", "act_length", "act_heads", None))
+        o = constrain(o, ("act_batch", "act_length", "act_heads", None))
         x = x + Einsum("BTNH,NHD->BTD", (n, h, d), ("heads", "head_dim", "embed"), name="o", **kw)(o)
-        x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
+        x = constrain(x, ("act_batch", "act_length", "act_embed"))
         y = RMSNorm(t.rms_norm_eps, c.weight_dtype, name="post_attention_norm")(x)
         x = x + GatedMLP(d, t.intermediate_size, t.hidden_act, separate_matmuls=decoding, name="mlp", **kw)(y)
-        return nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed")), new_kv
+        return constrain(x, ("act_batch", "act_length", "act_embed")), new_kv
 
 
 class _ScanBody(nn.Module):
@@ -172,7 +172,7 @@ class LanguageModel(nn.Module):
     def embed(self, input_ids: jax.Array) -> jax.Array:
         """int32[B, T] -> compute-dtype `[B, T, D]`."""
         x = jnp.take(self.embedding, input_ids, axis=0).astype(self.config.compute_dtype)
-        return nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
+        return constrain(x, ("act_batch", "act_length", "act_embed"))
 
     def logits(self, x: jax.Array) -> jax.Array:
         """Final norm + lm head: `[B, T, D]` -> float32 `[B, T, V]`."""
@@ -182,7 +182,7 @@ class LanguageModel(nn.Module):
             out = jnp.einsum("BTD,VD->BTV", x, self.embedding.astype(dt), preferred_element_type=jnp.float32)
         else:
             out = jnp.einsum("BTD,DV->BTV", x, self.lm_head.astype(dt), preferred_element_type=jnp.float32)
-        return nn.with_logical_constraint(out.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
+        return constrain(out.astype(jnp.float32), ("act_batch", "act_length", "act_vocab"))
 
     def token_log_probs(self, x: jax.Array, targets: jax.Array, temperature: float = 1.0,
                         chunk_size: int = 256) -> tuple[jax.Array, jax.Array]:
@@ -212,7 +212,7 @@ class LanguageModel(nn.Module):
         def chunk(args):
             xc, tc = args
             z = jnp.einsum(eq, xc, w, preferred_element_type=jnp.float32) / temperature
-            z = nn.with_logical_constraint(z, ("act_batch", "act_length", "act_vocab"))
+            z = constrain(z, ("act_batch", "act_length", "act_vocab"))
             lse = jax.nn.logsumexp(z, axis=-1)
             logp = jnp.take_along_axis(z, tc[..., None], axis=-1)[..., 0] - lse
             entropy = lse - jnp.sum(jax.nn.softmax(z, axis=-1) * z, axis=-1)

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segzero_jax.models.layers import (Einsum, GatedMLP, RMSNorm, activation, apply_rotary,
+from segzero_jax.models.layers import (Einsum, GatedMLP, RMSNorm, activation, apply_rotary, constrain,
                                        dot_product_attention, flat_product, logical_param,
                                        maybe_remat)
 from segzero_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig
@@ -91,13 +91,13 @@ class VisionBlock(nn.Module):
                                      layout["window_scatter"], impl)
 
         o = jax.lax.cond(is_full, full, window, (qkv, cos, sin))
-        o = nn.with_logical_constraint(o, ("act_batch", "act_length", "act_heads", None))
+        o = constrain(o, ("act_batch", "act_length", "act_heads", None))
         x = x + Einsum("ILNH,NHD->ILD", (n, h, d), ("heads", "head_dim", "embed"), (d,), ("embed",),
                        name="proj", **kw)(o)
         y = RMSNorm(v.rms_norm_eps, c.weight_dtype, name="norm2")(x)
         x = x + GatedMLP(d, v.intermediate_size, v.hidden_act, use_bias=True,
                          act_axes=("act_batch", "act_length", "act_mlp"), name="mlp", **kw)(y)
-        return nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
+        return constrain(x, ("act_batch", "act_length", "act_embed"))
 
 
 class _ScanBody(nn.Module):
@@ -144,11 +144,11 @@ class VisionTower(nn.Module):
         if pixel_values.shape[0] != slots * per_slot:
             raise ValueError(f"pixel_values has {pixel_values.shape[0]} patches but image_grid_thw "
                              f"describes {slots * per_slot}")
-        pixels = nn.with_logical_constraint(pixel_values.reshape(slots, per_slot, v.patch_dim),
+        pixels = constrain(pixel_values.reshape(slots, per_slot, v.patch_dim),
                                             ("act_batch", "act_length", None))
         x = Einsum("ILP,PD->ILD", (v.patch_dim, v.hidden_size), ("conv_in", "embed"),
                    name="patch_embed", dtype=c.compute_dtype, param_dtype=c.weight_dtype)(pixels)
-        x = nn.with_logical_constraint(x[:, layout["patch_perm"]], ("act_batch", "act_length", "act_embed"))
+        x = constrain(x[:, layout["patch_perm"]], ("act_batch", "act_length", "act_embed"))
         cos, sin = vision_cos_sin(layout["pos_hw"], v.head_dim, v.rope_theta)
         is_full = jnp.asarray([i in v.fullatt_block_indexes for i in range(v.depth)])
         blocks = nn.scan(_ScanBody, variable_axes={"params": 0}, split_rngs={"params": True},

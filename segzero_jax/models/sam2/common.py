@@ -7,7 +7,7 @@ Every param carries logical axis names; matmuls run in `dtype`, norms in float32
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -17,11 +17,6 @@ from segzero_jax.models.layers import activation as activation_fn
 from segzero_jax.models.layers import logical_param
 
 Dtype = Any
-
-
-def constrain(x: jax.Array, axes: Sequence[Optional[str]]) -> jax.Array:
-    """Logical activation constraint (no-op outside a mesh + rules context)."""
-    return nn.with_logical_constraint(x, tuple(axes))
 
 
 class Dense(nn.Module):

@@ -29,8 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from segzero_jax.models.layers import dot_product_attention, flat_product, logical_param, maybe_remat
-from segzero_jax.models.sam2.common import Dense, LayerNorm, Mlp, constrain
+from segzero_jax.models.layers import constrain, dot_product_attention, flat_product, logical_param, maybe_remat
+from segzero_jax.models.sam2.common import Dense, LayerNorm, Mlp
 from segzero_jax.models.sam2.config import BlockSpec, Sam2Config
 from segzero_jax.models.sam2.hiera_layout import (block_name, is_scanned, layout_plan, pools_within_windows,
                                                   segment_name, to_layout, window_partition, window_unpartition)

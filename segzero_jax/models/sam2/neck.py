@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from segzero_jax.models.sam2.common import Dense, constrain
+from segzero_jax.models.layers import constrain
+from segzero_jax.models.sam2.common import Dense
 from segzero_jax.models.sam2.config import Sam2Config
 from segzero_jax.models.sam2.resize import resize_hwc
 

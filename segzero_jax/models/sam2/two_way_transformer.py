@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from segzero_jax.models.layers import dot_product_attention, logical_param
-from segzero_jax.models.sam2.common import LayerNorm, Mlp, constrain
+from segzero_jax.models.layers import constrain
+from segzero_jax.models.sam2.common import LayerNorm, Mlp
 from segzero_jax.models.sam2.config import Sam2Config
 
 ACT = ("act_batch", "act_length", "act_embed")
