@@ -21,7 +21,9 @@ def test_get_preset_applies_overrides_to_a_copy(package, name, field, value):
 
 def test_loaders_share_a_signature_and_the_old_names_remain():
     for package in (qwen2_5_vl, sam2):
-        params = list(inspect.signature(package.load_checkpoint).parameters)
+        signature = inspect.signature(package.load_checkpoint)
+        params = list(signature.parameters)
         assert params[:2] == ["path", "config"], package.__name__
+        assert signature.parameters["shardings"].kind is inspect.Parameter.KEYWORD_ONLY, package.__name__
     assert qwen2_5_vl.preset is qwen2_5_vl.get_preset
     assert qwen2_5_vl.load_hf is qwen2_5_vl.load_checkpoint

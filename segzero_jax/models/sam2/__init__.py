@@ -2,8 +2,8 @@
 
 Public API (the same pattern as `segzero_jax.models.qwen2_5_vl`):
   get_preset(name, **overrides), PRESETS                     configs (hiera_tiny ... hiera_large, test_tiny)
-  load_checkpoint(path, config=None, **overrides) -> (config, params)   Meta's `sam2_hiera_*.pt` or
-                                                             transformers' `Sam2Model` safetensors
+  load_checkpoint(path, config=None, *, shardings=None, mesh=None, **overrides) -> (config, params)
+                                                             Meta's `sam2_hiera_*.pt` or transformers' safetensors
   SamPredictor(config, params).set_image(img).predict(...)   the reference image predictor
   predict_batch(params, images, boxes, points, labels, orig_hw, config=...)   jitted batch path
   low_res_masks(params, images, boxes, points, labels, config=...)   encoder + decoder only

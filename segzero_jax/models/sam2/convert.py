@@ -373,7 +373,7 @@ def infer_preset(state_dict: Mapping[str, Any], source: str = "meta") -> str:
     raise ValueError(f"no SAM2 preset has a {depth}-block trunk of width {width}; pass a config")
 
 
-def load_checkpoint(path: str, config: Union[Sam2Config, str, None] = None,
+def load_checkpoint(path: str, config: Union[Sam2Config, str, None] = None, *, shardings: Any = None,
                     mesh: Optional[jax.sharding.Mesh] = None, rules: Any = None,
                     **overrides: Any) -> tuple[Sam2Config, dict]:
     """Reads a SAM2 checkpoint -> (config, params).
@@ -382,8 +382,11 @@ def load_checkpoint(path: str, config: Union[Sam2Config, str, None] = None,
     `Sam2Model` weights (a `.safetensors` file or a directory holding `model.safetensors`).
     `config` is a `Sam2Config`, a preset name, or None to pick the preset matching the file;
     `overrides` replace its fields (e.g. `scan_blocks=False`, `dtype=jnp.bfloat16`).
-    Params are cast to `config.param_dtype`; with `mesh`, placed by the logical-axis rules.
+    Params are cast to `config.param_dtype`; with `shardings` (a tree matching the params, as
+    the policy's loader takes) they are placed so, and with `mesh` by the logical-axis `rules`.
     """
+    if shardings is not None and mesh is not None:
+        raise ValueError("load_checkpoint: pass shardings= or mesh=, not both")
     source = "transformers" if _is_safetensors(path) else "meta"
     state = _safetensors_state_dict(path) if source == "transformers" else read_torch_state_dict(path)
     if config is None:
@@ -394,7 +397,9 @@ def load_checkpoint(path: str, config: Union[Sam2Config, str, None] = None,
     params = convert_state_dict(state, config, source)
     params = jax.tree.map(lambda a: jnp.asarray(a, dtype=config.param_dtype), params)
     if mesh is not None:
-        params = jax.device_put(params, param_shardings(config, mesh, rules))
+        shardings = param_shardings(config, mesh, rules)
+    if shardings is not None:
+        params = jax.device_put(params, shardings)
     return config, params
 
 

@@ -153,6 +153,26 @@ def test_checkpoint_round_trip_with_save_helper(small_checkpoint):
         np.testing.assert_array_equal(kernel[1], np.split(w, 3)[c].T.reshape(kernel.shape[1:]))
 
 
+def test_shardings_place_the_loaded_params(small_checkpoint):
+    import jax
+
+    cfg, sd, d = small_checkpoint
+
+    class Holder(torch.nn.Module):
+        def state_dict(self, *a, **k):
+            return sd
+
+    path = save_checkpoint(Holder(), str(d))
+    _, plain = load_checkpoint(path, "test_tiny")
+    device = jax.devices()[-1]
+    target = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(device), plain)
+    _, placed = load_checkpoint(path, "test_tiny", shardings=target)
+    assert all(leaf.devices() == {device} for leaf in jax.tree.leaves(placed))
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), plain, placed)
+    with pytest.raises(ValueError, match="not both"):
+        load_checkpoint(path, "test_tiny", shardings=target, mesh=object())
+
+
 def test_config_validation_names_the_field():
     with pytest.raises(ValueError, match="global_att_blocks"):
         get_preset("hiera_tiny", global_att_blocks=(99,))
