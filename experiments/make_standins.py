@@ -165,8 +165,10 @@ def main(argv):
                                learning_rate=FLAGS.sam2_learning_rate, seed=FLAGS.seed)
     policy = WarmStartSettings(steps=FLAGS.policy_steps, batch_size=FLAGS.policy_batch_size,
                                learning_rate=FLAGS.policy_learning_rate, seed=FLAGS.seed,
-                               response_tokens=FLAGS.response_tokens,
-                               mix=TargetMix(decoy_fraction=FLAGS.decoy_fraction))
+                               response_tokens=FLAGS.response_tokens, reward=FLAGS.policy_reward,
+                               preset=FLAGS.policy_preset,
+                               mix=TargetMix(decoy_fraction=FLAGS.decoy_fraction, box_jitter=FLAGS.box_jitter,
+                                             quantum=FLAGS.quantum))
     summary = build_standins(FLAGS.workdir, data, sam2, policy, FLAGS.only, log=print)
     brief = {}
     for key in ("sam2", "warm_start"):
@@ -192,6 +194,12 @@ def define_flags() -> None:
     flags.DEFINE_float("policy_learning_rate", WarmStartSettings.learning_rate, "Warm-start peak learning rate.")
     flags.DEFINE_integer("response_tokens", WarmStartSettings.response_tokens, "rl.max_response_length.")
     flags.DEFINE_float("decoy_fraction", TargetMix.decoy_fraction, "Share of warm-start targets naming another object.")
+    flags.DEFINE_float("box_jitter", TargetMix.box_jitter, "Warm-start box coordinates move by up to this share of "
+                       "the box's width/height (0: exact boxes).")
+    flags.DEFINE_integer("quantum", TargetMix.quantum, "Warm-start coordinates are rounded to multiples of this.")
+    flags.DEFINE_string("policy_reward", WarmStartSettings.reward, "Host reward scheme scoring the warm start's "
+                        "validation answers (seg_strict_soft_acc reports the raw box IoU).")
+    flags.DEFINE_string("policy_preset", WarmStartSettings.preset, "Qwen2.5-VL preset of the policy stand-in.")
     flags.DEFINE_enum("only", "both", ["both", "sam2", "policy"], "Which stand-ins to build.")
 
 
